@@ -1,0 +1,82 @@
+"""The library facade: `load()` reads an image once; `audit()` runs every analyser and returns a `Report`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imgaudit.image import Image, Platform
+from imgaudit.layers import LayerScan
+from imgaudit.reference import parse_reference
+from imgaudit.report import ImageInfo, Incomplete, PlatformInfo, Report
+from imgaudit.rootfs import RootFS
+from imgaudit.scanner import Scanner
+from imgaudit.sources import load_image
+
+
+@dataclass(frozen=True)
+class Options:
+    platform: Platform | None = None
+    jobs: int = 1
+    elf: bool = True
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """An image read once: its model, one scan per layer, and the merged filesystem."""
+
+    image: Image
+    scans: tuple[LayerScan, ...]
+    rootfs: RootFS
+
+
+def load(reference: str, options: Options | None = None) -> Loaded:
+    options = options or Options()
+    ref = parse_reference(reference)
+    scanner = Scanner(elf_reader=_elf_reader() if options.elf else None, jobs=options.jobs)
+    image, scans = load_image(ref, platform=options.platform, scanner=scanner)
+    return Loaded(image, scans, RootFS.build(scans))
+
+
+def _elf_reader():  # type: ignore[no-untyped-def]
+    from imgaudit.elf import read_elf
+
+    return read_elf
+
+
+def audit(reference: str | Loaded, options: Options | None = None) -> Report:
+    loaded = reference if isinstance(reference, Loaded) else load(reference, options)
+    report = Report(image=image_info(loaded.image))
+    report.incomplete.extend(incomplete(loaded))
+    for analyse in _analysers():
+        analyse(loaded, report)
+    return report
+
+
+def _analysers():  # type: ignore[no-untyped-def]
+    """Each analyser fills its part of the report; imported lazily so `ls` never pays for them."""
+    from imgaudit.checks import size
+
+    return [size.analyse]
+
+
+def image_info(image: Image) -> ImageInfo:
+    cfg = image.config
+    plat = cfg.platform
+    return ImageInfo(
+        reference=image.reference,
+        source=image.source,
+        manifest_digest=image.manifest_digest,
+        config_digest=image.config_digest,
+        platform=PlatformInfo(plat.os, plat.architecture, plat.variant),
+        entrypoint=list(cfg.entrypoint or ()),
+        cmd=list(cfg.cmd or ()),
+        env=list(cfg.env),
+        working_dir=cfg.working_dir,
+        user=cfg.user,
+    )
+
+
+def incomplete(loaded: Loaded) -> list[Incomplete]:
+    out = [Incomplete(s.what, s.reason) for scan in loaded.scans for s in scan.skipped]
+    out += [Incomplete(s.what, s.reason) for s in loaded.rootfs.skipped]
+    return out

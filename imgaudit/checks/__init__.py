@@ -1,0 +1,1 @@
+"""Analysers: each reads a loaded image and fills its part of the `Report`."""

@@ -1,0 +1,91 @@
+"""Terminal output of `inspect` and `ls` with rich (colour only on a terminal; NO_COLOR honoured)."""
+
+from __future__ import annotations
+
+import io
+import stat
+
+from rich.console import Console
+from rich.table import Table
+
+from imgaudit.render.text import human, safe
+from imgaudit.report import Report
+from imgaudit.rootfs import Node
+
+
+def _console(buf: io.StringIO, color: bool) -> Console:
+    return Console(file=buf, width=120, no_color=not color, color_system="auto" if color else None,
+                   highlight=False, soft_wrap=True)
+
+
+def render_inspect(report: Report, *, color: bool = False, show_all: bool = False) -> str:
+    buf = io.StringIO()
+    con = _console(buf, color)
+    img = report.image
+    plat = img.platform
+    con.print(f"[bold]{safe(img.reference)}[/bold]  ({img.source}, {plat.os}/{plat.architecture}"
+              f"{'/' + plat.variant if plat.variant else ''})")
+    if img.manifest_digest:
+        con.print(f"manifest  {img.manifest_digest}")
+    con.print(f"config    {img.config_digest}")
+    con.print(f"entrypoint {safe(str(img.entrypoint))}  cmd {safe(str(img.cmd))}")
+    if report.entrypoint.verdict != "unknown":
+        _verdict(con, report)
+    rt = report.runtime
+    if rt.libc != "unknown" or rt.distro.id:
+        distro = rt.distro.pretty_name or rt.distro.id or "-"
+        con.print(f"runtime   libc {rt.libc} {rt.libc_version or ''}  distro {distro}  shell {rt.shell or 'none'}")
+    _layers(con, report)
+    _findings(con, report, show_all)
+    if not report.complete:
+        con.print(f"[yellow]incomplete:[/yellow] {len(report.incomplete)} part(s) not analysed")
+        for item in report.incomplete[:10]:
+            con.print(f"  {safe(item.what)}: {safe(item.reason)}")
+    return buf.getvalue()
+
+
+def _verdict(con: Console, report: Report) -> None:
+    ep = report.entrypoint
+    colour = {"ok": "green", "fail": "red", "warn": "yellow"}.get(ep.verdict, "white")
+    line = f"[{colour}]entrypoint {ep.verdict.upper()}[/{colour}] {safe(' '.join(ep.argv))}"
+    if ep.message:
+        line += f": {safe(ep.message)}"
+    con.print(line)
+    if ep.fix:
+        con.print(f"  fix: {safe(ep.fix)}")
+
+
+def _layers(con: Console, report: Report) -> None:
+    size = report.size
+    table = Table(title=None, show_edge=False, pad_edge=False)
+    for col in ("#", "compressed", "size", "+", "~", "-", "created by"):
+        table.add_column(col, justify="right" if col not in ("created by",) else "left")
+    for layer in size.layers:
+        table.add_row(str(layer.index), human(layer.compressed_bytes), human(layer.uncompressed_bytes),
+                      str(layer.files_added), str(layer.files_modified), str(layer.files_removed),
+                      safe(layer.created_by)[:70])
+    con.print(table)
+    con.print(f"total     {human(size.compressed_bytes)} compressed, {human(size.uncompressed_bytes)} in layers, "
+              f"{human(size.final_bytes)} in {size.file_count} files in the final filesystem")
+
+
+def _findings(con: Console, report: Report, show_all: bool) -> None:
+    shown = report.findings if show_all else [f for f in report.findings if f.severity.value != "info"]
+    for finding in shown[:50]:
+        con.print(f"{finding.severity.value:8} {finding.rule:24} {safe(finding.path or '')}  {safe(finding.message)}")
+    s = report.summary
+    con.print(f"{s.errors} error(s), {s.warnings} warning(s), {s.infos} info(s)")
+
+
+def mode_string(node: Node) -> str:
+    kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "char": stat.S_IFCHR, "block": stat.S_IFBLK,
+            "fifo": stat.S_IFIFO}.get(node.type.value, stat.S_IFREG)
+    return stat.filemode(kind | node.entry.mode)
+
+
+def render_listing(rows: list[dict[str, object]]) -> str:
+    out = []
+    for row in rows:
+        link = f" -> {safe(str(row['link']))}" if row.get("link") else ""
+        out.append(f"{row['modestr']} {row['size']:>12} L{row['layer']:<3} {safe(str(row['path']))}{link}")
+    return "\n".join(out) + ("\n" if out else "")

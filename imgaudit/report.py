@@ -1,0 +1,205 @@
+"""The `Report`: the JSON contract of DESIGN.md §4 (schema version 1) as plain dataclasses.
+
+Fields may be added, never renamed or removed without a new schema version; `imgaudit/schema/report.schema.json`
+is the same contract as a JSON Schema and every test report is validated against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+FAILURE_CATEGORIES = (
+    "missing-interpreter", "missing-library", "glibc-version", "missing-symbol", "exec-format",
+    "script-interpreter-missing", "entrypoint-missing", "not-executable", "other",
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: Severity
+    message: str
+    path: str | None = None
+    layer: int | None = None
+    fix: str | None = None
+    bytes: int | None = None
+
+
+@dataclass
+class PlatformInfo:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+
+@dataclass
+class ImageInfo:
+    reference: str
+    source: str
+    manifest_digest: str | None
+    config_digest: str
+    platform: PlatformInfo
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    working_dir: str = ""
+    user: str = ""
+
+
+@dataclass
+class Distro:
+    id: str | None = None
+    version_id: str | None = None
+    pretty_name: str | None = None
+
+
+@dataclass
+class RuntimeInfo:
+    libc: str = "unknown"
+    libc_version: str | None = None
+    distro: Distro = field(default_factory=Distro)
+    shell: str | None = None
+
+
+@dataclass
+class EntrypointVerdict:
+    argv: list[str] = field(default_factory=list)
+    path: str | None = None
+    verdict: str = "unknown"
+    failure: str | None = None
+    message: str | None = None
+    fix: str | None = None
+
+
+@dataclass
+class RustInfo:
+    rustc_version: str | None = None
+    rustc_commit: str | None = None
+    target: str | None = None
+
+
+@dataclass
+class BinaryInfo:
+    path: str
+    role: str
+    machine: str
+    linking: str
+    libc: str
+    interpreter: str | None = None
+    needed: list[str] = field(default_factory=list)
+    resolved: dict[str, str | None] = field(default_factory=dict)
+    glibc_required: str | None = None
+    rust: RustInfo | None = None
+    stripped: bool = True
+    debug_bytes: int = 0
+    verdict: str = "ok"
+    failure: str | None = None
+
+
+@dataclass
+class LayerInfo:
+    index: int
+    digest: str | None
+    diff_id: str
+    compressed_bytes: int
+    uncompressed_bytes: int
+    files_added: int = 0
+    files_modified: int = 0
+    files_removed: int = 0
+    created_by: str = ""
+
+
+@dataclass
+class FileSize:
+    path: str
+    bytes: int
+    layer: int
+
+
+@dataclass
+class PackageSize:
+    name: str
+    version: str
+    bytes: int
+
+
+@dataclass
+class SizeInfo:
+    compressed_bytes: int = 0
+    uncompressed_bytes: int = 0
+    final_bytes: int = 0
+    file_count: int = 0
+    efficiency: float = 1.0
+    wasted_bytes: int = 0
+    reclaimable_bytes: int = 0
+    layers: list[LayerInfo] = field(default_factory=list)
+    top_files: list[FileSize] = field(default_factory=list)
+    packages: list[PackageSize] = field(default_factory=list)
+
+
+@dataclass
+class Incomplete:
+    what: str
+    reason: str
+
+
+@dataclass
+class Summary:
+    errors: int = 0
+    warnings: int = 0
+    infos: int = 0
+
+
+@dataclass
+class Report:
+    image: ImageInfo
+    runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
+    entrypoint: EntrypointVerdict = field(default_factory=EntrypointVerdict)
+    binaries: list[BinaryInfo] = field(default_factory=list)
+    size: SizeInfo = field(default_factory=SizeInfo)
+    findings: list[Finding] = field(default_factory=list)
+    incomplete: list[Incomplete] = field(default_factory=list)
+    tool_version: str = "0.1.0"
+
+    @property
+    def complete(self) -> bool:
+        return not self.incomplete
+
+    @property
+    def summary(self) -> Summary:
+        counts = dict.fromkeys(Severity, 0)
+        for finding in self.findings:
+            counts[finding.severity] += 1
+        return Summary(counts[Severity.ERROR], counts[Severity.WARNING], counts[Severity.INFO])
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body.pop("tool_version")
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "imgaudit", "version": self.tool_version},
+            **_plain(body),
+            "summary": asdict(self.summary),
+            "complete": self.complete,
+        }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,66 @@
+"""Turns an image's layers into verified `LayerScan`s: one pass each, deduplicated by digest, in parallel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from imgaudit.errors import CorruptImage
+from imgaudit.image import Image, Layer
+from imgaudit.layers import ElfReader, LayerScan, scan_layer, verify
+
+
+def layer_label(layer: Layer, count: int) -> str:
+    digest = layer.digest or layer.diff_id
+    return f"layer {layer.index + 1}/{count} {digest[:19] if digest else ''}".rstrip()
+
+
+@dataclass
+class Scanner:
+    """Scans and verifies layers; `elf_reader` None skips ELF facts (listing only)."""
+
+    elf_reader: ElfReader | None = None
+    jobs: int = 1
+
+    def scan(self, layer: Layer, raw: BinaryIO, count: int) -> LayerScan:
+        label = layer_label(layer, count)
+        scan = scan_layer(raw, label=label, elf_reader=self.elf_reader)
+        verify(scan, label=label, digest=layer.digest, diff_id=layer.diff_id or None, size=layer.size)
+        return scan
+
+    def scan_image(self, image: Image) -> tuple[LayerScan, ...]:
+        """Scans every layer of a random-access image (layers with `open`), each distinct blob once."""
+        count = len(image.layers)
+        unique: dict[str, Layer] = {}
+        for layer in image.layers:
+            unique.setdefault(_key(layer), layer)
+
+        def one(layer: Layer) -> LayerScan:
+            opener = _opener(layer)
+            with opener() as raw:
+                return self.scan(layer, raw, count)
+
+        order = sorted(unique.values(), key=lambda layer: -(layer.size or 0))
+        if self.jobs > 1 and len(order) > 1:
+            with ThreadPoolExecutor(self.jobs) as pool:
+                done = dict(zip([_key(x) for x in order], pool.map(one, order), strict=True))
+        else:
+            done = {_key(x): one(x) for x in order}
+        return tuple(done[_key(layer)] for layer in image.layers)
+
+
+def _key(layer: Layer) -> str:
+    return layer.digest or layer.diff_id or f"#{layer.index}"
+
+
+def _opener(layer: Layer) -> Callable[[], BinaryIO]:
+    if layer.open is None:
+        raise CorruptImage(f"layer {layer.index + 1}: no way to read its blob")
+    return layer.open
+
+
+def check_layers(image: Image, scans: Sequence[LayerScan]) -> None:
+    if len(scans) != len(image.layers):
+        raise CorruptImage(f"{len(image.layers)} layers in the manifest but {len(scans)} were read")
