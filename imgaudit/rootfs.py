@@ -112,7 +112,7 @@ class RootFS:
                 self.nodes[path] = Node(entry, layer)
                 self._record(path, layer, Change.MODIFIED)
                 return
-            self._drop_subtree(path, layer)
+            self._drop_subtree(path, layer, keep_top=True)
             change = Change.MODIFIED
         else:
             change = Change.ADDED
@@ -158,14 +158,16 @@ class RootFS:
     def _remove(self, path: str, layer: int) -> None:
         self._drop_subtree(path, layer)
 
-    def _drop_subtree(self, path: str, layer: int) -> None:
+    def _drop_subtree(self, path: str, layer: int, *, keep_top: bool = False) -> None:
+        """Removes `path` and all below it; a replaced path (keep_top) is recorded as modified, not removed."""
         stack = [path]
         while stack:
             cur = stack.pop()
             node = self.nodes.pop(cur, None)
             if node is None:
                 continue
-            self._record(cur, layer, Change.REMOVED)
+            if not (keep_top and cur == path):
+                self._record(cur, layer, Change.REMOVED)
             for child in self._children.pop(cur, ()):
                 stack.append(posixpath.join(cur, child))
         self._children[posixpath.dirname(path)].discard(posixpath.basename(path))

@@ -1,0 +1,133 @@
+"""The one-pass layer scan: compression by magic bytes, digests, truncation, tar framing, whiteouts."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from imgaudit.errors import CorruptImage
+from imgaudit.layers import EntryType, normalise, scan_layer, verify
+from tests.builders import Item, d, f, gz, hard, make_layer, opaque, sha, sym, wh, zst
+
+LAYER = make_layer([d("etc"), f("etc/os-release", "ID=debian\n"), d("a"), f("a/x", b"1" * 5000), sym("l", "/a")])
+
+
+def scan(data: bytes, **kw: object):  # type: ignore[no-untyped-def]
+    return scan_layer(io.BytesIO(data), label="layer 1/1 sha256:test", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("compress,kind", [(lambda b: b, "tar"), (gz, "gzip"), (zst, "zstd")])
+def test_compression_is_sniffed_and_digests_cover_the_bytes(compress, kind) -> None:  # type: ignore[no-untyped-def]
+    blob = compress(LAYER)
+    result = scan(blob)
+    assert result.compression == kind
+    assert result.digest == sha(blob)
+    assert result.diff_id == sha(LAYER)
+    assert (result.compressed_size, result.size) == (len(blob), len(LAYER))
+    assert [e.path for e in result.entries] == ["/etc", "/etc/os-release", "/a", "/a/x", "/l"]
+
+
+@pytest.mark.parametrize("compress", [gz, zst])
+def test_multi_member_streams_decode_every_member(compress) -> None:  # type: ignore[no-untyped-def]
+    half = len(LAYER) // 2
+    result = scan(compress(LAYER[:half]) + compress(LAYER[half:]))
+    assert result.diff_id == sha(LAYER)
+    assert len(result.entries) == 5
+
+
+@pytest.mark.parametrize("blob", [b"", gz(b""), gz(b"\0" * 1024), b"\0" * 1024])
+def test_empty_layer_variants_are_empty_not_errors(blob: bytes) -> None:
+    assert scan(blob).entries == ()
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.6, 0.99])
+@pytest.mark.parametrize("compress", [gz, zst, lambda b: b])
+def test_truncation_is_detected_and_names_the_layer(cut: float, compress) -> None:  # type: ignore[no-untyped-def]
+    blob = compress(LAYER)
+    with pytest.raises(CorruptImage, match="layer 1/1 sha256:test"):
+        result = scan(blob[: int(len(blob) * cut)])
+        verify(result, label="layer 1/1 sha256:test", digest=sha(blob), diff_id=sha(LAYER), size=len(blob))
+
+
+def test_bad_header_checksum_is_not_silently_the_end() -> None:
+    bad = bytearray(LAYER)
+    bad[512 + 148] ^= 0x11  # checksum field of the second header
+    with pytest.raises(CorruptImage, match="invalid tar header at offset 512"):
+        scan(bytes(bad))
+
+
+def test_bad_gzip_crc_is_caught_by_the_digest() -> None:
+    blob = bytearray(gz(LAYER))
+    blob[-6] ^= 0xFF  # CRC32 sits in the last 8 bytes
+    with pytest.raises(CorruptImage):
+        result = scan(bytes(blob))
+        verify(result, label="l", digest=sha(gz(LAYER)), diff_id=sha(LAYER), size=None)
+
+
+def test_flipped_byte_fails_verification() -> None:
+    blob = bytearray(LAYER)
+    blob[1024 + 10] ^= 1  # inside etc/os-release's data
+    result = scan(bytes(blob))
+    with pytest.raises(CorruptImage, match="diff_id mismatch"):
+        verify(result, label="l", digest=None, diff_id=sha(LAYER), size=None)
+
+
+def test_trailing_data_is_counted_not_fatal() -> None:
+    assert scan(gz(LAYER) + b"junk" * 4).trailing_bytes == 16
+    assert scan(LAYER + b"junk").trailing_bytes == 4
+
+
+def test_not_a_tar_is_corrupt() -> None:
+    with pytest.raises(CorruptImage):
+        scan(b"this is not a tar file at all" * 40)
+
+
+def test_path_traversal_entry_is_refused() -> None:
+    with pytest.raises(CorruptImage, match=r'entry "\.\./\.\./etc/passwd": path climbs above the root'):
+        scan(make_layer([f("../../etc/passwd", "x")]))
+
+
+def test_names_are_normalised() -> None:
+    assert normalise("./a/b/") == "/a/b"
+    assert normalise("/a/./b") == "/a/b"
+    assert normalise("a/../b") == "/b"
+    assert normalise("../x") is None
+
+
+def test_whiteouts_and_markers() -> None:
+    layer = make_layer([wh("a/x"), opaque("o"), f("o/.wh..wh.plnk"), f("p/.wh..wh..opqX"), f("q/.wh.")])
+    result = scan(layer)
+    kinds = [(e.path, e.type) for e in result.entries]
+    assert ("/a/x", EntryType.WHITEOUT) in kinds
+    assert ("/o", EntryType.OPAQUE) in kinds
+    # .wh..wh..opqX is not an opaque marker (stereoscope #696); like .wh..wh.plnk it is AUFS metadata
+    # that moby's UnpackLayer skips, so neither is listed nor hides anything.
+    assert ("/p", EntryType.OPAQUE) not in kinds
+    assert all(not p.startswith(("/o/.wh", "/p/")) for p, _ in kinds)
+    assert [s.reason for s in result.skipped] == ["invalid whiteout entry"]  # bare .wh. deletes nothing
+
+
+def test_small_files_and_heads_are_kept() -> None:
+    result = scan(make_layer([f("etc/os-release", "ID=alpine\n"), f("bin/app", b"#!/bin/sh\necho hi\n", 0o755)]))
+    os_release = result.entries[0]
+    assert result.files[os_release.digest or ""] == b"ID=alpine\n"
+    assert result.entries[1].head.startswith(b"#!/bin/sh")
+    assert result.entries[1].mode == 0o755
+
+
+def test_elf_reader_gets_whole_elf_files() -> None:
+    seen: list[tuple[str, int]] = []
+
+    def reader(path: str, data: bytes):  # type: ignore[no-untyped-def]
+        seen.append((path, len(data)))
+
+    elf = b"\x7fELF" + b"\x02" * 100_000
+    scan(make_layer([f("bin/a", elf), f("bin/b", b"not elf")]), elf_reader=reader)
+    assert seen == [("/bin/a", len(elf))]
+
+
+def test_hardlinks_and_special_files() -> None:
+    result = scan(make_layer([f("a", "data"), hard("b", "/a"), Item("run/fifo", "fifo")]))
+    assert [(e.path, e.type, e.link) for e in result.entries] == [
+        ("/a", EntryType.FILE, None), ("/b", EntryType.HARDLINK, "/a"), ("/run/fifo", EntryType.FIFO, None)]
