@@ -1,0 +1,360 @@
+"""Will the entrypoint start? What Docker, runc, the kernel and the loader do with argv, predicted on
+the image alone.
+
+Order (runc 1.1 `libcontainer/standard_init_linux.go`, Linux `fs/exec.c`, `fs/binfmt_script.c`,
+`fs/binfmt_elf.c`): argv = Entrypoint + Cmd; the user is looked up in /etc/passwd; `exec.LookPath`
+finds argv[0] in the image's PATH and wants some execute bit; `eaccess` wants execute permission for
+the user; then the kernel: `#!` scripts (interpreter as written, `\r` included), ELF machine vs
+platform, PT_INTERP present; then the loader (loader.py). Messages are the significant part of what
+the container prints (see tests/e2e/test_oracle.py for how they map to Docker 20.10's output).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from imgaudit.image import DEFAULT_PATH, ImageConfig, Platform
+from imgaudit.loader import LoaderEnv, Resolution, facts_of, ident, real_file, resolve
+from imgaudit.rootfs import RootFS, SymlinkLoop
+
+if TYPE_CHECKING:
+    from imgaudit.audit import Loaded
+
+# Docker platform architecture → ELF machine (elf.py names); i386 also runs on amd64 kernels.
+ARCH_MACHINES = {"amd64": ("x86_64", "i386"), "arm64": ("aarch64",), "386": ("i386",), "arm": ("arm",),
+                 "ppc64le": ("ppc64le",), "s390x": ("s390x",), "riscv64": ("riscv64",)}
+MAX_SCRIPT_DEPTH = 4  # fs/exec.c: at most 4 levels of binfmt (script → script …) before ELOOP
+ENOENT, EACCES, ENOEXEC = "no such file or directory", "permission denied", "exec format error"
+ELIBBAD, ELOOP = "accessing a corrupted shared library", "too many levels of symbolic links"
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int = 0
+    gid: int = 0
+    groups: frozenset[int] = frozenset()
+    name: str = "root"
+
+
+class UserNotFound(Exception):
+    """runc cannot map the image's USER (the container is never created)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The entrypoint verdict: `failure` is a report category, `message` the line the container prints."""
+
+    argv: tuple[str, ...]
+    path: str | None = None
+    verdict: str = "ok"
+    failure: str | None = None
+    message: str | None = None
+    program: str | None = None  # the ELF the loader runs (the entrypoint, or a script's interpreter)
+    resolution: Resolution | None = None
+    script: str | None = None  # the `#!` line followed, if any
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class _Context:
+    rootfs: RootFS
+    env: tuple[str, ...]
+    path_dirs: tuple[str, ...]
+    cwd: str
+    user: User
+    machines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """Where the kernel's execve of one file ends: an ELF to hand to the loader, or an errno."""
+
+    errno: str | None = None
+    failure: str | None = None
+    elf: str | None = None
+    argv0: str = ""
+    script: str | None = None
+    env_name: str | None = None  # `#!/usr/bin/env NAME`
+
+
+def argv_of(config: ImageConfig) -> list[str]:
+    """Entrypoint + Cmd (Cmd alone without Entrypoint), as Docker builds the process args."""
+    return list(config.entrypoint or ()) + list(config.cmd or ())
+
+
+def verdict(loaded: Loaded, argv: list[str] | None = None, *, user: str | None = None,
+            platform: Platform | None = None) -> Verdict:
+    """Verdict for `argv` (default: the image's) as `user` (default: the image's USER) on `platform`
+    (default: the image's own)."""
+    config = loaded.image.config
+    return judge(loaded.rootfs, config, argv_of(config) if argv is None else argv,
+                 user=config.user if user is None else user, platform=platform or config.platform)
+
+
+def judge(rootfs: RootFS, config: ImageConfig, argv: list[str], *, user: str = "",
+          platform: Platform | None = None) -> Verdict:
+    base = Verdict(tuple(argv))
+    if not argv:
+        return replace(base, verdict="fail", failure="entrypoint-missing", message="No command specified")
+    try:
+        who = resolve_user(rootfs, user)
+    except UserNotFound as err:
+        return replace(base, verdict="fail", failure="other", message=str(err))
+    plat = platform or config.platform
+    path_value = config.env_value("PATH")
+    ctx = _Context(rootfs, config.env, tuple((DEFAULT_PATH if path_value is None else path_value).split(":")),
+                   config.working_dir or "/", who, ARCH_MACHINES.get(plat.architecture, (plat.architecture,)))
+    return _start(ctx, base, argv[0])
+
+
+def _start(ctx: _Context, base: Verdict, arg0: str) -> Verdict:
+    name, error = look_path(ctx, arg0)
+    if error is not None:
+        failure = "not-executable" if error.endswith(EACCES) else "entrypoint-missing"
+        return replace(base, path=name, verdict="fail", failure=failure, message=error)
+    assert name is not None
+    base = replace(base, path=name)
+    if not can_execute(ctx.rootfs, name, ctx.user):
+        return replace(base, verdict="fail", failure="not-executable", message=f"exec {name}: {EACCES}")
+    chain = _kernel(ctx, name, arg0, 0)
+    base = replace(base, script=chain.script, program=chain.elf)
+    if chain.errno is not None:
+        return replace(base, verdict="fail", failure=chain.failure, message=f"exec {name}: {chain.errno}")
+    return _after_kernel(ctx, base, chain, name)
+
+
+def _after_kernel(ctx: _Context, base: Verdict, chain: _Chain, execfn: str) -> Verdict:
+    assert chain.elf is not None
+    loaded = _load(ctx, base, chain.elf, chain.argv0)
+    if loaded.verdict == "fail" or chain.env_name is None:
+        return loaded
+    return _env_exec(ctx, loaded, chain.elf, chain.env_name)
+
+
+# -- runc: user and LookPath ---------------------------------------------------------------------
+
+
+def resolve_user(rootfs: RootFS, spec: str) -> User:
+    """runc `user.GetExecUser`: `name|uid[:group|gid]`; names must be in /etc/passwd (/etc/group)."""
+    name, _, group = (spec or "").partition(":")
+    passwd = _table(rootfs, "/etc/passwd")
+    user = _lookup_user(passwd, name or "0")
+    if group:
+        gid = _lookup_group(rootfs, group)
+        user = replace(user, gid=gid)
+    members = {int(r[2]) for r in _table(rootfs, "/etc/group") if len(r) > 3 and r[2].isdigit()
+               and user.name in r[3].split(",")}
+    return replace(user, groups=frozenset(members | {user.gid}))
+
+
+def _lookup_user(passwd: list[list[str]], name: str) -> User:
+    for row in passwd:
+        if len(row) > 3 and (row[0] == name or (name.isdigit() and row[2] == name)) and row[2].isdigit():
+            return User(int(row[2]), int(row[3]) if row[3].isdigit() else 0, frozenset(), row[0])
+    if name.isdigit():
+        return User(int(name), 0, frozenset(), name)
+    raise UserNotFound(f"unable to find user {name}: no matching entries in passwd file")
+
+
+def _lookup_group(rootfs: RootFS, group: str) -> int:
+    for row in _table(rootfs, "/etc/group"):
+        if len(row) > 2 and (row[0] == group or row[2] == group) and row[2].isdigit():
+            return int(row[2])
+    if group.isdigit():
+        return int(group)
+    raise UserNotFound(f"unable to find group {group}: no matching entries in group file")
+
+
+def _table(rootfs: RootFS, path: str) -> list[list[str]]:
+    data = rootfs.read(path)
+    text = data.decode("utf-8", "replace") if data else ""
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def look_path(ctx: _Context, arg0: str) -> tuple[str | None, str | None]:
+    """Go 1.19 `exec.LookPath` as runc runs it (PATH from the image Env): (name, error message)."""
+    if "/" in arg0:
+        err = _find_executable(ctx, arg0)
+        return arg0, None if err is None else f'exec: "{arg0}": {err}'
+    for directory in ctx.path_dirs:
+        candidate = posixpath.join(directory or ".", arg0)
+        if _find_executable(ctx, candidate) is None:
+            return candidate, None
+    return None, f'exec: "{arg0}": executable file not found in $PATH'
+
+
+def _find_executable(ctx: _Context, name: str) -> str | None:
+    """Go `findExecutable`: stat (following links), then not a directory and some execute bit."""
+    path = name if name.startswith("/") else posixpath.join(ctx.cwd, name)
+    try:
+        real = ctx.rootfs.resolve(path)
+    except SymlinkLoop:
+        return f"stat {name}: {ELOOP}"
+    node = ctx.rootfs.nodes.get(real) if real else None
+    if node is None:
+        return f"stat {name}: {_missing_errno(ctx.rootfs, path)}"
+    if node.is_dir or not node.entry.mode & 0o111:
+        return EACCES
+    return None
+
+
+def _missing_errno(rootfs: RootFS, path: str) -> str:
+    """ENOTDIR when a parent is a file, else ENOENT."""
+    parent = posixpath.dirname(path)
+    while parent not in ("/", ""):
+        node = rootfs.get(parent)
+        if node is not None:
+            return "not a directory" if not node.is_dir else ENOENT
+        parent = posixpath.dirname(parent)
+    return ENOENT
+
+
+def can_execute(rootfs: RootFS, path: str, user: User) -> bool:
+    """faccessat2(X_OK, AT_EACCESS): root needs any execute bit; others the owner/group/other one."""
+    real = real_file(rootfs, path)
+    if real is None:
+        return rootfs.get(path) is not None
+    entry = rootfs.nodes[real].entry
+    mode = entry.mode
+    if user.uid == 0:
+        return bool(mode & 0o111)
+    if entry.uid == user.uid:
+        return bool(mode & 0o100)
+    if entry.gid in user.groups:
+        return bool(mode & 0o010)
+    return bool(mode & 0o001)
+
+
+# -- the kernel ----------------------------------------------------------------------------------
+
+
+def _kernel(ctx: _Context, path: str, argv0: str, depth: int) -> _Chain:
+    """execve(path): follows `#!` to an ELF, checking what binfmt_script and binfmt_elf check."""
+    real = real_file(ctx.rootfs, path if path.startswith("/") else posixpath.join(ctx.cwd, path))
+    if real is None:
+        return _Chain(ENOENT, "entrypoint-missing")
+    head = ctx.rootfs.nodes[real].entry.head
+    if head.startswith(b"#!"):
+        return _script(ctx, path, head, depth)
+    return _elf(ctx, real, path, argv0, head)
+
+
+def parse_shebang(head: bytes) -> tuple[str, str | None] | None:
+    """binfmt_script: the first line of at most 256 bytes; blanks and tabs (only) around the
+    interpreter are dropped, so a CRLF line keeps its `\\r`; the rest is one optional argument."""
+    line = head[2:].split(b"\n", 1)[0].rstrip(b" \t")
+    line = line.lstrip(b" \t")
+    if not line:
+        return None
+    interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
+    arg = arg.lstrip(b" \t")
+    text = interp.decode("utf-8", "surrogateescape")
+    return text, (arg.decode("utf-8", "surrogateescape") if arg else None)
+
+
+def _script(ctx: _Context, path: str, head: bytes, depth: int) -> _Chain:
+    parsed = parse_shebang(head)
+    if parsed is None:
+        return _Chain(ENOEXEC, "exec-format")
+    interp, arg = parsed
+    line = head.split(b"\n", 1)[0].decode("utf-8", "surrogateescape")
+    if depth >= MAX_SCRIPT_DEPTH:
+        return _Chain(ELOOP, "other", script=line)
+    target = interp if interp.startswith("/") else posixpath.join(ctx.cwd, interp)
+    if real_file(ctx.rootfs, target) is None:
+        return _Chain(ENOENT, "script-interpreter-missing", script=line)
+    if not can_execute(ctx.rootfs, target, ctx.user):
+        return _Chain(EACCES, "not-executable", script=line)
+    chain = _kernel(ctx, interp, interp, depth + 1)
+    env_name = arg if _is_env(ctx.rootfs, interp) and arg and not arg.startswith("-") else None
+    return replace(chain, script=chain.script or line, env_name=chain.env_name or env_name)
+
+
+def _is_env(rootfs: RootFS, interp: str) -> bool:
+    return posixpath.basename(interp) == "env"
+
+
+def _elf(ctx: _Context, real: str, path: str, argv0: str, head: bytes) -> _Chain:
+    got = ident(head)
+    if got is None or got[1] not in ctx.machines:
+        return _Chain(ENOEXEC, "exec-format")
+    facts = facts_of(ctx.rootfs, real)
+    if facts is None or facts.error is not None:
+        return _Chain(elf=path, argv0=argv0)  # the loader step will say it cannot tell
+    if facts.elf_type in ("rel", "core", "other"):
+        return _Chain(ENOEXEC, "exec-format")
+    if facts.interpreter is None:
+        return _Chain(elf=path, argv0=argv0)
+    interp = real_file(ctx.rootfs, facts.interpreter)
+    if interp is None:
+        return _Chain(ENOENT, "missing-interpreter", elf=path)
+    interp_id = ident(ctx.rootfs.nodes[interp].entry.head)
+    if interp_id is None or interp_id != got:
+        return _Chain(ELIBBAD, "other", elf=path)  # load_elf_binary: a bad interpreter is ELIBBAD
+    return _Chain(elf=path, argv0=argv0)
+
+
+# -- the loader and `env NAME` -------------------------------------------------------------------
+
+
+def _load(ctx: _Context, base: Verdict, elf: str, argv0: str) -> Verdict:
+    real = real_file(ctx.rootfs, elf)
+    facts = facts_of(ctx.rootfs, real) if real else None
+    if facts is None or facts.error is not None:
+        why = facts.error if facts is not None and facts.error else "no ELF facts"
+        return replace(base, verdict="unknown", notes=(*base.notes, f"{elf}: cannot analyse ({why})"))
+    env = LoaderEnv.from_env(ctx.env, ctx.cwd)
+    res = resolve(ctx.rootfs, elf, env, argv0=argv0)
+    if res is None:
+        return base  # static: nothing more to load
+    base = replace(base, resolution=res)
+    fatal = res.fatal
+    if fatal is not None:
+        return replace(base, verdict="fail", failure=fatal.kind, message=fatal.message)
+    return _warnings(base, res, facts.libc)
+
+
+def _warnings(base: Verdict, res: Resolution, libc: str) -> Verdict:
+    notes = list(base.notes)
+    lazy = [p for p in res.problems if p.kind == "missing-symbol"]
+    if lazy:
+        notes.append(f"{lazy[0].message} (only when called: the object is not BIND_NOW)")
+    if res.flavour == "musl" and libc == "glibc":
+        notes.append(f"glibc binary run by musl's loader ({res.interpreter}): a compat layer, not glibc")
+    unknown = [p for p in res.problems if p.kind == "unknown"]
+    notes.extend(p.message for p in unknown)
+    if not notes:
+        return base
+    return replace(base, verdict="warn", message=base.message or notes[0], notes=tuple(notes))
+
+
+def _env_exec(ctx: _Context, base: Verdict, env_path: str, name: str) -> Verdict:
+    """`env NAME` execvp()s NAME on PATH; its errors are printed by env itself."""
+    busybox = posixpath.basename(real_file(ctx.rootfs, env_path) or "") == "busybox"
+
+    def fail(failure: str, errno: str) -> Verdict:
+        text = errno[0].upper() + errno[1:]
+        msg = f"env: can't execute '{name}': {text}" if busybox else f"{env_path}: '{name}': {text}"
+        return replace(base, verdict="fail", failure=failure, message=msg)
+
+    found = _exec_path_lookup(ctx, name)
+    if found is None:
+        return fail("script-interpreter-missing", ENOENT)
+    chain = _kernel(ctx, found, name, 1)
+    if chain.errno is not None:
+        return fail(chain.failure or "other", chain.errno)
+    assert chain.elf is not None
+    return _load(ctx, replace(base, program=chain.elf), chain.elf, chain.argv0)
+
+
+def _exec_path_lookup(ctx: _Context, name: str) -> str | None:
+    if "/" in name:
+        return name if real_file(ctx.rootfs, name) else None
+    for directory in ctx.path_dirs:
+        candidate = posixpath.join(directory or ctx.cwd, name)
+        real = real_file(ctx.rootfs, candidate)
+        if real is not None and can_execute(ctx.rootfs, candidate, ctx.user):
+            return candidate
+    return None
