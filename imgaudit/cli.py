@@ -87,25 +87,71 @@ def main() -> None:
     """Will this image start, and where do its bytes go?"""
 
 
+_BUDGET_FLAGS = (  # the CI gate's budgets (imgaudit/policy.py); SIZE is 200MB (decimal) or 1.5GiB (binary)
+    ("--max-size", "SIZE", "Fail when all layers, uncompressed, exceed SIZE."),
+    ("--max-compressed-size", "SIZE", "Fail when the compressed layers exceed SIZE."),
+    ("--max-layers", "N", "Fail with more than N layers."),
+    ("--min-efficiency", "RATIO", "Fail under this efficiency (dive's lowestEfficiency; 0.95 or 95%)."),
+    ("--max-wasted", "SIZE", "Fail when wasted bytes exceed SIZE (dive's highestWastedBytes)."),
+    ("--max-user-wasted", "RATIO", "Fail when wasted ÷ bytes after the base layer exceeds RATIO "
+                                   "(dive's highestUserWastedPercent)."),
+    ("--max-reclaimable", "SIZE", "Fail when bytes hidden by later layers exceed SIZE."),
+)
+
+
+def gate_options(func: F) -> F:
+    """Outputs, fail threshold, budgets, ignores, config file and Dockerfile of the CI gate."""
+    for flag, metavar, text in reversed(_BUDGET_FLAGS):
+        func = click.option(flag, metavar=metavar, help=text + " 'off' lifts a configured budget.")(func)
+    options = [
+        click.option("--format", "fmt", type=click.Choice(["table", "json", "sarif", "junit", "markdown"]),
+                     default="table", show_default=True, help="What to print on stdout."),
+        click.option("--output", "-o", "outputs", multiple=True, metavar="[FORMAT:]FILE",
+                     help="Also write FORMAT to FILE (format from the suffix: .sarif .json .xml .md). Repeatable."),
+        click.option("--fail-on", type=click.Choice(["error", "warning", "never"]),
+                     help="Exit 1 when a finding reaches this severity.  [default: error]"),
+        click.option("--ignore", "ignore", multiple=True, metavar="RULE[:PATH]",
+                     help="Drop findings of RULE (at paths matching the PATH glob). Repeatable."),
+        click.option("--config", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Read settings from FILE instead of the nearest .imgaudit.toml / pyproject.toml / .dive-ci."),
+        click.option("--dockerfile", type=click.Path(dir_okay=False), metavar="PATH",
+                     help="Point SARIF results and annotations at the Dockerfile line that made each layer."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @main.command()
 @click.argument("reference")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Show every finding, infos included.")
+@gate_options
 @common
 @handled
-def inspect(reference: str, fmt: str, show_all: bool, platform: str | None, jobs: int) -> None:
-    """Summarise an image: platform, digests, entrypoint verdict, layers and sizes."""
+def inspect(reference: str, fmt: str, show_all: bool, platform: str | None, jobs: int, **gate: Any) -> None:
+    """Summarise an image: platform, digests, entrypoint verdict, layers and sizes; exit 1 when it fails the gate."""
+    from pathlib import Path
+
+    from imgaudit import ci
     from imgaudit.audit import Options, audit
+    from imgaudit.policy import apply, load_policy, unknown_ignores
+    from imgaudit.rules import rule_ids
 
-    report = audit(reference, Options(platform=_platform(platform), jobs=jobs))
-    if fmt == "json":
-        from imgaudit.render.json import render
+    flags = {k: v for k, v in gate.items() if v not in (None, ()) and k not in ("outputs", "config", "dockerfile")}
+    policy = load_policy(flags, Path(gate["config"]) if gate["config"] else None)
+    for ignore in unknown_ignores(policy, rule_ids()):
+        click.echo(f"imgaudit: warning: --ignore {ignore}: no rule matches {ignore.rule!r}", err=True)
+    outputs = [ci.parse_output(value) for value in gate["outputs"]]
+    protected = ci.input_paths(reference) + ([Path(gate["dockerfile"])] if gate["dockerfile"] else [])
+    ci.check_outputs(outputs, protected)
+    report = apply(audit(reference, Options(platform=_platform(platform), jobs=jobs)), policy)
+    view = ci.Gate(policy, ci.load_dockerfile(gate["dockerfile"], report), color=_color(), show_all=show_all)
+    sys.exit(ci.finish(report, view, fmt=fmt, outputs=outputs, env=os.environ,
+                       echo=lambda text: click.echo(text, nl=False),
+                       echo_err=lambda text: click.echo(text, nl=False, err=True)))
 
-        click.echo(render(report), nl=False)
-    else:
-        from imgaudit.render.table import render_inspect
 
-        click.echo(render_inspect(report, color=_color(), show_all=show_all), nl=False)
+main.add_command(inspect, name="check")  # the name a CI step reads best: `imgaudit check IMAGE`
 
 
 @main.command(name="ls")

@@ -29,6 +29,7 @@ _DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _IMAGE_ID_RE = re.compile(r"^(?:sha256:)?[0-9a-f]{12,64}$")
+_FULL_ID_RE = re.compile(r"^(?:sha256:)?[0-9a-f]{64}$")
 _OCI_REF_RE = re.compile(r"^[A-Za-z0-9._-]+(?:[:/@+][A-Za-z0-9._-]+)*$")
 
 
@@ -84,6 +85,8 @@ def parse_reference(text: str) -> Reference:
         return _sniff_path(text)
     if text.startswith(("/", "./", "../", "~")) or text in (".", ".."):
         raise UsageError(f"no such file or directory: {escape(text)}")
+    if _FULL_ID_RE.match(text):  # as `docker inspect` takes it: an image id, never a repository
+        return Reference("docker-daemon", text, image_id=text, bare=True)
     name, tag, digest = split_name(text)
     return Reference("docker-daemon", text, name=name, tag=tag, digest=digest, bare=True)
 
@@ -112,6 +115,8 @@ def split_name(text: str) -> tuple[str, str | None, str | None]:
 def normalise_name(name: str, original: str | None = None) -> str:
     """`alpine` → `docker.io/library/alpine`; `index.docker.io/x/y` → `docker.io/x/y`."""
     shown = escape(original or name)
+    if re.fullmatch(r"[0-9a-f]{64}", name):
+        raise UsageError(f"invalid image reference {shown!r}: a 64-hex name is an image id, not a repository")
     first, sep, remainder = name.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
         if not _DOMAIN_RE.match(first):
@@ -125,8 +130,6 @@ def normalise_name(name: str, original: str | None = None) -> str:
             path = "library/" + path
     if not _PATH_RE.match(path):
         raise UsageError(f"invalid image reference {shown!r}: names are lowercase letters, digits and . _ - /")
-    if re.fullmatch(r"[0-9a-f]{64}", path):
-        raise UsageError(f"invalid image reference {shown!r}: a 64-hex name is an image id, not a repository")
     full = f"{domain}/{path}"
     if len(full) > MAX_NAME:
         raise UsageError(f"invalid image reference {shown!r}: name longer than {MAX_NAME} characters")

@@ -1,0 +1,152 @@
+"""The rule catalogue: for every finding kind, what it means, the runtime error it predicts, the fix, how to ignore it.
+
+SARIF's `tool.driver.rules`, JUnit's test cases and `docs/rules.md` (made by `scripts/gen-rule-docs`) are all
+generated from this table, so a new rule is documented by adding it here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from imgaudit.report import Severity
+
+
+class Category(str, Enum):
+    STARTUP = "startup"  # will the entrypoint and the other binaries start (issue 3)
+    SIZE = "size"  # where the bytes go (issue 4)
+    BUDGET = "budget"  # limits set by the policy (issue 6)
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    category: Category
+    severity: Severity
+    summary: str  # one line, no final stop
+    description: str
+    predicts: str | None  # the line the container would print, word for word; None for size and budget rules
+    fix: str
+
+    @property
+    def name(self) -> str:
+        """SARIF's `name`: the id in PascalCase (`missing-library` → `MissingLibrary`)."""
+        return "".join(part.capitalize() for part in self.id.split("-"))
+
+    def ignore_hint(self) -> str:
+        return f"--ignore {self.id}  (or --ignore '{self.id}:/some/path/*'; ignore = [\"{self.id}\"] in config)"
+
+
+def _r(rule_id: str, category: Category, severity: Severity, summary: str, description: str, predicts: str | None,
+       fix: str) -> Rule:
+    return Rule(rule_id, category, severity, summary, description, predicts, fix)
+
+
+S, Z, B = Category.STARTUP, Category.SIZE, Category.BUDGET
+E, W, N = Severity.ERROR, Severity.WARNING, Severity.INFO  # N: a note (info)
+
+RULES: tuple[Rule, ...] = (
+    # ---- start-up (linkage) ----
+    _r("entrypoint-missing", S, E, "The entrypoint does not exist in the image",
+       "argv[0] of Entrypoint + Cmd is neither an existing path nor a name found on the image's PATH.",
+       'exec: "app": executable file not found in $PATH  /  exec: "/app": stat /app: no such file or directory',
+       "COPY the binary to the path the ENTRYPOINT names, or fix the ENTRYPOINT/CMD (check WORKDIR and PATH)."),
+    _r("not-executable", S, E, "The entrypoint is not executable",
+       "The file exists but has no execute bit for the image's user, or is a directory.",
+       "exec /app: permission denied",
+       "`chmod +x` it before COPY, or use `COPY --chmod=755`; check USER can read and execute it."),
+    _r("exec-format", S, E, "The binary is for another machine or is not a known executable format",
+       "The ELF machine or class does not match the image's platform (e.g. arm64 binary in an amd64 image), "
+       "or the file is neither ELF nor a `#!` script.",
+       "exec /app: exec format error",
+       "Build for the image's platform (`--platform`, the right Rust/Go target), or add a `#!` line to scripts."),
+    _r("missing-interpreter", S, E, "The ELF interpreter (dynamic loader) is not in the image",
+       "PT_INTERP names a loader the image lacks — typically a glibc binary (`/lib64/ld-linux-x86-64.so.2`) "
+       "in Alpine or distroless/static, or a musl binary on Debian.",
+       "exec /app: no such file or directory",
+       "Use a runtime with the binary's libc (Debian/distroless-cc for glibc, Alpine for musl), or build "
+       "statically (Rust: `--target x86_64-unknown-linux-musl` or `-C target-feature=+crt-static`)."),
+    _r("script-interpreter-missing", S, E, "The `#!` interpreter of a script is not in the image",
+       "The script's `#!` line names a program the image lacks (or `/usr/bin/env NAME` with NAME not on PATH; "
+       "a CRLF line ending makes the kernel look for `/bin/sh\\r`).",
+       "exec /app/run.sh: no such file or directory  /  /usr/bin/env: 'python3': No such file or directory",
+       "Install the interpreter, fix the `#!` line, or convert the script to LF line endings."),
+    _r("missing-library", S, E, "A needed shared library is not found by the image's loader",
+       "A DT_NEEDED library is not found along the loader's search path (RPATH, LD_LIBRARY_PATH, RUNPATH, "
+       "ld.so.cache, default directories) inside the image.",
+       "/app: error while loading shared libraries: libssl.so.3: cannot open shared object file: No such file "
+       "or directory  /  (musl) Error loading shared library libssl.so.3: No such file or directory (needed by /app)",
+       "Install the package providing the library in the runtime stage, copy it and run `ldconfig`, or link it "
+       "statically (Rust: vendored OpenSSL or rustls; distroless/cc for libgcc_s)."),
+    _r("glibc-version", S, E, "The binary needs a newer symbol version than the image's library defines",
+       "A version need (`GLIBC_2.34`, `GLIBCXX_3.4.30`, `OPENSSL_3.0.0`, …) is not defined by the library the "
+       "loader actually loads: the binary was built against a newer runtime than the image has.",
+       "/app: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.34' not found (required by /app)",
+       "Build on the same release as the runtime (e.g. `rust:1-bookworm` for `debian:bookworm-slim`), or use a "
+       "newer runtime image."),
+    _r("missing-symbol", S, E, "An undefined symbol is defined by no loaded library",
+       "A non-weak undefined symbol is not exported by any object in the global scope; fatal at start-up for "
+       "BIND_NOW objects, and always under musl.",
+       "/app: symbol lookup error: /app: undefined symbol: foo  /  (musl) Error relocating /app: foo: symbol "
+       "not found",
+       "Ship the library version the binary was linked against, or rebuild against the runtime's libraries."),
+    _r("libc-mismatch", S, W, "A glibc binary runs through a compatibility loader",
+       "A glibc binary would run through a compat layer such as gcompat on musl; it may start, and then fail on "
+       "a symbol the layer lacks.",
+       "Error relocating /app: gnu_get_libc_version: symbol not found",
+       "Build for musl (Rust: `x86_64-unknown-linux-musl`), or use a glibc-based runtime image."),
+    _r("ld-cache-stale", S, W, "A library is only found by skipping a stale ld.so.cache",
+       "A library lives in a directory listed in ld.so.conf but is missing from /etc/ld.so.cache (copied in "
+       "without running `ldconfig`).",
+       "/app: error while loading shared libraries: libfoo.so.1: cannot open shared object file: No such file "
+       "or directory",
+       "Run `ldconfig` in the same Dockerfile step that copies the library."),
+    _r("no-ca-certificates", S, W, "A TLS client in an image without a CA bundle",
+       "A binary links OpenSSL or embeds rustls, and the image has no CA certificate bundle: every HTTPS "
+       "connection will fail verification.",
+       "certificate verify failed: unable to get local issuer certificate  /  invalid peer certificate: "
+       "UnknownIssuer",
+       "Install `ca-certificates` (or COPY /etc/ssl/certs/ca-certificates.crt from the build stage)."),
+    _r("elf-unreadable", S, W, "An ELF file could not be analysed",
+       "The ELF parser failed or timed out on this file; it was skipped and the report is incomplete.",
+       None,
+       "Check the file is not truncated; report a bug with the file if it runs fine."),
+    # ---- budgets (policy) ----
+    _r("budget-size", B, E, "The image is larger than --max-size",
+       "The sum of all layers, uncompressed (what `docker images` shows), is over the budget.", None,
+       "Shrink the image (see the size findings), or raise `--max-size` / `max-size`."),
+    _r("budget-compressed-size", B, E, "The compressed image is larger than --max-compressed-size",
+       "The sum of the compressed layer blobs (what a pull downloads) is over the budget.", None,
+       "Shrink the image, or raise `--max-compressed-size` / `max-compressed-size`."),
+    _r("budget-layers", B, E, "The image has more layers than --max-layers",
+       "The number of filesystem layers is over the budget.", None,
+       "Merge RUN steps or use a multi-stage build, or raise `--max-layers` / `max-layers`."),
+    _r("budget-efficiency", B, E, "The image efficiency is under --min-efficiency (dive's lowestEfficiency)",
+       "dive's efficiency (Σ smallest copy of each path ÷ Σ all copies) is under the minimum.", None,
+       "Stop rewriting and deleting files across layers, or lower `--min-efficiency` / `lowestEfficiency`."),
+    _r("budget-wasted", B, E, "Wasted bytes are over --max-wasted (dive's highestWastedBytes)",
+       "dive's wasted bytes (every copy of every path written in two or more layers) are over the budget.", None,
+       "Clean up in the same RUN step that creates files, or raise `--max-wasted` / `highestWastedBytes`."),
+    _r("budget-user-wasted", B, E, "Wasted bytes share is over --max-user-wasted (dive's highestUserWastedPercent)",
+       "Wasted bytes ÷ bytes of all layers but the first (a ratio 0–1) is over the maximum.", None,
+       "Clean up in the same RUN step that creates files, or raise `--max-user-wasted` / "
+       "`highestUserWastedPercent`."),
+    _r("budget-reclaimable", B, E, "Reclaimable bytes are over --max-reclaimable",
+       "Bytes in lower layers that nobody can see in the final filesystem (overwritten, removed, under "
+       "removed or opaque directories) are over the budget.", None,
+       "Delete files in the step that creates them, or use a multi-stage build; or raise `--max-reclaimable`."),
+)
+
+_BY_ID = {rule.id: rule for rule in RULES}
+
+
+def rule(rule_id: str) -> Rule:
+    """The catalogued rule, or a generic entry, so a rule added by an analyser never breaks an output."""
+    return _BY_ID.get(rule_id) or Rule(rule_id, Category.OTHER, Severity.WARNING, rule_id.replace("-", " "),
+                                       "Not yet described in the rule catalogue.", None,
+                                       "See the finding's own fix.")
+
+
+def rule_ids() -> list[str]:
+    return [r.id for r in RULES]

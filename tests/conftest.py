@@ -1,0 +1,44 @@
+"""Shared pytest options and fixtures: `--update-golden`, the public schemas directory, golden-file comparison."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="Rewrite tests/golden/ files from the current output instead of comparing.")
+
+
+@pytest.fixture(scope="session")
+def schemas_dir() -> Path:
+    """Public schemas (SARIF, JUnit) live in ../shared/schemas, never copied into the repository."""
+    path = Path(os.environ.get("IMGAUDIT_SCHEMAS") or REPO.parent / "shared" / "schemas")
+    if not path.is_dir():
+        pytest.fail(f"schemas directory {path} not found; set IMGAUDIT_SCHEMAS")
+    return path
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
+    """`golden(name, text)`: compare `text` with tests/golden/NAME, or rewrite it under `--update-golden`."""
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        if not path.exists():
+            pytest.fail(f"no golden file {path}; run pytest --update-golden and review the diff")
+        assert text == path.read_text(encoding="utf-8"), f"{name} differs; pytest --update-golden to accept"
+
+    return check
