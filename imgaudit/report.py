@@ -118,6 +118,9 @@ class LayerInfo:
     files_modified: int = 0
     files_removed: int = 0
     created_by: str = ""
+    bytes_added: int = 0  # regular-file bytes at paths new in this layer
+    bytes_modified: int = 0  # regular-file bytes this layer wrote over existing paths
+    bytes_removed: int = 0  # lower-layer regular-file bytes this layer's whiteouts and opaque dirs hid
 
 
 @dataclass
@@ -135,6 +138,44 @@ class PackageSize:
 
 
 @dataclass
+class DirSize:
+    path: str
+    bytes: int
+    files: int
+
+
+@dataclass
+class Inefficiency:
+    """dive's "inefficient file": a path in two or more layers, all copies counted."""
+
+    path: str
+    count: int
+    bytes: int
+
+
+@dataclass
+class ReclaimableItem:
+    """Lower-layer bytes the final filesystem does not show, grouped by what hid them."""
+
+    path: str
+    bytes: int
+    files: int
+    layer: int
+    hidden_by: int
+    reason: str  # overwritten | removed | opaque | replaced | duplicate-entry
+
+
+@dataclass
+class DuplicateGroup:
+    """Identical content (same sha256) at several paths of the final filesystem."""
+
+    digest: str
+    bytes: int  # size of one copy
+    wasted_bytes: int  # all copies but one
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass
 class SizeInfo:
     compressed_bytes: int = 0
     uncompressed_bytes: int = 0
@@ -146,6 +187,13 @@ class SizeInfo:
     layers: list[LayerInfo] = field(default_factory=list)
     top_files: list[FileSize] = field(default_factory=list)
     packages: list[PackageSize] = field(default_factory=list)
+    user_wasted_percent: float | None = None  # dive's WastedUserPercent (a fraction); None: no user layers
+    inefficient_files: list[Inefficiency] = field(default_factory=list)
+    reclaimable: list[ReclaimableItem] = field(default_factory=list)
+    top_dirs: list[DirSize] = field(default_factory=list)
+    duplicates: list[DuplicateGroup] = field(default_factory=list)
+    duplicate_bytes: int = 0
+    package_db: str | None = None  # dpkg | dpkg-status.d | apk
 
 
 @dataclass
