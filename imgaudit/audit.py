@@ -54,9 +54,9 @@ def audit(reference: str | Loaded, options: Options | None = None) -> Report:
 
 def _analysers():  # type: ignore[no-untyped-def]
     """Each analyser fills its part of the report; imported lazily so `ls` never pays for them."""
-    from imgaudit.checks import size
+    from imgaudit.checks import linkage, size
 
-    return [size.analyse]
+    return [size.analyse, linkage.analyse]
 
 
 def image_info(image: Image) -> ImageInfo:

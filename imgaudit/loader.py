@@ -671,10 +671,12 @@ class _Walk:
         return scope
 
     def _check_symbols(self) -> None:
+        if self.as_library:
+            return  # a library's scope depends on the program that loads it
         scope = [(o, self.loader.exports.of(o)) for o in self._scope() if o.facts]
         order = self.objects[1:] + self.objects[:1]  # libraries are relocated before the program
         for obj in order:
-            if obj is self.rtld or not obj.facts or (self.as_library and obj is self.program):
+            if obj is self.rtld or not obj.facts:
                 continue
             self._check_object(obj, scope)
 
