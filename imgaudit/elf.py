@@ -1,0 +1,858 @@
+"""ELF facts for linkage checks (ELF gABI, GNU symbol versioning), read with LIEF in a worker process.
+
+This is the only module that imports `lief`, and only inside the worker: LIEF can segfault, hang or
+exhaust memory on hostile files (RELIABILITY.md 1.6, items 90-98), so the caller's process never
+loads it. A long-lived worker gets each file through a shared in-memory file (`memfd_create`, so
+LIEF parses a path: DESIGN.md 3b), answers with plain tuples, and is killed and respawned after a
+crash or a timeout. Bad input never raises: the file gets `ElfFacts.error` instead.
+"""
+
+from __future__ import annotations
+
+import array
+import atexit
+import io
+import mmap
+import os
+import pickle
+import re
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+ElfType = Literal["exec", "dyn", "pie", "rel", "core", "other"]
+Libc = Literal["glibc", "musl", "none", "unknown"]
+RustTarget = Literal["gnu", "musl", "static"]
+Linking = Literal["static", "static-pie", "dynamic"]
+Endian = Literal["little", "big", ""]
+
+ELF_MAGIC = b"\x7fELF"
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MEMORY_LIMIT = 4 << 30
+DEFAULT_MAX_BYTES = 1 << 30
+# A worker that dies on this many files in a row is broken (e.g. LIEF #1146 on a whole
+# architecture): stop paying a respawn per file and report every later file instead.
+MAX_CONSECUTIVE_CRASHES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class VersionNeed:
+    """One vernaux entry of DT_VERNEED: `file` (a DT_NEEDED soname) must define `version`."""
+
+    file: str
+    version: str
+    weak: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    """A dynamic symbol. `hidden` marks a non-default version (`name@V`, not `name@@V`), which
+    binds only to references that ask for that version."""
+
+    name: str
+    version: str | None = None
+    weak: bool = False
+    hidden: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RustFacts:
+    rustc_version: str | None = None
+    rustc_commit: str | None = None
+    target: RustTarget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ElfFacts:
+    """What linkage checks need from one ELF file; `error` set means the file could not be read."""
+
+    elf_class: int = 0
+    endian: Endian = ""
+    machine: str = ""
+    elf_type: ElfType = "other"
+    interpreter: str | None = None
+    needed: tuple[str, ...] = ()
+    soname: str | None = None
+    rpath: tuple[str, ...] = ()
+    runpath: tuple[str, ...] = ()
+    bind_now: bool = False
+    has_dynamic: bool = False
+    static_pie: bool = False
+    version_needs: tuple[VersionNeed, ...] = ()
+    version_defs: tuple[str, ...] = ()
+    imported_symbols: tuple[Symbol, ...] = ()
+    exported_symbols: tuple[Symbol, ...] = ()
+    debug_bytes: int = 0
+    stripped: bool = False
+    rust: RustFacts | None = None
+    libc: Libc = "unknown"
+    banner: str | None = None
+    libc_version: str | None = None
+    error: str | None = None
+
+    @property
+    def linking(self) -> Linking:
+        """The `linking` of the JSON report: a shared library counts as dynamic."""
+        if self.interpreter is not None:
+            return "dynamic"
+        if self.static_pie:
+            return "static-pie"
+        return "dynamic" if self.elf_type == "dyn" else "static"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks on the raw header, done in the caller: cheap, cannot crash, and they name the problem.
+
+_LD_SCRIPT = re.compile(rb"\s*(?:/\*.*?\*/\s*)*(?:GROUP|INPUT|OUTPUT_FORMAT|SEARCH_DIR|INCLUDE)\s*\(", re.S)
+_MACHINES = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 243: "riscv", 21: "ppc64", 22: "s390"}
+
+
+def is_elf(head: bytes) -> bool:
+    return head[:4] == ELF_MAGIC
+
+
+def is_ld_script(head: bytes) -> bool:
+    """A GNU ld script (`libc.so` on Debian): the linker reads it, the loader never does."""
+    return b"GNU ld script" in head[:256] or _LD_SCRIPT.match(head[:4096]) is not None
+
+
+def machine_name(e_machine: int, elf_class: int, endian: str, fallback: str = "") -> str:
+    """Names as Docker platforms and distro triplets spell them; the word size or byte order picks
+    the variant where one e_machine value covers two (EM_RISCV, EM_PPC64, EM_S390)."""
+    name = _MACHINES.get(e_machine)
+    if name == "riscv":
+        return f"riscv{elf_class}"
+    if name == "ppc64":
+        return "ppc64le" if endian == "little" else "ppc64"
+    if name == "s390":
+        return "s390x" if elf_class == 64 else "s390"
+    return name or fallback or f"em_{e_machine}"
+
+
+def _ident(data: bytes) -> tuple[int, Endian, str]:
+    """Class, byte order and machine from e_ident and e_machine, even when LIEF cannot parse."""
+    if len(data) < 20 or data[4] not in (1, 2) or data[5] not in (1, 2):
+        return 0, "", ""
+    elf_class = 32 * data[4]
+    endian: Endian = "little" if data[5] == 1 else "big"
+    (e_machine,) = struct.unpack_from("<H" if endian == "little" else ">H", data, 18)
+    return elf_class, endian, machine_name(e_machine, elf_class, endian)
+
+
+def _precheck(data: bytes, max_bytes: int) -> str | None:
+    """The reason `data` is not worth a parse, or None."""
+    if not is_elf(data):
+        return "GNU ld script" if is_ld_script(data) else "not a valid ELF (no ELF magic)"
+    if len(data) < 16:
+        return f"not a valid ELF (truncated: {len(data)} bytes)"
+    if data[4] not in (1, 2):
+        return f"not a valid ELF (bad class byte 0x{data[4]:02x})"
+    if data[5] not in (1, 2):
+        return f"not a valid ELF (bad data byte 0x{data[5]:02x})"
+    if len(data) < (52 if data[4] == 1 else 64):
+        return f"not a valid ELF (truncated header: {len(data)} bytes)"
+    if len(data) > max_bytes:
+        return f"too large to parse ({len(data)} bytes, cap {max_bytes})"
+    return _truncation(data)
+
+
+def _truncation(data: bytes) -> str | None:
+    """LIEF parses a cut-off file without complaint and silently loses what lies past the cut (the
+    dynamic section sits near the end), so check that the header tables and every segment fit."""
+    order = "<" if data[5] == 1 else ">"
+    is64 = data[4] == 2
+    phoff, shoff = struct.unpack_from(order + ("QQ" if is64 else "II"), data, 32 if is64 else 28)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", data, 54 if is64 else 42)
+    need = max(phoff + phnum * phentsize if phnum else 0, shoff + shnum * shentsize if shoff else 0)
+    if need <= len(data):
+        phdr = struct.Struct(order + ("8xQ16xQ" if is64 else "4xI8xI"))  # p_offset, p_filesz
+        if phentsize >= phdr.size:
+            for index in range(phnum):
+                offset, filesz = phdr.unpack_from(data, phoff + index * phentsize)
+                need = max(need, offset + filesz if filesz else 0)
+    if need > len(data):
+        return f"not a valid ELF (truncated or corrupt: {len(data)} bytes, its headers describe {need})"
+    return None
+
+
+def _error_facts(data: bytes, error: str) -> ElfFacts:
+    elf_class, endian, machine = _ident(data)
+    return ElfFacts(elf_class=elf_class, endian=endian, machine=machine, error=error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side: runs in the subprocess only (see _BOOTSTRAP).
+
+# ABORT and HANG exist to test the fault paths; PARSE_ALL to compare our ParserConfig with a full parse.
+_OP_PARSE, _OP_ABORT, _OP_HANG, _OP_PARSE_ALL = 0, 1, 2, 3
+_REQUEST = struct.Struct("<QB")
+_LENGTH = struct.Struct("<I")
+_ET_NAMES: dict[int, ElfType] = {1: "rel", 2: "exec", 4: "core"}
+_ET_DYN = 3
+_SHN_UNDEF, _SHN_ABS = 0, 0xFFF1
+_DF_BIND_NOW, _DF_1_NOW, _DF_1_PIE = 0x8, 0x1, 0x08000000
+_VER_FLG_BASE, _VER_FLG_WEAK = 0x1, 0x2
+_VERSYM_HIDDEN = 0x8000
+_RUSTC_VERSION = re.compile(rb"rustc version (\S+)")
+_HEX40 = re.compile(rb"[0-9a-f]{40}/")
+_GLIBC_MARKERS = (b"GLIBC_TUNABLES", b"GLIBC_PRIVATE", b"Fatal glibc error", b"GNU C Library")
+# musl's strerror text for errno 0; glibc says "Success". Static musl programs that print errors
+# (every Rust one) carry it; a stripped static musl "hello" carries nothing and reads as "none".
+_MUSL_MARKERS = (b"musl libc (", b"No error information")
+_GLIBC_RELEASE = re.compile(rb"release version (\d+\.\d+(?:\.\d+)?)")
+# musl keeps its version only as a bare string in .rodata (src/internal/version.c); the only
+# other dotted-number string in it is "127.0.0.1", which the trailing NUL rules out.
+_MUSL_VERSION = re.compile(rb"\0(\d+\.\d+\.\d+(?:[-_][0-9A-Za-z._+-]*)?)\0")
+
+
+class _Parser:
+    """Turns the memfd's current content into plain tuples (picklable, LIEF-free)."""
+
+    def __init__(self, lief: Any, memfd: int) -> None:
+        self.lief = lief
+        self.memfd = memfd
+        self.path = f"/proc/self/fd/{memfd}"
+        self.configs = {_OP_PARSE: _parser_config(lief), _OP_PARSE_ALL: lief.ELF.ParserConfig.all}
+        self.sym = lief.ELF.Symbol
+        self.tags = lief.ELF.DynamicEntry.TAG
+        self.symtab = lief.ELF.Section.TYPE.SYMTAB
+        self.pt_dynamic = lief.ELF.Segment.TYPE.DYNAMIC
+        self.binary: Any = None
+        self.data: mmap.mmap | None = None
+
+    def parse(self, size: int, op: int = _OP_PARSE) -> tuple[str, Any]:
+        self.release()
+        self.data = mmap.mmap(self.memfd, size, prot=mmap.PROT_READ)
+        self.binary = self.lief.ELF.parse(self.path, self.configs[op])
+        if self.binary is None:
+            return "error", "not a valid ELF (LIEF could not parse it)"
+        return "ok", self.collect(self.binary, self.data)
+
+    def release(self) -> None:
+        """Free the last file; called after its answer is sent, so the caller need not wait for
+        LIEF's teardown."""
+        self.binary = None
+        if self.data is not None:
+            self.data.close()
+            self.data = None
+
+    def collect(self, binary: Any, data: mmap.mmap) -> dict[str, Any]:
+        facts = self.dynamic(binary)
+        facts.update(self.versions(binary))
+        facts.update(self.header(binary, facts))
+        facts.update(self.symbols(binary, facts))
+        facts["static_pie"] = _static_pie(binary.header, facts)
+        comment, sections = self.sections(binary, facts)
+        facts.update(_libc_facts(facts, data))
+        facts["rust"] = _rust_facts(comment, data, sections, facts)
+        return facts
+
+    def header(self, binary: Any, facts: dict[str, Any]) -> dict[str, Any]:
+        header = binary.header
+        elf_class = 32 if header.identity_class == self.lief.ELF.Header.CLASS.ELF32 else 64
+        endian = "little" if header.identity_data == self.lief.ELF.Header.ELF_DATA.LSB else "big"
+        arch = header.machine_type
+        interpreter = _str_attr(binary, "interpreter").rstrip("\0") if binary.has_interpreter else None
+        e_type, pie_flag = int(header.file_type), facts["pie_flag"]
+        return {
+            "elf_class": elf_class,
+            "endian": endian,
+            "machine": machine_name(int(arch), elf_class, endian, arch.name.lower()),
+            "elf_type": _elf_type(e_type, interpreter, pie_flag, facts["soname"]),
+            "interpreter": interpreter,
+            "has_dynamic": any(seg.type is self.pt_dynamic for seg in binary.segments),
+        }
+
+    def dynamic(self, binary: Any) -> dict[str, Any]:
+        tags = self.tags
+        needed: list[str] = []
+        facts: dict[str, Any] = {"soname": None, "rpath": (), "runpath": (), "bind_now": False, "versym": 0}
+        pie_flag = False
+        for entry in binary.dynamic_entries:
+            tag = entry.tag
+            if tag is tags.NEEDED:
+                needed.append(_str_attr(entry, "name"))
+            elif tag is tags.SONAME:
+                facts["soname"] = _str_attr(entry, "name")
+            elif tag is tags.RPATH:
+                facts["rpath"] = tuple(_str_attr(entry, "rpath").split(":"))  # "" elements mean the cwd
+            elif tag is tags.RUNPATH:
+                facts["runpath"] = tuple(_str_attr(entry, "runpath").split(":"))
+            elif tag is tags.BIND_NOW or (tag is tags.FLAGS and entry.value & _DF_BIND_NOW):
+                facts["bind_now"] = True
+            elif tag is tags.VERSYM:
+                facts["versym"] = entry.value
+            elif tag is tags.FLAGS_1:
+                facts["bind_now"] |= bool(entry.value & _DF_1_NOW)
+                pie_flag = bool(entry.value & _DF_1_PIE)
+        facts.update(needed=tuple(needed), pie_flag=pie_flag)
+        return facts
+
+    def versions(self, binary: Any) -> dict[str, Any]:
+        """Needs, definitions (without the base one naming the file), and the .gnu.version
+        index -> name map that symbols() uses (vna_other and vd_ndx are those indexes)."""
+        needs, defs, names = [], [], {}
+        for req in binary.symbols_version_requirement:
+            for aux in req.get_auxiliary_symbols():
+                name = names[aux.other] = _str_attr(aux, "name")
+                needs.append((_str_attr(req, "name"), name, bool(aux.flags & _VER_FLG_WEAK)))
+        for vdef in binary.symbols_version_definition:
+            auxs = vdef.auxiliary_symbols
+            if auxs and not vdef.flags & _VER_FLG_BASE:
+                name = names[vdef.ndx] = _str_attr(auxs[0], "name")
+                defs.append(name)
+        return {"version_needs": tuple(needs), "version_defs": tuple(defs), "version_names": names}
+
+    def symbols(self, binary: Any, facts: dict[str, Any]) -> dict[str, Any]:
+        local, weak = self.sym.BINDING.LOCAL, self.sym.BINDING.WEAK
+        names, defs = facts.pop("version_names"), frozenset(facts["version_defs"])
+        symbols = binary.dynamic_symbols
+        versym = self.versym(binary, facts.pop("versym"), len(symbols), facts["endian"])
+        imported: list[tuple[str, str | None, bool, bool]] = []
+        exported: list[tuple[str, str | None, bool, bool]] = []
+        for index, sym in enumerate(symbols):
+            binding = sym.binding
+            if binding is local:  # also the null symbol at index 0
+                continue
+            name, shndx = sym.name, sym.shndx
+            if name.__class__ is not str:  # inline check: this loop runs for every symbol
+                name = _str_attr(sym, "name")
+            value = versym[index] if index < len(versym) else 0
+            version = names.get(value & 0x7FFF)  # 0 and 1 (local, global) are never in names
+            if shndx == _SHN_UNDEF:
+                imported.append((name, version, binding is weak, False))
+            elif not (shndx == _SHN_ABS and name in defs):  # skip the ABS symbol naming each version
+                exported.append((name, version, binding is weak, bool(value & _VERSYM_HIDDEN)))
+        return {"imported_symbols": tuple(imported), "exported_symbols": tuple(exported)}
+
+    def versym(self, binary: Any, address: int, count: int, endian: str) -> Sequence[int]:
+        """The .gnu.version array, one entry per dynamic symbol. Read in bulk through DT_VERSYM:
+        asking LIEF symbol by symbol costs more than the rest of the parse."""
+        raw = binary.get_content_from_virtual_address(address, 2 * count) if address else b""
+        if len(raw) != 2 * count:
+            return [version.value for version in binary.symbols_version]
+        table = array.array("H", bytes(raw))
+        if endian != sys.byteorder:
+            table.byteswap()
+        return table
+
+    def sections(self, binary: Any, facts: dict[str, Any]) -> tuple[bytes, tuple[int, int] | None]:
+        """Fill debug_bytes and stripped; return `.comment` and the `.rodata` (offset, size)."""
+        debug, symtab, comment, rodata = 0, False, b"", None
+        for section in binary.sections:
+            name = _str_attr(section, "name")
+            if name.startswith((".debug_", ".zdebug_")):
+                debug += section.size
+            elif section.type is self.symtab:
+                symtab = True
+            elif name == ".comment":
+                comment = bytes(section.content)
+            elif name == ".rodata":
+                rodata = (section.offset, section.size)
+        facts.update(debug_bytes=debug, stripped=not symtab)
+        return comment, rodata
+
+
+def _parser_config(lief: Any) -> Any:
+    """Skip what linkage does not use (RELIABILITY item 93): relocations, .symtab, notes, overlay.
+    Imported symbols come from .dynsym, and their versions from .gnu.version*, both kept."""
+    config = lief.ELF.ParserConfig()
+    config.parse_relocations = False
+    config.parse_symtab_symbols = False
+    config.parse_notes = False
+    config.parse_overlay = False
+    config.parse_dyn_symbols = True
+    config.parse_symbol_versions = True
+    return config
+
+
+def _str_attr(obj: Any, attr: str) -> str:
+    """A string attribute of a LIEF object. For text that is not UTF-8, LIEF returns bytes or
+    raises; keep those bytes as surrogates, as os.fsdecode does, so a name still matches its file."""
+    try:
+        value = getattr(obj, attr)
+    except UnicodeDecodeError as err:
+        value = bytes(err.object)
+    return value if isinstance(value, str) else value.decode("utf-8", "surrogateescape")
+
+
+def _elf_type(e_type: int, interpreter: str | None, pie_flag: bool, soname: str | None) -> ElfType:
+    """ET_DYN is a PIE when DF_1_PIE says so or it asks for an interpreter; but libc.so.6 also has
+    PT_INTERP (it runs to print its banner) and stays a library because it has a soname."""
+    if e_type == _ET_DYN:
+        return "pie" if pie_flag or (interpreter is not None and soname is None) else "dyn"
+    return _ET_NAMES.get(e_type, "other")
+
+
+def _static_pie(header: Any, facts: dict[str, Any]) -> bool:
+    """ET_DYN that runs without a loader: DF_1_PIE says so (binutils >= 2.35); before that, an entry
+    point, no soname and no exports (Debian's musl libc.so has the first two: it is its own loader)."""
+    pie_flag = facts.pop("pie_flag")
+    if int(header.file_type) != _ET_DYN or facts["interpreter"] is not None or facts["needed"]:
+        return False
+    return pie_flag or (facts["soname"] is None and header.entrypoint != 0 and not facts["exported_symbols"])
+
+
+def _libc_facts(facts: dict[str, Any], data: mmap.mmap) -> dict[str, Any]:
+    libc = _libc_family(facts, data)
+    banner, version = None, None
+    if libc == "glibc" and facts["soname"] == "libc.so.6":
+        banner, version = _glibc_banner(data, facts["version_defs"])
+    elif libc == "musl" and _is_musl_libc(facts):
+        banner, version = _musl_banner(data)
+    return {"libc": libc, "banner": banner, "libc_version": version}
+
+
+def _libc_family(facts: dict[str, Any], data: mmap.mmap) -> Libc:
+    """Which libc the file is built for, from the loader it names, then what it needs, then markers
+    left in static binaries."""
+    interp, needed, soname = facts["interpreter"] or "", facts["needed"], facts["soname"] or ""
+    if "ld-musl-" in interp or soname.startswith("libc.musl-") or any(n.startswith("libc.musl-") for n in needed):
+        return "musl"
+    if "/ld-linux" in interp or "/ld64.so" in interp or soname.startswith(("libc.so.6", "ld-linux", "ld64.so")):
+        return "glibc"
+    if "libc.so.6" in needed or any(need[1].startswith("GLIBC_") for need in facts["version_needs"]):
+        return "glibc"
+    if interp or needed:
+        return "unknown"
+    return _static_libc(data)
+
+
+def _static_libc(data: mmap.mmap) -> Libc:
+    if any(data.find(marker) >= 0 for marker in _GLIBC_MARKERS):
+        return "glibc"
+    if any(data.find(marker) >= 0 for marker in _MUSL_MARKERS):
+        return "musl"
+    return "none"
+
+
+def _is_musl_libc(facts: dict[str, Any]) -> bool:
+    """musl's libc.so is also its loader: a library that needs nothing and asks for no loader."""
+    return facts["elf_type"] == "dyn" and not facts["needed"] and facts["interpreter"] is None
+
+
+def _glibc_banner(data: mmap.mmap, version_defs: Iterable[str]) -> tuple[str | None, str | None]:
+    banner = _line_at(data, data.find(b"GNU C Library"))
+    match = _GLIBC_RELEASE.search(banner.encode()) if banner else None
+    if match:
+        return banner, match.group(1).decode()
+    glibc = [v[6:] for v in version_defs if v.startswith("GLIBC_2")]
+    return banner, max(glibc, key=_version_key, default=None)
+
+
+def _musl_banner(data: mmap.mmap) -> tuple[str | None, str | None]:
+    start = data.find(b"musl libc (")
+    if start < 0:
+        return None, None
+    end = data.find(b")", start, start + 64)
+    banner = data[start : end + 1].decode("ascii", "replace") if end > 0 else None
+    match = _MUSL_VERSION.search(data)
+    return banner, match.group(1).decode("ascii") if match else None
+
+
+def _line_at(data: mmap.mmap, start: int) -> str | None:
+    """The text line starting at `start` (up to a newline or NUL, at most 256 bytes)."""
+    if start < 0:
+        return None
+    line = data[start : start + 256].split(b"\0", 1)[0].split(b"\n", 1)[0]
+    return line.decode("utf-8", "replace").rstrip(". ")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) if part.isdigit() else -1 for part in version.split("."))
+
+
+def _rust_facts(
+    comment: bytes, data: mmap.mmap, rodata: tuple[int, int] | None, facts: dict[str, Any]
+) -> tuple[str | None, str | None, str | None] | None:
+    match = _RUSTC_VERSION.search(comment)
+    if not (match or _may_hide_rust(comment, facts)):
+        return None
+    version = match.group(1).decode("ascii", "replace") if match else None
+    commit = _rustc_commit(data, rodata)
+    if version is None and commit is None:
+        return None
+    return version, commit, _rust_target(facts)
+
+
+def _may_hide_rust(comment: bytes, facts: dict[str, Any]) -> bool:
+    """Whether a file without "rustc version" in .comment is worth the ~1 GB/s search for the
+    rustc commit. Every rustc object adds that line, so a .comment without it is C/C++. Debian
+    strips .comment from everything, so only programs are searched: a stripped Rust shared
+    library goes unrecognised, which costs nothing for linkage."""
+    return not comment and facts["elf_type"] != "dyn"
+
+
+def _rustc_commit(data: mmap.mmap, rodata: tuple[int, int] | None) -> str | None:
+    """The first `/rustc/<40 hex>/` path: std's panic locations keep it in .rodata even when the
+    binary is stripped. Without section headers the whole file is searched."""
+    start, end = (rodata[0], rodata[0] + rodata[1]) if rodata else (0, len(data))
+    for _ in range(64):  # bounded: a hostile file may hold "/rustc/" everywhere
+        hit = data.find(b"/rustc/", start, end)
+        if hit < 0:
+            return None
+        tail = data[hit + 7 : hit + 48]
+        if _HEX40.fullmatch(tail):
+            return tail[:40].decode("ascii")
+        start = hit + 7
+    return None
+
+
+def _rust_target(facts: dict[str, Any]) -> RustTarget | None:
+    if facts["libc"] == "musl":
+        return "musl"
+    if facts["interpreter"] is None and facts["elf_type"] != "dyn":
+        return "static"  # +crt-static on the gnu target
+    return "gnu" if facts["libc"] == "glibc" else None
+
+
+def _serve(argv: list[str]) -> None:
+    """Worker main loop: one request (size, op) in, one length-prefixed pickle out."""
+    import resource
+    import signal
+
+    requests, results, memfd, memory_limit = (int(arg) for arg in argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash must not write a core file
+    try:
+        import lief
+
+        lief.logging.disable()  # "Can't access the content of section #N" (RELIABILITY item 94)
+        parser = _Parser(lief, memfd)
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        limit = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))  # a blow-up fails here, not the host
+        _send(results, ("ready", getattr(lief, "__version__", "?")))
+    except Exception as err:  # reported to the caller, who raises
+        _send(results, ("broken", f"{type(err).__name__}: {err}"))
+        return
+    _serve_requests(parser, requests, results, memory_limit)
+
+
+def _serve_requests(parser: _Parser, requests: int, results: int, memory_limit: int) -> None:
+    while head := _read_exact_fd(requests, _REQUEST.size):
+        size, op = _REQUEST.unpack(head)
+        if op == _OP_ABORT:
+            os.abort()
+        while op == _OP_HANG:
+            time.sleep(3600)
+        _send(results, _parse_guarded(parser, size, op, memory_limit))
+        parser.release()
+
+
+def _parse_guarded(parser: _Parser, size: int, op: int, memory_limit: int) -> tuple[str, Any]:
+    try:
+        return parser.parse(size, op)
+    except MemoryError:
+        return "error", f"parser ran out of memory (limit {memory_limit >> 20} MiB)"
+    except Exception as err:  # LIEF raises many kinds on hostile input
+        return "error", f"parser error ({type(err).__name__}: {err})"[:300]
+
+
+def _read_exact_fd(fd: int, size: int) -> bytes:
+    buf = b""
+    while len(buf) < size:
+        chunk = os.read(fd, size - len(buf))
+        if not chunk:
+            return b""
+        buf += chunk
+    return buf
+
+
+def _send(fd: int, reply: tuple[str, Any]) -> None:
+    payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_LENGTH.pack(len(payload)) + payload)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Caller side.
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Only plain data comes back: even a worker whose memory LIEF corrupted cannot name a class."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"worker reply refers to {module}.{name}")
+
+
+class _WorkerGone(Exception):
+    """The worker closed its end before answering (it died, or was killed)."""
+
+
+class _WorkerTimeout(Exception):
+    pass
+
+
+class _BadReply(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    requests: int
+    results: io.FileIO
+
+    def kill(self) -> int:
+        """Kill if still running, reap, close our ends; the exit status (negative = signal)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        status = self.proc.wait()
+        self.forget()
+        return status
+
+    def forget(self) -> None:
+        os.close(self.requests)
+        self.results.close()
+
+
+class _Channel:
+    """The worker process, the memfd it reads, and their lifecycle. Kept apart from ElfReader so
+    that the reader's finalizer can stop it without keeping the reader alive."""
+
+    def __init__(self, timeout: float, memory_limit: int) -> None:
+        self.timeout = timeout
+        self.memory_limit = memory_limit
+        self.worker: _Worker | None = None
+        self.memfd = -1
+        self.pid = os.getpid()
+        self.crashes = 0  # crashes and timeouts in a row
+
+    def exchange(self, data: bytes, op: int) -> tuple[str, Any]:
+        """Send one file, return the worker's (status, payload); a dead or stuck worker becomes an
+        ("error", why) answer and is replaced on the next call."""
+        self.check_owner()
+        self.load(data)
+        worker = self.send_request(len(data), op)
+        try:
+            reply = _receive(worker.results, time.monotonic() + self.timeout)
+        except _WorkerTimeout:
+            return self.failed(f"parser timed out after {self.timeout:g} s")
+        except _WorkerGone:
+            return self.failed(_death_message(self.drop_worker()))
+        except _BadReply as err:
+            return self.failed(f"parser reply malformed ({err})")
+        self.crashes = 0
+        return reply
+
+    def failed(self, why: str) -> tuple[str, str]:
+        self.drop_worker()
+        self.crashes += 1
+        return "error", why
+
+    def send_request(self, size: int, op: int) -> _Worker:
+        """Send to the live worker; one that died after its last answer is replaced, once."""
+        for attempt in (1, 2):
+            worker = self.worker or self.spawn()
+            try:
+                os.write(worker.requests, _REQUEST.pack(size, op))
+                return worker
+            except OSError:
+                self.drop_worker()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def load(self, data: bytes) -> None:
+        """Put the bytes in the memfd the worker parses as /proc/self/fd/N."""
+        if self.memfd < 0:
+            self.memfd = os.memfd_create("imgaudit-elf")
+        os.ftruncate(self.memfd, len(data))
+        view = memoryview(data)
+        offset = 0
+        while offset < len(view):  # pwrite moves at most ~2 GiB per call
+            offset += os.pwrite(self.memfd, view[offset:], offset)
+
+    def spawn(self) -> _Worker:
+        requests_r, requests_w = os.pipe()
+        results_r, results_w = os.pipe()
+        fds = (requests_r, results_w, self.memfd)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, _WORKER_SCRIPT, *map(str, (*fds, self.memory_limit))],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # LIEF and a dying interpreter write there
+                start_new_session=True,
+            )
+        finally:
+            os.close(requests_r)
+            os.close(results_w)
+        self.worker = _Worker(proc, requests_w, io.FileIO(results_r, "rb"))
+        self.await_ready(self.worker)
+        return self.worker
+
+    def await_ready(self, worker: _Worker) -> None:
+        # Imported here: the worker runs this file outside the package and must not need it.
+        from imgaudit.errors import ImgauditError
+
+        try:
+            status, detail = _receive(worker.results, time.monotonic() + max(60.0, self.timeout))
+        except (_WorkerGone, _WorkerTimeout, _BadReply):
+            status, detail = "broken", _death_message(self.drop_worker())
+        if status != "ready":
+            self.drop_worker()
+            raise ImgauditError(f"cannot start the ELF parser (LIEF): {detail}")
+
+    def drop_worker(self) -> int | None:
+        worker, self.worker = self.worker, None
+        return worker.kill() if worker is not None else None
+
+    def stop(self) -> None:
+        if self.pid != os.getpid():
+            return  # a forked child's copy: the worker belongs to the parent
+        self.drop_worker()
+        if self.memfd >= 0:
+            os.close(self.memfd)
+            self.memfd = -1
+
+    def check_owner(self) -> None:
+        """After fork the child must not share (or kill) the parent's worker: close its copies of
+        the descriptors and start afresh."""
+        if self.pid == os.getpid():
+            return
+        if self.worker is not None:
+            self.worker.forget()
+        if self.memfd >= 0:
+            os.close(self.memfd)
+        self.pid, self.worker, self.memfd = os.getpid(), None, -1
+
+
+class ElfReader:
+    """Reads ELF facts through one worker process. Thread-safe, but calls are serialised: use one
+    reader per thread to parse in parallel."""
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._channel = _Channel(timeout, memory_limit)
+        self._finalizer = weakref.finalize(self, self._channel.stop)
+
+    def read(self, path: str, data: bytes) -> ElfFacts:
+        """Facts of one file's bytes. Never raises for bad input: `error` says what went wrong.
+        `path` is accepted for the caller's symmetry; messages leave naming the file to it."""
+        del path
+        error = _precheck(data, self.max_bytes)
+        if error is not None:
+            return _error_facts(data, error)
+        return self._read_op(data, _OP_PARSE)
+
+    def close(self) -> None:
+        with self._lock:
+            self._channel.stop()
+
+    def __enter__(self) -> ElfReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read_op(self, data: bytes, op: int) -> ElfFacts:
+        with self._lock:
+            if self._channel.crashes >= MAX_CONSECUTIVE_CRASHES:
+                return _error_facts(data, f"parser disabled after {MAX_CONSECUTIVE_CRASHES} failures in a row")
+            try:
+                status, payload = self._channel.exchange(data, op)
+            except BaseException:
+                self._channel.stop()  # interrupted mid-request: the worker's state is unknown
+                raise
+        if status == "ok" and isinstance(payload, dict):
+            return _facts_from_plain(data, payload)
+        return _error_facts(data, str(payload))
+
+
+def _receive(results: io.FileIO, deadline: float) -> tuple[str, Any]:
+    (size,) = _LENGTH.unpack(_read_exact(results, _LENGTH.size, deadline))
+    payload = _read_exact(results, size, deadline)
+    try:
+        reply = _PlainUnpickler(io.BytesIO(payload)).load()
+    except Exception as err:  # whatever a confused worker wrote
+        raise _BadReply(f"{type(err).__name__}: {err}") from err
+    if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], str)):
+        raise _BadReply(f"unexpected {type(reply).__name__}")
+    return reply
+
+
+def _read_exact(results: io.FileIO, size: int, deadline: float) -> bytearray:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    poller = select.poll()
+    poller.register(results.fileno(), select.POLLIN)
+    while got < size:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            raise _WorkerTimeout
+        count = results.readinto(view[got:])
+        if not count:
+            raise _WorkerGone
+        got += count
+    return buf
+
+
+def _death_message(status: int | None) -> str:
+    if status is not None and status < 0:
+        return f"parser crashed (signal {-status})"
+    return f"parser exited unexpectedly (status {status})"
+
+
+def _facts_from_plain(data: bytes, plain: dict[str, Any]) -> ElfFacts:
+    try:
+        plain["version_needs"] = tuple(VersionNeed(*need) for need in plain["version_needs"])
+        plain["imported_symbols"] = _symbols(plain["imported_symbols"])
+        plain["exported_symbols"] = _symbols(plain["exported_symbols"])
+        if plain["rust"] is not None:
+            plain["rust"] = RustFacts(*plain["rust"])
+        return ElfFacts(**plain)
+    except (TypeError, KeyError) as err:  # a worker running another version of this file
+        return _error_facts(data, f"parser reply malformed ({err})")
+
+
+def _symbols(rows: tuple[tuple[str, str | None, bool, bool], ...]) -> tuple[Symbol, ...]:
+    return tuple(Symbol(*row) for row in rows)
+
+
+_WORKER_SCRIPT = str(Path(__file__).resolve())
+# The worker loads this file by path, without the package (whose __init__ may import much more)
+# and without the cwd on sys.path (`-c` puts "" first: a stray lief.py there must not be imported).
+_BOOTSTRAP = "import sys; del sys.path[0]; import runpy; runpy.run_path(sys.argv[1])['_serve'](sys.argv[2:])"
+_default: ElfReader | None = None
+_default_lock = threading.Lock()
+
+
+def read_elf(path: str, data: bytes) -> ElfFacts:
+    """Facts of one ELF file's bytes through the shared worker; never raises for bad input."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ElfReader()
+        reader = _default
+    return reader.read(path, data)
+
+
+def close() -> None:
+    """Stop the shared worker (also done at exit)."""
+    global _default
+    with _default_lock:
+        reader, _default = _default, None
+    if reader is not None:
+        reader.close()
+
+
+atexit.register(close)
