@@ -5,8 +5,10 @@ stream goes straight through one pass of the scanner, no temp file. Only reads: 
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
@@ -18,6 +20,7 @@ from imgaudit.layers import LayerScan
 from imgaudit.reference import Reference
 from imgaudit.scanner import Scanner
 from imgaudit.sources.archive import load_stream
+from imgaudit.sources.manifest import check_digest, check_platform, parse_config
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 TIMEOUT = 300  # seconds of silence before giving up; big saves hit the SDK's 60 s default (docker-py #2097)
@@ -28,8 +31,10 @@ _TRANSPORT_ERRORS = (requests.exceptions.RequestException, ConnectionError, Time
 def load(ref: Reference, *, platform: Platform | None, scanner: Scanner) -> tuple[Image, tuple[LayerScan, ...]]:
     client = connect()
     try:
-        image_id = find_image(client, ref)
-        chunks = client.api.get_image(image_id, chunk_size=CHUNK)
+        attrs = inspect_image(client, ref)
+        if not (attrs.get("RootFS") or {}).get("Layers"):
+            return _zero_layer_image(attrs, ref, platform), ()
+        chunks = client.api.get_image(str(attrs["Id"]), chunk_size=CHUNK)
         with ChunkReader(chunks, daemon_url()) as stream:
             # Saved by id: one image in the archive, whatever tags it has.
             return load_stream(stream, ref, platform=platform, scanner=scanner)  # type: ignore[arg-type]
@@ -53,9 +58,14 @@ def connect() -> docker.DockerClient:
 
 def find_image(client: docker.DockerClient, ref: Reference) -> str:
     """The image id for `ref` (a name, name@digest or id prefix: the daemon resolves it as `docker` does)."""
+    return str(inspect_image(client, ref)["Id"])
+
+
+def inspect_image(client: docker.DockerClient, ref: Reference) -> dict[str, Any]:
+    """`docker image inspect` of `ref`; ImageNotFound when the daemon does not have it."""
     name = ref.image_id or ref.named or ""
     try:
-        return str(client.images.get(name).id)
+        return dict(client.images.get(name).attrs)
     except docker.errors.ImageNotFound as err:
         hint = "pull it, or save it and use docker-archive:FILE"
         if ref.bare:
@@ -68,6 +78,19 @@ def find_image(client: docker.DockerClient, ref: Reference) -> str:
         raise SourceUnavailable(
             f"cannot reach the Docker daemon at {escape(daemon_url())}; is it running? (or use docker-archive:FILE)"
         ) from err
+
+
+def _zero_layer_image(attrs: dict[str, Any], ref: Reference, platform: Platform | None) -> Image:
+    """`docker save` refuses an image without layers ("empty export - not implemented", stereoscope #56),
+    yet it is valid (RELIABILITY.md #28): its model comes from the inspect data, whose Id is the config
+    digest."""
+    document = {"os": attrs.get("Os"), "architecture": attrs.get("Architecture"), "variant": attrs.get("Variant"),
+                "config": attrs.get("Config"), "rootfs": {"type": "layers", "diff_ids": []}}
+    where = f"{ref.display} (inspect)"
+    config = parse_config(json.dumps(document).encode(), where)
+    check_platform(config.platform, platform, ref.display)
+    return Image(reference=ref.display, source=ref.transport, config=config,
+                 config_digest=check_digest(attrs.get("Id"), where), layers=())
 
 
 def _explain(err: docker.errors.APIError) -> str:

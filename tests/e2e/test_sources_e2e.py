@@ -237,3 +237,15 @@ def test_daemon_by_id_prefix_and_not_found(daemon_images: DaemonImages, tmp_path
     assert list(listing(scans)) == ["/a"]
     with pytest.raises(ImageNotFound, match="docker-archive:"):
         load(f"docker-daemon:{tag}-missing")
+
+
+def test_zero_layer_image_through_the_daemon(daemon_images: DaemonImages, tmp_path: Path) -> None:
+    """`docker save` refuses it ("empty export"); it is still a valid, empty image (RELIABILITY.md #28)."""
+    tag = daemon_images.tag("zero")
+    archive = write_docker_archive(tmp_path / "image.tar", {tag: ImageSpec([], cmd=["sh"])})
+    daemon_images.load(archive)
+    from_daemon, scans = load(f"docker-daemon:{tag}")
+    from_archive, _ = load(str(archive))
+    assert (from_daemon.layers, scans) == ((), ())
+    assert from_daemon.config_digest == from_archive.config_digest
+    assert from_daemon.config.cmd == from_archive.config.cmd == ("sh",)

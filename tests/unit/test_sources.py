@@ -522,7 +522,9 @@ class FakeImages:
 
         if name not in self.known:
             raise docker.errors.ImageNotFound(f"no such image: {name}")
-        return type("Img", (), {"id": self.known[name]})()
+        attrs = {"Id": self.known[name], "Os": "linux", "Architecture": "amd64", "Config": {"Cmd": ["sh"]},
+                 "RootFS": {"Type": "layers", "Layers": [] if name.endswith(":empty") else ["sha256:..."]}}
+        return type("Img", (), {"id": self.known[name], "attrs": attrs})()
 
 
 class FakeApi:
@@ -566,6 +568,15 @@ def test_daemon_streams_the_save_and_orders_layers_at_the_end(tmp_path: Path, mo
     assert paths(scans) == ["/app", "/etc", "/etc/os-release"]
 
 
+def test_daemon_zero_layer_image_comes_from_inspect(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = FakeClient(b"", {"docker.io/library/x:empty": "sha256:" + "3" * 64})
+    monkeypatch.setattr(daemon, "connect", lambda: client)
+    image, scans = load("docker-daemon:x:empty")
+    assert (image.layers, scans, image.config_digest) == ((), (), "sha256:" + "3" * 64)
+    assert (image.config.cmd, image.config.platform) == (("sh",), AMD64)
+    assert client.api.asked == []  # Docker would answer "empty export - not implemented"
+
+
 def test_daemon_image_not_found_and_broken_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_docker_archive(tmp_path / "a.tar", {"x:1": base()}).read_bytes()
     monkeypatch.setattr(daemon, "connect", lambda: FakeClient(data, {}))
@@ -590,7 +601,7 @@ def test_hard_linked_layers_inside_image_content_survive_the_stream(tmp_path: Pa
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     spec = ImageSpec([make_layer([f("a", "data"), hard("b", "a"), sym("c", "a")])])
     data = write_docker_archive(tmp_path / "a.tar", {"x:1": spec}).read_bytes()
-    monkeypatch.setattr(daemon, "connect", lambda: FakeClient(data, {"docker.io/library/x:1": "id"}))
+    monkeypatch.setattr(daemon, "connect", lambda: FakeClient(data, {"docker.io/library/x:1": "sha256:" + "4" * 64}))
     _, scans = load("docker-daemon:x:1")
     fs = RootFS.build(scans)
     node = fs.get("/b")
