@@ -189,3 +189,8 @@ def run() -> None:
     except click.ClickException as err:
         click.echo(f"imgaudit: error: {err.format_message()}", err=True)
         sys.exit(EXIT_USAGE)
+
+
+from imgaudit.cli_ldd import ldd  # noqa: E402 - it builds on the helpers above
+
+main.add_command(ldd)

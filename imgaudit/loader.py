@@ -715,3 +715,23 @@ class _Walk:
             message = (f"{self.argv0}: symbol lookup error: {self._glibc_name(obj)}: "
                        f"undefined symbol: {sym.name}{version}")
         return Problem("missing-symbol", not lazy, obj.name, message, version=sym.version, symbol=sym.name)
+
+
+def to_dict(res: Resolution) -> dict[str, object]:
+    """The JSON of `imgaudit ldd --format json`."""
+    return {
+        "path": res.program,
+        "loader": res.flavour,
+        "interpreter": res.interpreter,
+        "search": [{"step": step, "dirs": dirs} for step, dirs in res.search],
+        "objects": [{"name": o.name, "real_path": o.real_path, "soname": o.soname, "depth": o.depth,
+                     "needed_by": o.needed_by} for o in res.objects],
+        "needed": [{"name": link.name, "needed_by": link.needed_by, "path": link.path, "real_path": link.real_path,
+                    "via": link.step.value if link.step else None, "reason": link.reason, "new": link.new,
+                    "tried": [{"path": c.path, "via": c.step.value, "outcome": c.outcome} for c in link.tried]}
+                   for link in res.links],
+        "problems": [{"kind": p.kind, "fatal": p.fatal, "object": p.object, "message": p.message,
+                      "library": p.library, "version": p.version, "symbol": p.symbol} for p in res.problems],
+        "verdict": "fail" if res.fatal else "ok",
+        "message": res.fatal.message if res.fatal else None,
+    }

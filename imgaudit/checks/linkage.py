@@ -12,7 +12,16 @@ from imgaudit import entrypoint, ldconf
 from imgaudit.elf import ElfFacts
 from imgaudit.image import ImageConfig
 from imgaudit.layers import EntryType
-from imgaudit.loader import GlibcLoader, Loader, LoaderEnv, MuslLoader, Resolution, glibc_required, resolve
+from imgaudit.loader import (
+    GlibcLoader,
+    Loader,
+    LoaderEnv,
+    MuslLoader,
+    Resolution,
+    glibc_required,
+    real_file,
+    resolve,
+)
 from imgaudit.report import BinaryInfo, EntrypointVerdict, Finding, Incomplete, Report, RustInfo, Severity
 from imgaudit.rootfs import Node, RootFS
 from imgaudit.runtime import RuntimeFacts, runtime_facts
@@ -62,6 +71,7 @@ def binaries(loaded: Loaded, report: Report, ep: entrypoint.Verdict, runtime: Ru
     env = LoaderEnv.from_env(config.env, config.working_dir)
     entry_real = _real(rootfs, ep.program)
     loaders: dict[tuple[str, int, str], Loader] = {}
+    machine = _machine(config)
     for node in _elf_nodes(rootfs):
         facts = node.entry.elf
         assert facts is not None
@@ -69,14 +79,14 @@ def binaries(loaded: Loaded, report: Report, ep: entrypoint.Verdict, runtime: Ru
             _unreadable(report, node, facts.error)
             continue
         role = "entrypoint" if node.path == entry_real else "library" if facts.elf_type == "dyn" else "executable"
-        res = None if role == "entrypoint" else _resolve(rootfs, node, facts, env, runtime, loaders)
+        res = None if role == "entrypoint" else _resolve(rootfs, node, facts, env, runtime, loaders, machine)
         if role == "entrypoint":
             res = ep.resolution
-        info = _binary_info(node, facts, role, res, _machine(config))
+        info = _binary_info(node, facts, role, res, machine)
         if role == "entrypoint":
             info.verdict, info.failure = ep.verdict if ep.verdict != "unknown" else "ok", ep.failure
         report.binaries.append(info)
-        report.findings.extend(_binary_findings(node, facts, info, res, runtime, role))
+        report.findings.extend(_binary_findings(node, facts, info, res, runtime, config))
 
 
 def _elf_nodes(rootfs: RootFS) -> list[Node]:
@@ -90,11 +100,18 @@ def _real(rootfs: RootFS, path: str | None) -> str | None:
     return node.path if node is not None else None
 
 
+def _runs_on(facts: ElfFacts, machine: str) -> bool:
+    return facts.machine == machine or (machine == "x86_64" and facts.machine == "i386")
+
+
 def _resolve(rootfs: RootFS, node: Node, facts: ElfFacts, env: LoaderEnv, runtime: RuntimeFacts,
-             loaders: dict[tuple[str, int, str], Loader]) -> Resolution | None:
+             loaders: dict[tuple[str, int, str], Loader], machine: str) -> Resolution | None:
     """Executables as the kernel would start them; libraries with the image's own loader, and no
     symbol checks (the program that loads a library provides part of its scope)."""
     if facts.interpreter is not None:
+        # The kernel checks come first: a foreign machine or a missing interpreter never reach a loader.
+        if not _runs_on(facts, machine) or real_file(rootfs, facts.interpreter) is None:
+            return None
         return resolve(rootfs, node.path, env)
     if not facts.needed or runtime.libc.family not in ("glibc", "musl"):
         return None
@@ -117,7 +134,7 @@ def _binary_info(node: Node, facts: ElfFacts, role: str, res: Resolution | None,
 
 
 def _binary_verdict(node: Node, facts: ElfFacts, res: Resolution | None, machine: str) -> tuple[str, str | None]:
-    if facts.machine != machine and not (machine == "x86_64" and facts.machine == "i386"):
+    if not _runs_on(facts, machine):
         return "fail", "exec-format"
     if facts.interpreter is not None and res is None:
         return "fail", "missing-interpreter"
@@ -130,13 +147,16 @@ def _binary_verdict(node: Node, facts: ElfFacts, res: Resolution | None, machine
 
 
 def _binary_findings(node: Node, facts: ElfFacts, info: BinaryInfo, res: Resolution | None,
-                     runtime: RuntimeFacts, role: str) -> list[Finding]:
+                     runtime: RuntimeFacts, config: ImageConfig) -> list[Finding]:
+    """Failures of binaries other than the entrypoint: errors for executables, warnings for libraries
+    (a plugin's scope and search path come partly from the program that loads it)."""
     out = []
+    role = info.role
     if role != "entrypoint" and info.failure is not None:
         message = res.fatal.message if res and res.fatal else _kernel_message(node, facts, info.failure)
         severity = Severity.WARNING if role == "library" else Severity.ERROR
         out.append(Finding(info.failure, severity, message, node.path, node.layer,
-                           _binary_fix(info.failure, facts, res, runtime)))
+                           _binary_fix(info.failure, facts, res, runtime, config=config)))
     if res is not None and res.flavour == "musl" and facts.libc == "glibc":
         out.append(Finding("libc-mismatch", Severity.WARNING,
                            f"glibc binary runs through musl's loader ({res.interpreter}), a compat layer",
@@ -213,7 +233,7 @@ def fix_for(ep: entrypoint.Verdict, rootfs: RootFS, config: ImageConfig, runtime
         return None
     program = _facts(rootfs, ep.program)
     if ep.failure in ("missing-library", "glibc-version", "missing-symbol") and ep.resolution is not None:
-        return _binary_fix(ep.failure, program, ep.resolution, runtime, rootfs)
+        return _binary_fix(ep.failure, program, ep.resolution, runtime, rootfs, config)
     handler = {
         "missing-interpreter": lambda: _interpreter_fix(program, runtime),
         "exec-format": lambda: _exec_format_fix(program, config, ep),
@@ -275,11 +295,11 @@ def _interpreter_fix(facts: ElfFacts | None, runtime: RuntimeFacts) -> str:
 
 
 def _binary_fix(failure: str, facts: ElfFacts | None, res: Resolution | None, runtime: RuntimeFacts,
-                rootfs: RootFS | None = None) -> str | None:
+                rootfs: RootFS | None = None, config: ImageConfig | None = None) -> str | None:
     if failure == "missing-interpreter":
         return _interpreter_fix(facts, runtime)
     if failure == "exec-format":
-        return _arch_fix(facts, None)
+        return _arch_fix(facts, config)
     fatal = res.fatal if res else None
     if fatal is None:
         return None

@@ -8,6 +8,7 @@ import stat
 from rich.console import Console
 from rich.table import Table
 
+from imgaudit.render.linkage_text import LINKAGE_RULES, print_linkage
 from imgaudit.render.text import human, safe
 from imgaudit.report import Report
 from imgaudit.rootfs import Node
@@ -71,6 +72,7 @@ def _layers(con: Console, report: Report) -> None:
 
 def _findings(con: Console, report: Report, show_all: bool) -> None:
     shown = report.findings if show_all else [f for f in report.findings if f.severity.value != "info"]
+    shown = [f for f in shown if f.rule not in LINKAGE_RULES]  # printed by print_linkage, grouped
     for finding in shown[:50]:
         con.print(f"{finding.severity.value:8} {finding.rule:24} {safe(finding.path or '')}  {safe(finding.message)}")
     s = report.summary

@@ -1,0 +1,107 @@
+"""The linkage part of `inspect` in the terminal (the entrypoint verdict in one line, then problems
+grouped by kind, every binary with `--all`) and the text of `imgaudit ldd`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape as markup
+
+from imgaudit.loader import Link, Resolution
+from imgaudit.render.text import safe
+from imgaudit.report import Report
+
+LINKAGE_RULES = (
+    "missing-interpreter", "missing-library", "glibc-version", "missing-symbol", "exec-format",
+    "script-interpreter-missing", "entrypoint-missing", "not-executable", "other",
+    "libc-mismatch", "ld-cache-stale", "no-ca-certificates", "elf-unreadable",
+)
+COLOURS = {"ok": "green", "fail": "red", "warn": "yellow"}
+SHOWN_PER_KIND = 5
+
+
+def _text(value: str) -> str:
+    return markup(safe(value))
+
+
+def print_linkage(con: Console, report: Report, *, show_all: bool = False) -> None:
+    ep = report.entrypoint
+    colour = COLOURS.get(ep.verdict, "white")
+    why = f" ({ep.failure})" if ep.failure else ""
+    argv = f" {_text(' '.join(ep.argv))}" if ep.argv else ""
+    line = f"[{colour}]entrypoint {ep.verdict.upper()}{why}[/{colour}]{argv}"
+    con.print(line + (f": {_text(ep.message)}" if ep.message else ""))
+    if ep.fix:
+        con.print(f"  fix: {_text(ep.fix)}")
+    _problems(con, report, show_all)
+    if show_all:
+        _binaries(con, report)
+
+
+def _problems(con: Console, report: Report, show_all: bool) -> None:
+    groups: dict[str, list[Any]] = {}
+    for finding in report.findings:
+        if finding.rule in LINKAGE_RULES and finding.path != report.entrypoint.path:
+            groups.setdefault(finding.rule, []).append(finding)
+    for rule in LINKAGE_RULES:
+        items = groups.get(rule, [])
+        if not items:
+            continue
+        con.print(f"{items[0].severity.value} {rule} ({len(items)})")
+        limit = len(items) if show_all else SHOWN_PER_KIND
+        for finding in items[:limit]:
+            where = finding.path or "-"
+            message = finding.message if finding.message.startswith(where) else f"{where}: {finding.message}"
+            con.print(f"  {_text(message)}")
+        if len(items) > limit:
+            con.print(f"  … {len(items) - limit} more (--all)")
+        if items[0].fix:
+            con.print(f"  fix: {_text(items[0].fix)}")
+
+
+def _binaries(con: Console, report: Report) -> None:
+    con.print(f"binaries ({len(report.binaries)})")
+    for b in report.binaries:
+        colour = COLOURS.get(b.verdict, "white")
+        glibc = f" needs glibc {b.glibc_required}" if b.glibc_required else ""
+        rust = f" rust {b.rust.rustc_version or '?'}" if b.rust else ""
+        con.print(f"  [{colour}]{b.verdict:4}[/{colour}] {b.role:10} {b.linking:10} {b.libc:5} "
+                  f"{_text(b.path)}{glibc}{rust}")
+
+
+# -- imgaudit ldd --------------------------------------------------------------------------------
+
+
+def render_ldd(path: str, res: Resolution | None, *, static_reason: str | None = None) -> str:
+    """An lddtree: each object's needed libraries indented under it, with the search step."""
+    if res is None:
+        return f"{safe(path)}: {static_reason or 'not a dynamic executable'}\n"
+    out = [f"{safe(path)} ({res.flavour} loader {safe(res.interpreter or '-')})"]
+    out += [f"  search {step}: {safe(dirs)}" for step, dirs in res.search]
+    by_parent: dict[str, list[Link]] = {}
+    for link in res.links:
+        by_parent.setdefault(link.needed_by, []).append(link)
+    _tree(out, res.program, by_parent, 1, set())
+    problems = [p for p in res.problems if p.kind not in ("no-version-info", "weak-version")]
+    if problems:
+        out.append("problems:")
+        out += [f"  {'error' if p.fatal else 'warning'} {p.kind}: {safe(p.message)}" for p in problems]
+    return "\n".join(out) + "\n"
+
+
+def _tree(out: list[str], parent: str, by_parent: dict[str, list[Link]], depth: int, seen: set[str]) -> None:
+    if parent in seen:
+        return
+    seen.add(parent)
+    for link in by_parent.get(parent, []):
+        pad = "    " * depth
+        if link.path is None:
+            tried = ", ".join(c.path for c in link.tried if c.outcome != "ok")
+            out.append(f"{pad}{safe(link.name)} => not found ({link.reason}; tried {safe(tried) or 'nothing'})")
+            continue
+        real = f" -> {safe(link.real_path)}" if link.real_path and link.real_path != link.path else ""
+        via = link.step.value if link.step else "?"
+        out.append(f"{pad}{safe(link.name)} => {safe(link.path)}{real} [{via}]")
+        if link.new:
+            _tree(out, link.path, by_parent, depth + 1, seen)
