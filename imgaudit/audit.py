@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from imgaudit.cache import ScanCache
 from imgaudit.image import Image, Platform
 from imgaudit.layers import LayerScan
 from imgaudit.reference import parse_reference
@@ -18,6 +19,7 @@ class Options:
     platform: Platform | None = None
     jobs: int = 1
     elf: bool = True
+    cache: bool = True  # the per-layer scan cache (imgaudit/cache.py); IMGAUDIT_CACHE=off also disables it
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,8 @@ class Loaded:
 def load(reference: str, options: Options | None = None) -> Loaded:
     options = options or Options()
     ref = parse_reference(reference)
-    scanner = Scanner(elf_reader=_elf_reader() if options.elf else None, jobs=options.jobs)
+    scanner = Scanner(elf_reader=_elf_reader() if options.elf else None, jobs=options.jobs,
+                      cache=ScanCache.default() if options.cache else None)
     image, scans = load_image(ref, platform=options.platform, scanner=scanner)
     return Loaded(image, scans, RootFS.build(scans))
 

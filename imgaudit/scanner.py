@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from imgaudit.cache import ScanCache
 from imgaudit.errors import CorruptImage
 from imgaudit.image import Image, Layer
 from imgaudit.layers import ElfReader, LayerScan, scan_layer, verify
@@ -23,11 +24,33 @@ class Scanner:
 
     elf_reader: ElfReader | None = None
     jobs: int = 1
+    cache: ScanCache | None = None
 
     def scan(self, layer: Layer, raw: BinaryIO, count: int) -> LayerScan:
+        """Scans `raw` unless the cache has this layer's digest (then `raw` is left unread)."""
+        cached = self.cached(layer, count)
+        if cached is not None:
+            return cached
         label = layer_label(layer, count)
         scan = scan_layer(raw, label=label, elf_reader=self.elf_reader)
         verify(scan, label=label, digest=layer.digest, diff_id=layer.diff_id or None, size=layer.size)
+        if self.cache is not None:
+            self.cache.put(scan, elf=self.elf_reader is not None)
+        return scan
+
+    def cached(self, layer: Layer, count: int) -> LayerScan | None:
+        """A cached scan for a layer whose digest is known before its bytes are read. The cache is
+        content-addressed: a hit trusts that the blob matches its digest and does not re-read it."""
+        if self.cache is None:
+            return None
+        scan = self.cache.get(layer.digest or layer.diff_id or None, elf=self.elf_reader is not None)
+        if scan is None:
+            return None
+        try:
+            verify(scan, label=layer_label(layer, count), digest=layer.digest, diff_id=layer.diff_id or None,
+                   size=layer.size)
+        except CorruptImage:
+            return None  # the manifest promises other bytes: scan them and let verification speak
         return scan
 
     def scan_image(self, image: Image) -> tuple[LayerScan, ...]:
@@ -38,6 +61,9 @@ class Scanner:
             unique.setdefault(_key(layer), layer)
 
         def one(layer: Layer) -> LayerScan:
+            cached = self.cached(layer, count)
+            if cached is not None:
+                return cached
             opener = _opener(layer)
             with opener() as raw:
                 return self.scan(layer, raw, count)

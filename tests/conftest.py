@@ -42,3 +42,11 @@ def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
         assert text == path.read_text(encoding="utf-8"), f"{name} differs; pytest --update-golden to accept"
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def _private_scan_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own layer scan cache: never the user's, and no hit carried between tests
+    (a cache hit skips reading the blob, which would hide the corruption a test planted)."""
+    monkeypatch.setenv("IMGAUDIT_CACHE_DIR", str(tmp_path_factory.mktemp("scan-cache")))
+    monkeypatch.delenv("IMGAUDIT_CACHE", raising=False)

@@ -1,0 +1,306 @@
+"""Content-addressed cache of layer scans (DESIGN.md §1: a scan depends only on the layer's bytes).
+
+One file per layer, named by the layer's digest, whether ELF facts were read, and a fingerprint of
+the code that made the scan (so an upgrade never reads an old shape). Written atomically (temp file
+in the same directory, fsync, rename); verified on read against the sha256 of its payload stored in
+the entry: an entry that fails (torn, flipped, old) is deleted and read as a miss. The payload is
+`marshal` of plain tuples — no code runs on load, unlike pickle — optionally zstd-compressed. The
+directory is capped in size; the least recently used entries (by mtime, touched on every hit) go
+first. Failing to read or write the cache never fails an inspection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import marshal
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from imgaudit import __version__
+from imgaudit.layers import Entry, EntryType, LayerScan, Skipped
+
+FORMAT_VERSION = 1
+MAGIC = b"IMGAUDIT-SCAN\0"
+_HEADER = len(MAGIC) + 2 + 32  # magic, version, codec, sha256(payload)
+_CODEC_RAW, _CODEC_ZSTD = 0, 1
+DEFAULT_MAX_BYTES = 2 << 30
+STALE_TEMP_SECONDS = 3600
+SUFFIX = ".scan"
+_ENTRY_TYPES = {t.value: t for t in EntryType}
+
+
+def default_dir() -> Path:
+    """`$IMGAUDIT_CACHE_DIR`, else `$XDG_CACHE_HOME/imgaudit`, else `~/.cache/imgaudit`."""
+    explicit = os.environ.get("IMGAUDIT_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "imgaudit"
+
+
+def parse_size(text: str) -> int:
+    """`512M`, `2G`, `1048576` → bytes (ValueError on anything else)."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    value = int(float(number) * scale)
+    if value < 0:
+        raise ValueError(f"negative size {text!r}")
+    return value
+
+
+def _fingerprint() -> str:
+    """Changes whenever the code that produces a scan (or this format) may change its content."""
+    h = hashlib.sha256(f"{FORMAT_VERSION}:{__version__}".encode())
+    here = Path(__file__).resolve().parent
+    for name in ("layers.py", "elf.py", "cache.py"):
+        with contextlib.suppress(OSError):
+            h.update((here / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+class ScanCache:
+    """Layer scans on disk, keyed by digest. `get`/`put` never raise for cache trouble."""
+
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, *, compress: bool = False) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.compress = compress
+        self.fingerprint = _fingerprint()
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def default(cls) -> ScanCache | None:
+        """The user's cache, or None when `IMGAUDIT_CACHE=off` (`--no-cache`); `IMGAUDIT_CACHE_MAX`
+        (e.g. `4G`) sets the size cap."""
+        if os.environ.get("IMGAUDIT_CACHE", "").lower() in ("off", "0", "no", "false"):
+            return None
+        cap = DEFAULT_MAX_BYTES
+        with contextlib.suppress(ValueError):
+            cap = parse_size(os.environ.get("IMGAUDIT_CACHE_MAX", "") or str(DEFAULT_MAX_BYTES))
+        return cls(default_dir(), cap)
+
+    def path(self, digest: str, *, elf: bool) -> Path:
+        algo, _, hexpart = digest.partition(":")
+        safe = "".join(c for c in f"{algo}-{hexpart}" if c.isalnum() or c == "-")[:140]
+        return self.root / f"{safe}.{'elf' if elf else 'noelf'}.{self.fingerprint}{SUFFIX}"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, digest: str | None, *, elf: bool) -> LayerScan | None:
+        """The cached scan of blob `digest`; a scan with ELF facts also serves a request without."""
+        if not digest:
+            return None
+        for with_elf in (True,) if elf else (False, True):
+            scan = self._load(self.path(digest, elf=with_elf))
+            if scan is not None and scan.digest == digest:
+                self.hits += 1
+                return scan if with_elf == elf else _without_elf(scan)
+        self.misses += 1
+        return None
+
+    def _load(self, path: Path) -> LayerScan | None:
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError:
+            return None
+        try:
+            scan = decode(blob)
+        except Exception:  # torn, flipped or foreign entry: drop it (issue 7: verified on read)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # mtime is the LRU clock
+        return scan
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(self, scan: LayerScan, *, elf: bool) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_atomic(self.path(scan.digest, elf=elf), encode(scan, compress=self.compress))
+            self.evict()
+        except OSError:
+            return
+
+    def evict(self) -> None:
+        """Deletes least recently used entries until the directory fits the cap; stale temps too."""
+        now = time.time()
+        entries: list[tuple[float, int, Path]] = []
+        for path in _listdir(self.root):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if path.name.startswith(".tmp-"):
+                if now - st.st_mtime > STALE_TEMP_SECONDS:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+            elif path.name.endswith(SUFFIX):
+                entries.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+
+    def clear(self) -> None:
+        for path in _listdir(self.root):
+            if path.name.endswith(SUFFIX) or path.name.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+def _listdir(root: Path) -> Iterable[Path]:
+    try:
+        return list(root.iterdir())
+    except OSError:
+        return []
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dirfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+
+# -- format ------------------------------------------------------------------------------------
+
+
+def encode(scan: LayerScan, *, compress: bool = False) -> bytes:
+    payload = marshal.dumps(_plain_scan(scan))
+    codec = _CODEC_RAW
+    if compress:
+        import zstandard
+
+        payload, codec = zstandard.ZstdCompressor(level=1).compress(payload), _CODEC_ZSTD
+    return MAGIC + bytes((FORMAT_VERSION, codec)) + hashlib.sha256(payload).digest() + payload
+
+
+def decode(blob: bytes) -> LayerScan:
+    """Raises ValueError (or whatever marshal/the constructors raise) on anything but a sound entry."""
+    if len(blob) < _HEADER or not blob.startswith(MAGIC):
+        raise ValueError("not a scan cache entry")
+    version, codec = blob[len(MAGIC)], blob[len(MAGIC) + 1]
+    if version != FORMAT_VERSION:
+        raise ValueError(f"format version {version}")
+    payload = memoryview(blob)[_HEADER:]
+    if hashlib.sha256(payload).digest() != blob[_HEADER - 32:_HEADER]:
+        raise ValueError("payload digest mismatch")
+    if codec == _CODEC_ZSTD:
+        import zstandard
+
+        payload = memoryview(zstandard.ZstdDecompressor().decompress(payload))
+    elif codec != _CODEC_RAW:
+        raise ValueError(f"codec {codec}")
+    return _scan_from_plain(marshal.loads(payload))
+
+
+def _plain_scan(scan: LayerScan) -> tuple[Any, ...]:
+    return (
+        scan.digest, scan.diff_id, scan.compressed_size, scan.size, scan.compression,
+        tuple(_plain_entry(e) for e in scan.entries),
+        dict(scan.files),
+        tuple((s.what, s.reason) for s in scan.skipped),
+        scan.trailing_bytes,
+    )
+
+
+def _plain_entry(e: Entry) -> tuple[Any, ...]:
+    return (e.path, e.type.value, e.mode, e.uid, e.gid, e.size, e.link, e.head, e.digest,
+            None if e.elf is None else _plain_elf(e.elf))
+
+
+def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
+    digest, diff_id, csize, size, compression, entries, files, skipped, trailing = p
+    types = _ENTRY_TYPES
+    from_elf = _elf_from_plain
+    out = [
+        Entry(path, types[kind], mode, uid, gid, fsize, link, head, fdigest,
+              None if elf is None else from_elf(elf))
+        for path, kind, mode, uid, gid, fsize, link, head, fdigest, elf in entries
+    ]
+    return LayerScan(
+        digest=digest, diff_id=diff_id, compressed_size=csize, size=size, compression=compression,
+        entries=tuple(out), files=files, skipped=tuple(Skipped(w, r) for w, r in skipped),
+        trailing_bytes=trailing,
+    )
+
+
+def _without_elf(scan: LayerScan) -> LayerScan:
+    from dataclasses import replace
+
+    entries = tuple(replace(e, elf=None) if e.elf is not None else e for e in scan.entries)
+    return replace(scan, entries=entries)
+
+
+# ElfFacts are flattened field by field, in declaration order; nested values become tuples. The
+# fingerprint covers elf.py, so a change to its fields changes the file name and old entries miss.
+
+
+def _plain_elf(facts: Any) -> tuple[Any, ...]:
+    from dataclasses import fields
+
+    out = []
+    for f in fields(facts):
+        value = getattr(facts, f.name)
+        if f.name == "version_needs":
+            value = tuple((v.file, v.version, v.weak) for v in value)
+        elif f.name in ("imported_symbols", "exported_symbols"):
+            value = tuple((s.name, s.version, s.weak, s.hidden) for s in value)
+        elif f.name == "rust" and value is not None:
+            value = (value.rustc_version, value.rustc_commit, value.target)
+        out.append(value)
+    return tuple(out)
+
+
+def _elf_from_plain(plain: tuple[Any, ...]) -> Any:
+    from imgaudit.elf import ElfFacts, RustFacts, Symbol, VersionNeed
+
+    values = dict(zip(_elf_field_names(), plain, strict=True))
+    values["version_needs"] = tuple(VersionNeed(*v) for v in values["version_needs"])
+    values["imported_symbols"] = tuple(Symbol(*s) for s in values["imported_symbols"])
+    values["exported_symbols"] = tuple(Symbol(*s) for s in values["exported_symbols"])
+    if values["rust"] is not None:
+        values["rust"] = RustFacts(*values["rust"])
+    return ElfFacts(**values)
+
+
+_FIELD_NAMES: tuple[str, ...] = ()
+
+
+def _elf_field_names() -> tuple[str, ...]:
+    global _FIELD_NAMES
+    if not _FIELD_NAMES:
+        from dataclasses import fields
+
+        from imgaudit.elf import ElfFacts
+
+        _FIELD_NAMES = tuple(f.name for f in fields(ElfFacts))
+    return _FIELD_NAMES

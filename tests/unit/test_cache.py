@@ -1,0 +1,231 @@
+"""The layer scan cache: round trip, verification on read, atomic writes, eviction, the Scanner wiring."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from imgaudit import cache as cache_mod
+from imgaudit.cache import ScanCache, decode, default_dir, encode, parse_size
+from imgaudit.elf import ElfFacts, RustFacts, Symbol, VersionNeed
+from imgaudit.image import Image, ImageConfig, Layer, Platform
+from imgaudit.layers import Entry, EntryType, LayerScan, Skipped, scan_layer
+from imgaudit.scanner import Scanner
+from tests.builders import d, f, gz, make_layer, opaque, sha, sym, wh
+
+FACTS = ElfFacts(
+    elf_class=64, endian="little", machine="x86_64", elf_type="pie", interpreter="/lib64/ld-linux-x86-64.so.2",
+    needed=("libc.so.6",), runpath=("$ORIGIN",), bind_now=True, has_dynamic=True,
+    version_needs=(VersionNeed("libc.so.6", "GLIBC_2.34"), VersionNeed("libc.so.6", "GLIBC_2.2.5", weak=True)),
+    imported_symbols=(Symbol("printf", "GLIBC_2.2.5"), Symbol("__gmon_start__", weak=True)),
+    exported_symbols=(Symbol("f", "V1", hidden=True),), debug_bytes=7, stripped=True,
+    rust=RustFacts("1.75.0", "a" * 40, "gnu"), libc="glibc",
+)
+
+
+def sample_scan(digest: str = "sha256:" + "ab" * 32) -> LayerScan:
+    return LayerScan(
+        digest=digest, diff_id="sha256:" + "cd" * 32, compressed_size=10, size=20, compression="gzip",
+        entries=(
+            Entry("/bin", EntryType.DIR, mode=0o755),
+            Entry("/bin/app", EntryType.FILE, mode=0o755, uid=1, gid=2, size=300, head=b"\x7fELF\x02",
+                  digest="ee" * 32, elf=FACTS),
+            Entry("/bin/sh", EntryType.SYMLINK, link="dash"),
+            Entry("/gone", EntryType.WHITEOUT),
+            Entry("/opq", EntryType.OPAQUE),
+            Entry("/etc/os-release", EntryType.FILE, size=10, head=b"ID=debian\n", digest="11" * 32),
+        ),
+        files={"11" * 32: b"ID=debian\n"},
+        skipped=(Skipped("layer 1 entry \"/x\"", "unsupported tar type"),),
+        trailing_bytes=3,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ScanCache:
+    return ScanCache(tmp_path / "cache", max_bytes=1 << 30)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_encode_decode_round_trip_is_equal(compress: bool) -> None:
+    scan = sample_scan()
+    assert decode(encode(scan, compress=compress)) == scan
+
+
+def test_put_then_get_and_a_miss(store: ScanCache) -> None:
+    scan = sample_scan()
+    assert store.get(scan.digest, elf=True) is None
+    store.put(scan, elf=True)
+    assert store.get(scan.digest, elf=True) == scan
+    assert store.get("sha256:" + "00" * 32, elf=True) is None
+    assert (store.hits, store.misses) == (1, 2)
+
+
+def test_a_scan_with_elf_facts_serves_a_listing_but_not_the_reverse(store: ScanCache) -> None:
+    scan = sample_scan()
+    store.put(scan, elf=True)
+    listing = store.get(scan.digest, elf=False)
+    assert listing is not None and all(e.elf is None for e in listing.entries)
+    assert [e.path for e in listing.entries] == [e.path for e in scan.entries]
+    other = sample_scan("sha256:" + "12" * 32)
+    store.put(other, elf=False)
+    assert store.get(other.digest, elf=True) is None
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "magic", "version", "empty"])
+def test_a_damaged_entry_is_deleted_and_missed(store: ScanCache, damage: str) -> None:
+    scan = sample_scan()
+    store.put(scan, elf=True)
+    path = store.path(scan.digest, elf=True)
+    blob = bytearray(path.read_bytes())
+    if damage == "flip":
+        blob[-5] ^= 0x01
+    elif damage == "truncate":
+        blob = blob[: len(blob) * 6 // 10]
+    elif damage == "magic":
+        blob[0] ^= 0xFF
+    elif damage == "version":
+        blob[len(cache_mod.MAGIC)] = 99
+    else:
+        blob = bytearray()
+    path.write_bytes(bytes(blob))
+    assert store.get(scan.digest, elf=True) is None
+    assert not path.exists()
+
+
+def test_every_cut_of_an_entry_is_caught(store: ScanCache) -> None:
+    blob = encode(sample_scan())
+    for cut in range(0, len(blob), max(1, len(blob) // 97)):
+        with pytest.raises(Exception):  # noqa: B017 - any failure counts, as long as it is not a scan
+            decode(blob[:cut])
+
+
+def test_writes_are_atomic_and_leave_no_temp_files(store: ScanCache) -> None:
+    store.put(sample_scan(), elf=True)
+    names = os.listdir(store.root)
+    assert len(names) == 1 and names[0].endswith(".scan")
+    assert (store.root.stat().st_mode & 0o777) == 0o700
+
+
+def test_eviction_drops_the_least_recently_used(tmp_path: Path) -> None:
+    one = len(encode(sample_scan()))
+    store = ScanCache(tmp_path, max_bytes=int(one * 2.5))
+    digests = ["sha256:" + f"{i:02x}" * 32 for i in range(3)]
+    for i, digest in enumerate(digests[:2]):
+        store.put(sample_scan(digest), elf=True)
+        os.utime(store.path(digest, elf=True), (time.time() - 100 + i, time.time() - 100 + i))
+    assert store.get(digests[0], elf=True) is not None  # a hit makes it the most recent
+    store.put(sample_scan(digests[2]), elf=True)
+    assert store.path(digests[0], elf=True).exists()
+    assert not store.path(digests[1], elf=True).exists()
+    assert store.path(digests[2], elf=True).exists()
+
+
+def test_stale_temp_files_are_swept(store: ScanCache) -> None:
+    store.root.mkdir(parents=True)
+    stale = store.root / ".tmp-dead"
+    stale.write_bytes(b"x")
+    old = time.time() - 2 * cache_mod.STALE_TEMP_SECONDS
+    os.utime(stale, (old, old))
+    fresh = store.root / ".tmp-live"
+    fresh.write_bytes(b"x")
+    store.put(sample_scan(), elf=True)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_an_unwritable_cache_never_fails(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    store = ScanCache(blocker / "cache")
+    store.put(sample_scan(), elf=True)
+    assert store.get(sample_scan().digest, elf=True) is None
+
+
+def test_code_changes_change_the_entry_name(store: ScanCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    scan = sample_scan()
+    store.put(scan, elf=True)
+    newer = ScanCache(store.root)
+    newer.fingerprint = "0" * 12
+    assert newer.get(scan.digest, elf=True) is None
+
+
+def test_default_dir_and_switches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("IMGAUDIT_CACHE_DIR", raising=False)
+    monkeypatch.delenv("IMGAUDIT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_dir() == tmp_path / "xdg" / "imgaudit"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # the XDG spec says: ignore a relative path
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_dir() == tmp_path / "home" / ".cache" / "imgaudit"
+    monkeypatch.setenv("IMGAUDIT_CACHE_DIR", str(tmp_path / "explicit"))
+    monkeypatch.setenv("IMGAUDIT_CACHE_MAX", "3M")
+    cache = ScanCache.default()
+    assert cache is not None and cache.root == tmp_path / "explicit" and cache.max_bytes == 3 << 20
+    monkeypatch.setenv("IMGAUDIT_CACHE", "off")
+    assert ScanCache.default() is None
+
+
+@pytest.mark.parametrize("text,value", [("1024", 1024), ("2K", 2048), ("1.5G", 3 << 29), ("512MiB", 512 << 20)])
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+# -- the Scanner ----------------------------------------------------------------------------------
+
+LAYERS = [
+    make_layer([d("etc"), f("etc/os-release", "ID=debian\n"), d("a"), f("a/x", b"1" * 5000), sym("l", "/a")]),
+    make_layer([wh("a/x"), opaque("etc"), f("etc/new", "n")]),
+]
+BLOBS = [gz(layer) for layer in LAYERS]
+
+
+def image(opens: list[int], blobs: list[bytes] = BLOBS, diff_ids: list[str] | None = None) -> Image:
+    def opener(i: int):  # type: ignore[no-untyped-def]
+        def open_blob() -> io.BytesIO:
+            opens.append(i)
+            return io.BytesIO(blobs[i])
+        return open_blob
+
+    ids = diff_ids or [sha(layer) for layer in LAYERS]
+    layers = tuple(Layer(i, ids[i], sha(b), len(b), open=opener(i)) for i, b in enumerate(blobs))
+    return Image("ref", "oci", ImageConfig(Platform("linux", "amd64"), diff_ids=tuple(ids)), "sha256:cfg", layers)
+
+
+def test_scanner_reads_each_blob_once_then_from_the_cache(store: ScanCache) -> None:
+    opens: list[int] = []
+    scanner = Scanner(cache=store)
+    first = scanner.scan_image(image(opens))
+    assert sorted(opens) == [0, 1]
+    second = Scanner(cache=store).scan_image(image(opens))
+    assert sorted(opens) == [0, 1]  # nothing opened the second time
+    assert second == first
+    assert first[0] == scan_layer(io.BytesIO(BLOBS[0]), label="x")
+
+
+def test_a_cached_scan_that_disagrees_with_the_config_is_rescanned(store: ScanCache) -> None:
+    opens: list[int] = []
+    Scanner(cache=store).scan_image(image(opens))
+    wrong = [sha(LAYERS[0]), "sha256:" + "00" * 32]
+    with pytest.raises(Exception, match="diff_id mismatch"):
+        Scanner(cache=store).scan_image(image(opens, diff_ids=wrong))
+    assert opens.count(1) == 2  # layer 2 was read again, and verification named the mismatch
+
+
+def test_a_streamed_layer_with_a_known_digest_is_not_read_on_a_hit(store: ScanCache) -> None:
+    scanner = Scanner(cache=store)
+    layer = Layer(0, sha(LAYERS[0]), sha(BLOBS[0]), len(BLOBS[0]))
+    scanner.scan(layer, io.BytesIO(BLOBS[0]), 1)
+    untouched = io.BytesIO(BLOBS[0])
+    assert scanner.scan(layer, untouched, 1).digest == sha(BLOBS[0])
+    assert untouched.tell() == 0
+
+
+def test_no_cache_means_no_files(tmp_path: Path) -> None:
+    opens: list[int] = []
+    Scanner(cache=None).scan_image(image(opens))
+    Scanner(cache=None).scan_image(image(opens))
+    assert len(opens) == 4
