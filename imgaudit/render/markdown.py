@@ -6,6 +6,7 @@ image cannot inject markup, HTML or @-mentions into a pull request.
 
 from __future__ import annotations
 
+import math
 import re
 
 from imgaudit.errors import escape
@@ -33,7 +34,7 @@ def prose(text: str) -> str:
 
 
 def _pct(ratio: float) -> str:
-    return f"{ratio * 100:.1f} %"
+    return f"{ratio * 100:.1f} %" if math.isfinite(ratio) else "n/a"  # dive divides by zero without user layers
 
 
 def _row(label: str, value: str, limit: str | None, ok: bool) -> str:

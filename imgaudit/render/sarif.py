@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -17,6 +18,9 @@ from imgaudit.rules import Category, Rule, rule
 
 SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 IMAGE_ROOT = "IMAGEROOT"
+# A name the tar could not decode as UTF-8 holds lone surrogates, which no UTF-8 writer accepts; they become
+# `\\xNN` as in the terminal output (errors.escape).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
 
 
@@ -57,7 +61,7 @@ def rules_for(report: Report) -> list[Rule]:
 
 def image_uri(path: str) -> str:
     """A path inside the image as a relative URI under IMAGEROOT (percent-encoded: image paths are untrusted)."""
-    return quote(path.lstrip("/"), safe="/") or "."
+    return quote(path.lstrip("/"), safe="/", errors="surrogateescape") or "."  # undecodable bytes → %XX
 
 
 def _image_location(finding: Finding, report: Report) -> dict[str, Any]:
@@ -87,7 +91,7 @@ def _dockerfile_location(finding: Finding, report: Report, dockerfile: Dockerfil
 
 def fingerprint(finding: Finding) -> str:
     """Stable across builds (no layer index, no message wording) so code scanning can track one alert."""
-    return hashlib.sha256(f"{finding.rule}\0{finding.path or ''}".encode()).hexdigest()
+    return hashlib.sha256(f"{finding.rule}\0{finding.path or ''}".encode(errors="surrogateescape")).hexdigest()
 
 
 def result(finding: Finding, index: int, report: Report, dockerfile: DockerfileMap | None,
@@ -133,4 +137,5 @@ def render(report: Report, *, dockerfile: DockerfileMap | None = None, dockerfil
                                              + (f"/{img.platform.variant}" if img.platform.variant else "")},
                        "complete": report.complete},
     }
-    return json.dumps({"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}, indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps({"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}, indent=2, ensure_ascii=False)
+    return _LONE_SURROGATE.sub(lambda m: f"\\\\x{ord(m[0]) & 0xFF:02x}", text) + "\n"

@@ -30,7 +30,7 @@ def size_info(**overrides: object) -> SizeInfo:
         layers=[layer(0, 80_000_000, "/bin/sh -c #(nop) ADD file:0123abcd in / "),
                 layer(1, 30_000_000, "RUN /bin/sh -c apt-get update && apt-get install -y curl # buildkit"),
                 layer(2, 10_000_000, "COPY target/release/app /usr/local/bin/app # buildkit")],
-        top_files=[FileSize("/usr/local/bin/app", 9_000_000, 2)],
+        top_files=[FileSize("/usr/local/bin/app", 9_000_000, 2)], user_wasted_percent=0.3,
     )
     for key, value in overrides.items():
         setattr(size, key, value)
@@ -61,7 +61,9 @@ def report(*, with_findings: bool = True, size: SizeInfo | None = None, incomple
         entrypoint=EntrypointVerdict(argv=["/usr/local/bin/app", "serve"], path="/usr/local/bin/app", verdict="fail",
                                      failure="missing-interpreter",
                                      message="exec /usr/local/bin/app: no such file or directory",
-                                     fix="build for musl or use a glibc runtime"),
+                                     fix="build for musl or use a glibc runtime")
+        if with_findings else EntrypointVerdict(argv=["/usr/local/bin/app", "serve"], path="/usr/local/bin/app",
+                                                verdict="ok"),
         size=size or size_info(),
         findings=findings() if with_findings else [],
     )
