@@ -219,20 +219,27 @@ def _sniff_path(text: str) -> Reference:
 
 
 def _archive_names(path: Path) -> set[str]:
-    """Top-level member names of a (maybe gzip-compressed) tar, headers only; empty if not a tar."""
+    """Top-level member names of a (maybe gzip- or zstd-compressed) tar, headers only; empty if not a tar.
+    A compressed stream cannot seek, so the sniff decodes it once (a transport prefix skips this)."""
+    import zstandard
+
     try:
         with path.open("rb") as raw:
-            compressed = raw.read(2) == b"\x1f\x8b"
+            magic = raw.read(4)
             raw.seek(0)
-            if compressed:  # a gzip stream cannot seek: the sniff inflates it once (a transport prefix skips this)
+            if magic.startswith(b"\x1f\x8b"):
                 with (_GzipFile(fileobj=raw, mode="rb") as plain,  # type: ignore[no-untyped-call]
                       tarfile.open(fileobj=io.BufferedReader(plain, 1 << 20), mode="r|") as tar):
+                    return _image_names(tar)
+            if magic == b"\x28\xb5\x2f\xfd":
+                with (zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(raw, read_across_frames=True)
+                      as frames, tarfile.open(fileobj=frames, mode="r|") as tar):
                     return _image_names(tar)
             with tarfile.open(fileobj=raw, mode="r:") as tar:  # a plain tar is skipped through by seeking
                 return _image_names(tar)
     except PermissionError as err:
         raise UsageError(f"cannot read {escape(str(path))}: permission denied") from err
-    except (OSError, tarfile.TarError, EOFError, zlib.error):
+    except (OSError, tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError):
         return set()
 
 

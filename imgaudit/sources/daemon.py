@@ -34,8 +34,7 @@ def load(ref: Reference, *, platform: Platform | None, scanner: Scanner) -> tupl
         attrs = inspect_image(client, ref)
         if not (attrs.get("RootFS") or {}).get("Layers"):
             return _zero_layer_image(attrs, ref, platform), ()
-        chunks = client.api.get_image(str(attrs["Id"]), chunk_size=CHUNK)
-        with ChunkReader(chunks, daemon_url()) as stream:
+        with ChunkReader(save_stream(client, str(attrs["Id"])), daemon_url()) as stream:
             # Saved by id: one image in the archive, whatever tags it has.
             return load_stream(stream, ref, platform=platform, scanner=scanner)  # type: ignore[arg-type]
     finally:
@@ -80,6 +79,19 @@ def inspect_image(client: docker.DockerClient, ref: Reference) -> dict[str, Any]
         ) from err
 
 
+def save_stream(client: docker.DockerClient, image_id: str) -> Iterator[bytes]:
+    """`docker save` of one image as chunks. Not `images.get(…).save()`: the SDK switches the socket timeout
+    off for streams (docker-py `_stream_raw_result`), so a stalled daemon would hang us for ever; here TIMEOUT
+    stays on as an idle watchdog for every read (RELIABILITY.md #44)."""
+    response = client.api.get(client.api._url("/images/{0}/get", image_id), stream=True, timeout=TIMEOUT)
+    with response:
+        try:
+            response.raise_for_status()
+        except requests.exceptions.HTTPError as err:
+            docker.errors.create_api_error_from_http_exception(err)  # raises the SDK's typed APIError
+        yield from response.iter_content(CHUNK)
+
+
 def _zero_layer_image(attrs: dict[str, Any], ref: Reference, platform: Platform | None) -> Image:
     """`docker save` refuses an image without layers ("empty export - not implemented", stereoscope #56),
     yet it is valid (RELIABILITY.md #28): its model comes from the inspect data, whose Id is the config
@@ -107,6 +119,7 @@ class ChunkReader(io.RawIOBase):
         self._url = url
         self._buf = b""
         self._pos = 0
+        self.received = 0
 
     def readable(self) -> bool:
         return True
@@ -117,6 +130,7 @@ class ChunkReader(io.RawIOBase):
             if chunk is None:
                 return 0
             self._buf, self._pos = chunk, 0
+            self.received += len(chunk)
         n = min(len(buffer), len(self._buf) - self._pos)
         buffer[:n] = self._buf[self._pos:self._pos + n]
         self._pos += n
@@ -131,7 +145,8 @@ class ChunkReader(io.RawIOBase):
             raise ImgauditError(f"the Docker daemon could not export the image: {_explain(err)}") from err
         except _TRANSPORT_ERRORS as err:
             raise SourceUnavailable(
-                f"the Docker daemon at {escape(self._url)} broke off the image stream: {escape(str(err))[:200]}"
+                f"the Docker daemon at {escape(self._url)} broke off the image stream after "
+                f"{_amount(self.received)}: {escape(str(err))[:200]}"
             ) from err
 
     def close(self) -> None:
@@ -139,3 +154,7 @@ class ChunkReader(io.RawIOBase):
         if close is not None:
             close()  # releases the HTTP response when we stop early
         super().close()
+
+
+def _amount(size: int) -> str:
+    return f"{size} bytes" if size < (1 << 20) else f"{size / (1 << 20):.1f} MiB"

@@ -28,6 +28,7 @@ from imgaudit.sources.manifest import (
     check_layer_count,
     check_platform,
     layer_specs_from_manifest,
+    load_json,
     parse_config,
     parse_manifest,
     read_blob,
@@ -36,6 +37,7 @@ from imgaudit.sources.manifest import (
 
 BLOB_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_LAYOUT_FILE = 1 << 20
 
 
 def load(ref: Reference, *, platform: Platform | None, scanner: Scanner) -> tuple[Image, tuple[LayerScan, ...]]:
@@ -61,6 +63,7 @@ def plan_oci(store: Store, selector: str | None, platform: Platform | None) -> P
     def fetch(desc: Descriptor) -> bytes:
         return read_blob(store, desc, MAX_MANIFEST, "index")
 
+    _check_layout_version(store)
     index = store.read("index.json", MAX_MANIFEST, "index.json")
     desc = resolve_manifest(index, where, fetch, ref_name=selector, platform=platform)
     manifest = parse_manifest(read_blob(store, desc, MAX_MANIFEST, "manifest"), f"{where} manifest {desc.digest[:19]}")
@@ -70,6 +73,19 @@ def plan_oci(store: Store, selector: str | None, platform: Platform | None) -> P
     specs = layer_specs_from_manifest(manifest)
     check_layer_count(specs, config, where)
     return Plan(config, manifest.config.digest, desc.digest, specs)
+
+
+def _check_layout_version(store: Store) -> None:
+    """image-layout.md: `oci-layout` names the layout version; only 1.x is known (a missing file is tolerated,
+    as some writers omit it)."""
+    if not store.has("oci-layout"):
+        return
+    document = load_json(store.read("oci-layout", MAX_LAYOUT_FILE, "oci-layout"), f"{store.where} oci-layout",
+                         "oci-layout")
+    version = document.get("imageLayoutVersion") if isinstance(document, dict) else None
+    if not isinstance(version, str) or not version.startswith("1."):
+        shown = escape(str(version))[:40]
+        raise CorruptImage(f"{store.where}: unsupported OCI layout version {shown!r} in oci-layout (want 1.x)")
 
 
 class DirStore:

@@ -147,6 +147,18 @@ def test_gzip_archive_streams_to_the_same_result(tmp_path: Path) -> None:
     assert paths(scans_a) == paths(scans_b)
 
 
+def test_zstd_compressed_archive_streams(tmp_path: Path) -> None:
+    plain = write_docker_archive(tmp_path / "a.tar", {"test:1": base()})
+    packed = tmp_path / "a.tar.zst"
+    packed.write_bytes(zst(plain.read_bytes()))
+    image, scans = load(str(packed))
+    assert image.source == "docker-archive"
+    assert paths(scans) == ["/app", "/etc", "/etc/os-release"]
+    packed.write_bytes(zst(plain.read_bytes())[:-200])
+    with pytest.raises(CorruptImage):
+        load(f"docker-archive:{packed}")
+
+
 def test_kaniko_shape_gzip_layers_and_sha256_config_name(tmp_path: Path) -> None:
     spec = base()
     cfg = spec.blobs()[0]
@@ -461,6 +473,21 @@ def test_layout_blob_digest_and_manifest_digest_are_checked(tmp_path: Path) -> N
         load(f"oci:{layout}")
 
 
+@pytest.mark.parametrize("content", [b'{"imageLayoutVersion": "2.0.0"}', b"[]", b"{bad"])
+def test_unknown_layout_version(tmp_path: Path, content: bytes) -> None:
+    layout = write_oci_layout(tmp_path / "lay", {"v1": base()})
+    (layout / "oci-layout").write_bytes(content)
+    with pytest.raises(CorruptImage, match="oci-layout"):
+        load(f"oci:{layout}")
+
+
+def test_missing_index_json(tmp_path: Path) -> None:
+    layout = write_oci_layout(tmp_path / "lay", {"v1": base()})
+    (layout / "index.json").unlink()
+    with pytest.raises(CorruptImage, match=r"index.json is missing from the layout"):
+        load(f"oci:{layout}")
+
+
 def test_artifacts_are_not_images(tmp_path: Path) -> None:
     cfg = b"{}"
     manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
@@ -527,20 +554,44 @@ class FakeImages:
         return type("Img", (), {"id": self.known[name], "attrs": attrs})()
 
 
+class FakeResponse:
+    def __init__(self, data: bytes, fail_after: int | None) -> None:
+        self.data = data
+        self.fail_after = fail_after
+
+    def __enter__(self) -> FakeResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def raise_for_status(self) -> None:
+        pass
+
+    def iter_content(self, chunk_size: int) -> Iterator[bytes]:
+        import requests
+
+        for start in range(0, len(self.data), 7777):  # odd chunk sizes: reads straddle them
+            if self.fail_after is not None and start > self.fail_after:
+                raise requests.exceptions.ConnectionError("connection reset")
+            yield self.data[start:start + 7777]
+
+
 class FakeApi:
+    """The two calls `daemon.save_stream` makes on the SDK's APIClient."""
+
     def __init__(self, data: bytes, fail_after: int | None = None) -> None:
         self.data = data
         self.fail_after = fail_after
         self.asked: list[str] = []
 
-    def get_image(self, image: str, chunk_size: int) -> Iterator[bytes]:
-        self.asked.append(image)
-        for start in range(0, len(self.data), 7777):  # odd chunk sizes: reads straddle them
-            if self.fail_after is not None and start > self.fail_after:
-                import requests
+    def _url(self, template: str, image: str) -> str:
+        return template.format(image)
 
-                raise requests.exceptions.ConnectionError("connection reset")
-            yield self.data[start:start + 7777]
+    def get(self, url: str, *, stream: bool, timeout: int) -> FakeResponse:
+        assert stream and timeout > 0  # an idle watchdog, never an unbounded wait
+        self.asked.append(url)
+        return FakeResponse(self.data, self.fail_after)
 
 
 class FakeClient:
@@ -561,7 +612,7 @@ def test_daemon_streams_the_save_and_orders_layers_at_the_end(tmp_path: Path, mo
     client = FakeClient(data, {"docker.io/library/app:1": "sha256:" + "1" * 64})
     monkeypatch.setattr(daemon, "connect", lambda: client)
     image, scans = load("docker-daemon:app:1")
-    assert client.api.asked == ["sha256:" + "1" * 64]  # saved by id: one image, whatever its tags
+    assert client.api.asked == ["/images/sha256:" + "1" * 64 + "/get"]  # saved by id: one image, whatever its tags
     assert (image.source, image.reference) == ("docker-daemon", "docker-daemon:docker.io/library/app:1")
     assert [s.diff_id for s in scans] == [sha(x) for x in spec.layers]
     assert [la.created_by for la in image.layers] == ["ADD rootfs", "COPY app"]
@@ -585,7 +636,7 @@ def test_daemon_image_not_found_and_broken_stream(tmp_path: Path, monkeypatch: p
     assert "\n" not in str(err.value)
     broken = FakeClient(data, {"docker.io/library/x:1": "sha256:" + "2" * 64}, fail_after=5000)
     monkeypatch.setattr(daemon, "connect", lambda: broken)
-    with pytest.raises(SourceUnavailable, match="broke off the image stream"):
+    with pytest.raises(SourceUnavailable, match=r"broke off the image stream after \d+ bytes: connection reset"):
         load("docker-daemon:x:1")
 
 
