@@ -198,6 +198,12 @@ def run() -> None:
         sys.exit(EXIT_USAGE)
 
 
+from imgaudit.cli_size import compare_command, diff_command  # noqa: E402 - it builds on the helpers above
+
+main.add_command(compare_command)
+main.add_command(diff_command)
+
+
 from imgaudit.cli_ldd import ldd  # noqa: E402 - it builds on the helpers above
 
 main.add_command(ldd)

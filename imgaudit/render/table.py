@@ -6,10 +6,10 @@ import io
 import stat
 
 from rich.console import Console
-from rich.table import Table
 
 from imgaudit.render.linkage_text import LINKAGE_RULES, print_linkage
-from imgaudit.render.text import human, safe
+from imgaudit.render.size_text import print_size
+from imgaudit.render.text import safe
 from imgaudit.report import Report
 from imgaudit.rootfs import Node
 
@@ -36,7 +36,7 @@ def render_inspect(report: Report, *, color: bool = False, show_all: bool = Fals
     if rt.libc != "unknown" or rt.distro.id:
         distro = rt.distro.pretty_name or rt.distro.id or "-"
         con.print(f"runtime   libc {rt.libc} {rt.libc_version or ''}  distro {distro}  shell {rt.shell or 'none'}")
-    _layers(con, report)
+    print_size(con, report, show_all=show_all)  # the size part lives in size_text.py
     _findings(con, report, show_all)
     if not report.complete:
         con.print(f"[yellow]incomplete:[/yellow] {len(report.incomplete)} part(s) not analysed")
@@ -54,20 +54,6 @@ def _verdict(con: Console, report: Report) -> None:
     con.print(line)
     if ep.fix:
         con.print(f"  fix: {safe(ep.fix)}")
-
-
-def _layers(con: Console, report: Report) -> None:
-    size = report.size
-    table = Table(title=None, show_edge=False, pad_edge=False)
-    for col in ("#", "compressed", "size", "+", "~", "-", "created by"):
-        table.add_column(col, justify="right" if col not in ("created by",) else "left")
-    for layer in size.layers:
-        table.add_row(str(layer.index), human(layer.compressed_bytes), human(layer.uncompressed_bytes),
-                      str(layer.files_added), str(layer.files_modified), str(layer.files_removed),
-                      safe(layer.created_by)[:70])
-    con.print(table)
-    con.print(f"total     {human(size.compressed_bytes)} compressed, {human(size.uncompressed_bytes)} in layers, "
-              f"{human(size.final_bytes)} in {size.file_count} files in the final filesystem")
 
 
 def _findings(con: Console, report: Report, show_all: bool) -> None:

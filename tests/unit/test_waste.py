@@ -35,7 +35,9 @@ def score(layers: list[list[Item]]):  # type: ignore[no-untyped-def]
 
 
 def blob(n: int, seed: int = 0) -> bytes:
-    return bytes((i * 7 + seed) % 251 for i in range(n))
+    """n bytes; different seeds give different content."""
+    unit = bytes((i * 31 + seed) % 253 for i in range(253))
+    return (unit * (n // 253 + 1))[:n]
 
 
 # -- dive's own unit tests (dive/filetree/efficiency_test.go) ------------------------------------------------
