@@ -23,7 +23,6 @@ from imgaudit.rules import Category, rule
 FORMATS = ("table", "json", "sarif", "junit", "markdown")
 _SUFFIXES = {".sarif": "sarif", ".json": "json", ".xml": "junit", ".md": "markdown", ".markdown": "markdown",
              ".txt": "table"}
-_ARCHIVES = ("docker-archive:", "oci-archive:", "oci:")
 ANNOTATIONS_PER_LEVEL = 10  # GitHub shows at most 10 errors and 10 warnings per step
 
 
@@ -49,15 +48,11 @@ def parse_output(value: str) -> Output:
 
 
 def input_paths(reference: str) -> list[Path]:
-    """Local files or directories the reference reads, which an output must never replace."""
-    for prefix in _ARCHIVES:
-        if reference.startswith(prefix):
-            rest = reference[len(prefix):]
-            paths = [Path(rest)]
-            if prefix == "oci:" and ":" in rest:  # oci:DIR[:TAG]
-                paths.append(Path(rest.rsplit(":", 1)[0]))
-            return paths
-    return []
+    """Local files or directories the reference reads (as the sources parse it), which an output must never replace."""
+    from imgaudit.reference import parse_reference
+
+    path = parse_reference(reference).path
+    return [Path(path)] if path else []
 
 
 def _same(a: Path, b: Path) -> bool:

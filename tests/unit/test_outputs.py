@@ -241,16 +241,21 @@ def test_parse_output_needs_a_format() -> None:
 
 def test_outputs_refuse_the_input_image(tmp_path: Path) -> None:
     from imgaudit.errors import UsageError
+    from tests import builders as b
 
-    image = tmp_path / "app.tar"
-    image.write_bytes(b"image")
+    image = b.write_docker_archive(tmp_path / "app.tar", {"app:1": b.ImageSpec([b.make_layer([b.f("a", "x")])])})
+    before = image.read_bytes()
     with pytest.raises(UsageError, match="refusing to overwrite"):
         ci.check_outputs([ci.parse_output(f"json:{tmp_path}/./app.tar")], ci.input_paths(f"docker-archive:{image}"))
     with pytest.raises(UsageError, match="refusing to overwrite"):
         ci.check_outputs([ci.Output("json", tmp_path / "layout")], ci.input_paths(f"oci:{tmp_path}/layout:v1"))
+    with pytest.raises(UsageError, match="refusing to overwrite"):
+        ci.check_outputs([ci.Output("json", image)], ci.input_paths(f"docker-archive:{image}:app:1"))
+    with pytest.raises(UsageError, match="refusing to overwrite"):
+        ci.check_outputs([ci.Output("json", image)], ci.input_paths(str(image)))
     with pytest.raises(UsageError, match="same file"):
         ci.check_outputs([ci.Output("json", tmp_path / "a"), ci.Output("sarif", tmp_path / "a")], [])
-    assert image.read_bytes() == b"image"
+    assert image.read_bytes() == before
 
 
 def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
