@@ -1,0 +1,378 @@
+"""The loader is the judge: imgaudit's entrypoint verdict, failure category and message against what
+`docker run` really does, and `imgaudit ldd` against the image's own loader (`INTERP --list PATH`).
+
+Images are the real runtimes of scripts/build-runtimes (Debian .debs assembled the distroless way,
+Alpine minirootfs) with real payloads: the project's fixture binaries (gnu dynamic, +crt-static,
+musl dynamic/static, the $ORIGIN app with its versioned library present, absent, old and missing a
+symbol) and ripgrep/fd-find from Debian packages. Many cases share one image; each case overrides
+the entrypoint (`docker run --entrypoint`), and imgaudit judges the same argv with
+`entrypoint.verdict(loaded, argv)`.
+
+How imgaudit's `message` maps to what Docker 20.10 (runc 1.1) prints — imgaudit gives the significant
+part, which the test finds verbatim in Docker's output:
+- runc's create-time errors (file missing, not executable, not in PATH, user not found) come wrapped:
+  `docker: Error response from daemon: failed to create shim task: OCI runtime create failed: runc
+  create failed: unable to start container process: exec: "/nope": stat /nope: no such file or
+  directory: unknown` → imgaudit: `exec: "/nope": stat /nope: no such file or directory`. Docker ≥ 23
+  prints the same inner text with a shorter wrapper.
+- errors of the execve itself (missing ELF or script interpreter, exec format) are printed by runc
+  init as `exec /app: no such file or directory` (runc ≥ 1.1; older runc printed
+  `standard_init_linux.go:228: exec user process caused: no such file or directory`).
+- the loader's own lines are printed unchanged: glibc
+  `/app: error while loading shared libraries: libx.so.1: cannot open shared object file: No such file
+  or directory`, `/app: /lib/…/libc.so.6: version `GLIBC_2.34' not found (required by /app)`,
+  `/app: symbol lookup error: /app: undefined symbol: f, version V`; musl
+  `Error loading shared library libx.so.1: No such file or directory (needed by /app)`,
+  `Error relocating /app: f: symbol not found`. glibc prints every version error and musl every
+  error; imgaudit's message is the first line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgaudit import entrypoint, loader
+from imgaudit.audit import Loaded, audit, load
+from imgaudit.image import Platform
+
+try:
+    from .runtimes import REPO, docker_build, ensure_runtimes, require_docker, rust_binary
+except ImportError:  # tests/e2e is not a package: pytest puts it on sys.path (rootdir-relative import)
+    from runtimes import REPO, docker_build, ensure_runtimes, require_docker, rust_binary  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.e2e
+
+FIX = REPO / "fixtures" / "build"
+SCHEMA = REPO / "imgaudit" / "schema" / "report.schema.json"
+RUN_TIMEOUT = 60
+OK = "ok"
+
+
+def fx(rel: str) -> Path:
+    return FIX / rel
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    image: str
+    argv: tuple[str, ...]
+    expect: str  # "ok" (it starts; a "warn" verdict also starts) or a failure category
+    user: str | None = None
+    platform: str | None = None  # judge as if run on this platform (the arm64 image on this amd64 host)
+
+
+@dataclass
+class Spec:
+    base: str
+    files: dict[str, tuple[Any, int]]
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: str | None = None  # a RUN line applied to the base first
+
+
+def _busybox_aarch64(tmp: Path) -> Path:
+    corpus = REPO.parent / "shared" / "corpus" / "alpine" / "alpine-minirootfs-3.20.3-aarch64.tar.gz"
+    with tarfile.open(corpus) as tar:
+        member = tar.extractfile("./bin/busybox")
+        assert member is not None
+        out = tmp / "busybox-aarch64"
+        out.write_bytes(member.read())
+    return out
+
+
+def _pick(files: dict[str, tuple[Any, int]], prefix: str) -> dict[str, tuple[Any, int]]:
+    return {k: v for k, v in files.items() if k.startswith(prefix)}
+
+
+def specs(tmp: Path) -> dict[str, Spec]:
+    exe, ro = 0o755, 0o644
+    greet = {
+        "/app/bin/greet-app": (fx("greet/bin/greet-app"), exe),
+        "/app/lib/libgreet.so.1": (fx("greet/lib/libgreet.so.1"), ro),
+        "/old/bin/greet-app": (fx("greet/bin/greet-app"), exe),
+        "/old/lib/libgreet.so.1": (fx("greet/lib-old/libgreet.so.1"), ro),
+        "/miss/bin/greet-app": (fx("greet/bin/greet-app"), exe),
+        "/miss/lib/libgreet.so.1": (fx("greet/lib-missing/libgreet.so.1"), ro),
+        "/missr/bin/greet-app-rpath": (fx("greet/bin/greet-app-rpath"), exe),
+        "/missr/lib/libgreet.so.1": (fx("greet/lib-missing/libgreet.so.1"), ro),
+    }
+    scripts = {
+        "/s-crlf": (fx("scripts/entry-crlf.sh"), exe), "/s-ok": (fx("scripts/entry.sh"), exe),
+        "/s-nope": (b"#!/bin/nope\necho hi\n", exe), "/s-env": (b"#!/usr/bin/env nope\necho hi\n", exe),
+    }
+    common = {"/gl": (fx("glibc/hello-dynamic"), exe), "/rs-gnu": (fx("rust/hello-svc-gnu"), exe),
+              "/rs-static": (fx("rust/hello-svc-static"), exe), "/mu": (fx("musl/hello-dynamic"), exe),
+              "/mus": (fx("musl/hello-static"), exe), "/hello-static": (fx("glibc/hello-static"), exe)}
+    return {
+        "alpine": Spec("alpine-3.20", {
+            **common, **scripts, "/noexec": (fx("musl/hello-dynamic"), ro), "/mu700": (fx("musl/hello-dynamic"), 0o700),
+            "/armbb": (_busybox_aarch64(tmp), exe), "/text": (b"echo hi\n", exe)}),
+        "alpine-compat": Spec("alpine-3.20", {
+            "/gl": (fx("glibc/hello-dynamic"), exe), "/rs-gnu": (fx("rust/hello-svc-gnu"), exe),
+            **_pick(greet, "/miss/")},
+            prepare="mkdir -p /lib64 && ln -s /lib/ld-musl-x86_64.so.1 /lib64/ld-linux-x86-64.so.2"),
+        "alpine-3.12": Spec("alpine-3.12", {"/mu": common["/mu"], "/gl": common["/gl"]}),
+        "bullseye-base": Spec("bullseye-base", {
+            **common, **_pick(greet, "/app/"),
+            "/nolib/bin/greet-app": (fx("greet/bin/greet-app"), exe), "/ssl-app": (fx("ssl/ssl-app"), exe),
+            "/fd-bookworm": (rust_binary("bookworm", "fd"), exe),
+            "/rg-bullseye": (rust_binary("bullseye", "rg"), exe)}),
+        "bookworm-cc": Spec("bookworm-cc", {
+            **common, **greet, "/ssl-app": (fx("ssl/ssl-app"), exe),
+            "/opt/y/bin/greet-app": (fx("greet/bin/greet-app"), exe),
+            "/usr/lib/x86_64-linux-gnu/libgreet.so.1": (fx("greet/lib/libgreet.so.1"), ro),
+            "/rg-bullseye": (rust_binary("bullseye", "rg"), exe), "/rg-bookworm": (rust_binary("bookworm", "rg"), exe),
+            "/fd-bookworm": (rust_binary("bookworm", "fd"), exe), "/fd-trixie": (rust_binary("trixie", "fd"), exe)}),
+        "trixie-cc": Spec("trixie-cc", {
+            "/lpl/libgreet.so.1": (fx("greet/lib-old/libgreet.so.1"), ro),
+            **_pick(greet, "/app/"), **_pick(greet, "/missr/"),
+            "/rg-trixie": (rust_binary("trixie", "rg"), exe), "/fd-trixie": (rust_binary("trixie", "fd"), exe)},
+            env={"LD_LIBRARY_PATH": "/lpl"}),
+        "bookworm-static": Spec("bookworm-static", {**common, **scripts}),
+        "bookworm-slim": Spec("bookworm-slim", {
+            **scripts, "/opt/x/bin/greet-app": (fx("greet/bin/greet-app"), exe),
+            "/usr/local/lib/libgreet.so.1": (fx("greet/lib/libgreet.so.1"), ro),
+            "/rg-bookworm": (rust_binary("bookworm", "rg"), exe),
+            "/fd-bullseye": (rust_binary("bullseye", "fd"), exe)}),
+        "arm64": Spec("alpine-3.20-arm64", {}),
+    }
+
+
+CASES = [
+    # success (a "warn" verdict must start too)
+    Case("alpine-musl-dynamic", "alpine", ("/mu",), OK),
+    Case("alpine-musl-static", "alpine", ("/mus",), OK),
+    Case("alpine-rust-crt-static", "alpine", ("/rs-static",), OK),
+    Case("alpine-script", "alpine", ("/s-ok",), OK),
+    Case("alpine-compat-glibc-hello-runs", "alpine-compat", ("/gl",), OK),
+    Case("alpine312-musl-dynamic", "alpine-3.12", ("/mu",), OK),
+    Case("bookworm-cc-origin-runpath", "bookworm-cc", ("/app/bin/greet-app",), OK),
+    Case("bookworm-cc-default-dirs", "bookworm-cc", ("/opt/y/bin/greet-app",), OK),
+    Case("bookworm-cc-rust-gnu", "bookworm-cc", ("/rs-gnu",), OK),
+    Case("bookworm-cc-rg-bullseye", "bookworm-cc", ("/rg-bullseye", "--version"), OK),
+    Case("bookworm-cc-fd-bookworm", "bookworm-cc", ("/fd-bookworm", "--version"), OK),
+    Case("bookworm-cc-ssl-app", "bookworm-cc", ("/ssl-app",), OK),
+    Case("bullseye-base-glibc-static", "bullseye-base", ("/hello-static",), OK),
+    Case("static-rust-crt-static", "bookworm-static", ("/rs-static",), OK),
+    Case("slim-fd-bullseye", "bookworm-slim", ("/fd-bullseye", "--version"), OK),
+    Case("trixie-cc-fd-trixie", "trixie-cc", ("/fd-trixie", "--version"), OK),
+    # missing-interpreter
+    Case("alpine-glibc-hello", "alpine", ("/gl",), "missing-interpreter"),
+    Case("alpine-rust-gnu", "alpine", ("/rs-gnu",), "missing-interpreter"),
+    Case("static-glibc-hello", "bookworm-static", ("/gl",), "missing-interpreter"),
+    Case("bullseye-musl-dynamic", "bullseye-base", ("/mu",), "missing-interpreter"),
+    Case("alpine312-glibc-hello", "alpine-3.12", ("/gl",), "missing-interpreter"),
+    # missing-library
+    Case("bullseye-base-rust-gnu-libgcc", "bullseye-base", ("/rs-gnu",), "missing-library"),
+    Case("bullseye-base-origin-lib-absent", "bullseye-base", ("/nolib/bin/greet-app",), "missing-library"),
+    Case("bullseye-base-libssl3", "bullseye-base", ("/ssl-app",), "missing-library"),
+    Case("bookworm-cc-rg-bookworm-pcre2", "bookworm-cc", ("/rg-bookworm", "--version"), "missing-library"),
+    Case("slim-not-in-ld-cache", "bookworm-slim", ("/opt/x/bin/greet-app",), "missing-library"),
+    Case("alpine-compat-rust-gnu", "alpine-compat", ("/rs-gnu",), "missing-library"),
+    Case("bullseye-base-rg-bullseye-libgcc", "bullseye-base", ("/rg-bullseye", "--version"), "missing-library"),
+    Case("bullseye-base-fd-bookworm-libgcc", "bullseye-base", ("/fd-bookworm", "--version"), "missing-library"),
+    # glibc-version (any version node)
+    Case("bullseye-glibc-2.34", "bullseye-base", ("/gl",), "glibc-version"),
+    Case("bullseye-origin-app-glibc", "bullseye-base", ("/app/bin/greet-app",), "glibc-version"),
+    Case("bookworm-cc-old-lib", "bookworm-cc", ("/old/bin/greet-app",), "glibc-version"),
+    Case("bookworm-cc-fd-trixie", "bookworm-cc", ("/fd-trixie", "--version"), "glibc-version"),
+    Case("trixie-ld-library-path-old-lib", "trixie-cc", ("/app/bin/greet-app",), "glibc-version"),
+    # missing-symbol
+    Case("bookworm-cc-runpath-missing-symbol", "bookworm-cc", ("/miss/bin/greet-app",), "missing-symbol"),
+    Case("bookworm-cc-rpath-missing-symbol", "bookworm-cc", ("/missr/bin/greet-app-rpath",), "missing-symbol"),
+    Case("trixie-rpath-beats-ld-library-path", "trixie-cc", ("/missr/bin/greet-app-rpath",), "missing-symbol"),
+    Case("alpine-compat-missing-symbol", "alpine-compat", ("/miss/bin/greet-app",), "missing-symbol"),
+    # exec-format
+    Case("alpine-aarch64-busybox", "alpine", ("/armbb", "true"), "exec-format"),
+    Case("alpine-text-without-shebang", "alpine", ("/text",), "exec-format"),
+    Case("arm64-image-on-amd64", "arm64", ("/bin/busybox", "true"), "exec-format", platform="linux/amd64"),
+    # script-interpreter-missing
+    Case("alpine-crlf-shebang", "alpine", ("/s-crlf",), "script-interpreter-missing"),
+    Case("alpine-shebang-missing", "alpine", ("/s-nope",), "script-interpreter-missing"),
+    Case("alpine-busybox-env-name", "alpine", ("/s-env",), "script-interpreter-missing"),
+    Case("slim-gnu-env-name", "bookworm-slim", ("/s-env",), "script-interpreter-missing"),
+    Case("slim-crlf-shebang", "bookworm-slim", ("/s-crlf",), "script-interpreter-missing"),
+    Case("static-script-no-shell", "bookworm-static", ("/s-ok",), "script-interpreter-missing"),
+    # entrypoint-missing
+    Case("alpine-absolute-missing", "alpine", ("/nope",), "entrypoint-missing"),
+    Case("alpine-bare-name-not-in-path", "alpine", ("nope",), "entrypoint-missing"),
+    Case("static-shell-form-no-sh", "bookworm-static", ("/bin/sh", "-c", "/rs-static"), "entrypoint-missing"),
+    # not-executable
+    Case("alpine-mode-0644", "alpine", ("/noexec",), "not-executable"),
+    Case("alpine-0700-as-nobody", "alpine", ("/mu700",), "not-executable", user="nobody"),
+    Case("alpine-directory", "alpine", ("/etc",), "not-executable"),
+    Case("static-0700-as-nonroot", "bookworm-static", ("/rs-static",), OK, user="nonroot"),
+]
+
+
+# -- building, running, loading ------------------------------------------------------------------
+
+
+def _prepared_base(name: str, base_tag: str, run: str) -> str:
+    tag = f"imgaudit-e2e/oracle-base-{name}:latest"
+    res = subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=f"FROM {base_tag}\nRUN {run}\n",
+                         text=True, capture_output=True, check=False, timeout=600)
+    if res.returncode != 0:
+        raise RuntimeError(f"docker build of {tag} failed: {res.stderr}")
+    return tag
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[str, Loaded]]]:
+    require_docker()
+    tmp = tmp_path_factory.mktemp("oracle")
+    all_specs = specs(tmp)
+    tags = ensure_runtimes(sorted({s.base for s in all_specs.values()}))
+    out: dict[str, tuple[str, Loaded]] = {}
+    for name, spec in all_specs.items():
+        base = tags[spec.base]
+        if spec.prepare:
+            base = _prepared_base(name, base, spec.prepare)
+        tag = f"imgaudit-e2e/oracle-{name}:latest"
+        if spec.files or spec.env:
+            docker_build(tag, base, spec.files, [], env=spec.env or None)
+        else:
+            subprocess.run(["docker", "tag", base, tag], check=True)
+        archive = tmp / f"{name}.tar"
+        subprocess.run(["docker", "save", "-o", str(archive), tag], check=True, timeout=600)
+        out[name] = (tag, load(f"docker-archive:{archive}"))
+    yield out
+
+
+def docker_run(tag: str, argv: tuple[str, ...], user: str | None = None) -> tuple[int, str]:
+    cmd = ["docker", "run", "--rm", "--network", "none", "--entrypoint", argv[0]]
+    if user:
+        cmd += ["--user", user]
+    res = subprocess.run([*cmd, tag, *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, check=False, timeout=RUN_TIMEOUT)
+    return res.returncode, res.stdout
+
+
+def started(code: int, output: str) -> bool:
+    """The program ran: exit 0 and none of the start-up failure texts."""
+    markers = ("OCI runtime", "exec ", "error while loading", "Error loading", "Error relocating",
+               "symbol lookup error", "not found (required by", "can't execute", "No such file")
+    return code == 0 and not any(m in output for m in markers)
+
+
+# -- the verdict oracle --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_verdict_matches_docker_run(case: Case, images: dict[str, tuple[str, Loaded]]) -> None:
+    tag, loaded = images[case.image]
+    plat = Platform.parse(case.platform) if case.platform else None
+    verdict = entrypoint.verdict(loaded, list(case.argv), user=case.user, platform=plat)
+    code, output = docker_run(tag, case.argv, case.user)
+    ran = started(code, output)
+    if case.expect == OK:
+        assert ran, f"docker run failed ({code}): {output}"
+        assert verdict.verdict in ("ok", "warn"), verdict
+        return
+    assert not ran, f"docker run started ({code}): {output}"
+    assert verdict.verdict == "fail" and verdict.failure == case.expect, verdict
+    assert verdict.message and verdict.message in output, f"{verdict.message!r} not in docker's output:\n{output}"
+
+
+def test_every_failure_category_has_two_cases() -> None:
+    counts: dict[str, int] = {}
+    for case in CASES:
+        counts[case.expect] = counts.get(case.expect, 0) + 1
+    for category in ("ok", "missing-interpreter", "missing-library", "glibc-version", "missing-symbol",
+                     "exec-format", "script-interpreter-missing", "entrypoint-missing", "not-executable"):
+        assert counts.get(category, 0) >= 2, category
+
+
+# -- ldd against the image's own loader ----------------------------------------------------------
+
+LDD_CASES = [
+    ("bookworm-cc", "/app/bin/greet-app"), ("bookworm-cc", "/opt/y/bin/greet-app"), ("bookworm-cc", "/rs-gnu"),
+    ("bookworm-cc", "/rg-bullseye"), ("bookworm-cc", "/missr/bin/greet-app-rpath"), ("bookworm-cc", "/ssl-app"),
+    ("bullseye-base", "/rs-gnu"), ("bullseye-base", "/nolib/bin/greet-app"), ("bullseye-base", "/rg-bullseye"),
+    ("trixie-cc", "/app/bin/greet-app"), ("trixie-cc", "/missr/bin/greet-app-rpath"), ("trixie-cc", "/fd-trixie"),
+    ("bookworm-slim", "/bin/bash"), ("bookworm-slim", "/usr/bin/env"), ("bookworm-slim", "/opt/x/bin/greet-app"),
+    ("alpine", "/mu"), ("alpine", "/sbin/apk"), ("alpine", "/usr/bin/ssl_client"),
+    ("alpine-compat", "/rs-gnu"), ("alpine-compat", "/miss/bin/greet-app"),
+]
+_LINE = re.compile(r"^\t(?:(\S+) => )?(\S+|not found)(?: \(0x[0-9a-f]+\))?$")
+
+
+def loader_listing(tag: str, interp: str, path: str) -> tuple[int, list[tuple[str | None, str]], str]:
+    res = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", interp, tag, "--list", path],
+                         capture_output=True, text=True, check=False, timeout=RUN_TIMEOUT)
+    pairs = []
+    for line in res.stdout.splitlines():
+        m = _LINE.match(line)
+        if m and not (m.group(2) or "").startswith("linux-vdso"):
+            pairs.append((m.group(1), m.group(2)))
+    return res.returncode, pairs, res.stderr
+
+
+@pytest.mark.parametrize(("image", "path"), LDD_CASES, ids=[f"{i}:{p}" for i, p in LDD_CASES])
+def test_ldd_matches_loader_listing(image: str, path: str, images: dict[str, tuple[str, Loaded]]) -> None:
+    tag, loaded = images[image]
+    config = loaded.image.config
+    res = loader.resolve(loaded.rootfs, path, loader.LoaderEnv.from_env(config.env, config.working_dir))
+    assert res is not None and res.interpreter
+    code, pairs, stderr = loader_listing(tag, res.interpreter, path)
+    load_error = next((p for p in res.problems if p.fatal and p.kind == "missing-library"), None)
+    if res.flavour == "glibc" and load_error is not None:
+        # glibc's --list stops at the first library it cannot open, with the start-up message.
+        assert code != 0 and load_error.message.split(": ", 1)[1] in stderr, stderr
+        return
+    if res.flavour == "glibc":
+        # Load order: each object as ld.so names it (`name => path`, or the path alone for ld.so).
+        got = [p for _, p in pairs]
+        assert got == [o.name for o in res.objects[1:]], (pairs, res.objects)
+        return
+    # musl: `name => path` per library loaded (libc once per reserved name); errors on stderr.
+    listed = {name: p for name, p in pairs if name}
+    ours = res.resolved()
+    assert listed == {n: p for n, p in ours.items() if p is not None}, (pairs, ours)
+    for link in res.missing():
+        assert f"Error loading shared library {link.name}: No such file or directory" in stderr
+
+
+# -- runtime facts and the report ------------------------------------------------------------------
+
+RUNTIME_FACTS = {
+    "alpine": ("musl", "1.2.5", "alpine", "/bin/sh"), "alpine-3.12": ("musl", "1.1.24", "alpine", "/bin/sh"),
+    "bullseye-base": ("glibc", "2.31", "debian", None), "bookworm-cc": ("glibc", "2.36", "debian", None),
+    "trixie-cc": ("glibc", "2.41", "debian", None), "bookworm-static": ("none", None, "debian", None),
+    "bookworm-slim": ("glibc", "2.36", "debian", "/bin/sh"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNTIME_FACTS))
+def test_report_runtime_and_schema(name: str, images: dict[str, tuple[str, Loaded]]) -> None:
+    import jsonschema
+
+    _, loaded = images[name]
+    report = audit(loaded)
+    body = report.to_dict()
+    jsonschema.validate(json.loads(json.dumps(body)), json.loads(SCHEMA.read_text()))
+    libc, version, distro, shell = RUNTIME_FACTS[name]
+    rt = report.runtime
+    assert (rt.libc, rt.libc_version, rt.distro.id, rt.shell) == (libc, version, distro, shell)
+    rules = {f.rule for f in report.findings}
+    if name == "bookworm-slim":
+        assert "ld-cache-stale" in rules  # /usr/local/lib/libgreet.so.1 was copied in without ldconfig
+    if name == "bookworm-static":
+        assert "missing-interpreter" in rules
+
+
+def test_libc_version_matches_the_image(images: dict[str, tuple[str, Loaded]]) -> None:
+    """The glibc version imgaudit reads from libc.so.6 is what the image's ld.so reports."""
+    tag, loaded = images["bookworm-slim"]
+    res = subprocess.run(["docker", "run", "--rm", "--entrypoint", "/lib64/ld-linux-x86-64.so.2", tag, "--version"],
+                         capture_output=True, text=True, check=False, timeout=RUN_TIMEOUT)
+    assert f"version {audit(loaded).runtime.libc_version}" in res.stdout
