@@ -123,7 +123,7 @@ def _mandatory() -> bool:
 def docker_client() -> Iterator[Any]:
     """A docker SDK client; the test is skipped without a daemon, or fails when IMGAUDIT_E2E=1."""
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
 
         client = docker.from_env(version="auto", timeout=300)
         client.ping()

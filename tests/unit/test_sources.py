@@ -114,6 +114,14 @@ def test_legacy_docker_archive(tmp_path: Path) -> None:
     assert paths(scans) == ["/app", "/etc", "/etc/os-release"]
 
 
+@pytest.mark.parametrize("shape", ["legacy", "oci"])
+def test_layers_read_in_parallel_give_the_same_scans(tmp_path: Path, shape: str) -> None:
+    path = write_docker_archive(tmp_path / "a.tar", {"test:1": base()}, shape=shape)
+    serial = load_image(parse_reference(str(path)), platform=None, scanner=Scanner())[1]
+    parallel = load_image(parse_reference(str(path)), platform=None, scanner=Scanner(jobs=4))[1]
+    assert serial == parallel
+
+
 def test_docker25_archive_gives_the_oci_manifest_digest(tmp_path: Path) -> None:
     spec = base()
     image, scans = load(str(write_docker_archive(tmp_path / "a.tar", {"test:1": spec}, shape="oci")))
@@ -545,7 +553,7 @@ class FakeImages:
         self.known = known
 
     def get(self, name: str) -> Any:
-        import docker.errors
+        import docker.errors  # type: ignore[import-untyped]
 
         if name not in self.known:
             raise docker.errors.ImageNotFound(f"no such image: {name}")
