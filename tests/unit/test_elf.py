@@ -450,7 +450,7 @@ def test_close_stops_the_worker_and_reading_again_respawns(fixtures: Path) -> No
     reader.close()
 
 
-def test_threads_share_the_default_reader(fixtures: Path) -> None:
+def test_concurrent_callers_get_correct_answers(fixtures: Path) -> None:
     paths = [fixtures / "glibc" / "hello-dynamic", fixtures / "greet" / "lib" / "libgreet.so.1"]
     expected = [elf.read_elf(str(p), p.read_bytes()) for p in paths]
     results: list[bool] = []
