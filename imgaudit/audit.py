@@ -12,6 +12,7 @@ from imgaudit.report import ImageInfo, Incomplete, PlatformInfo, Report
 from imgaudit.rootfs import RootFS
 from imgaudit.scanner import Scanner
 from imgaudit.sources import load_image
+from imgaudit.sources.auth import RegistryOptions
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class Options:
     jobs: int = 1
     elf: bool = True
     cache: bool = True  # the per-layer scan cache (imgaudit/cache.py); IMGAUDIT_CACHE=off also disables it
+    source: str | None = None  # "daemon" or "registry" for a bare NAME (--from); None: the daemon if it has it
+    registry: RegistryOptions | None = None  # credentials override and TLS trust for registry pulls
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ def load(reference: str, options: Options | None = None) -> Loaded:
     ref = parse_reference(reference)
     scanner = Scanner(elf_reader=_elf_reader() if options.elf else None, jobs=options.jobs,
                       cache=ScanCache.default() if options.cache else None)
-    image, scans = load_image(ref, platform=options.platform, scanner=scanner)
+    image, scans = load_image(ref, platform=options.platform, scanner=scanner, source=options.source,
+                              registry=options.registry)
     return Loaded(image, scans, RootFS.build(scans))
 
 

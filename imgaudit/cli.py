@@ -88,6 +88,48 @@ def common(func: F) -> F:
                         help="Layers scanned in parallel.")(func)
 
 
+_PULL_KEYS = ("from_source", "username", "password_stdin", "ca_cert", "insecure")
+
+
+def pull_options(func: F) -> F:
+    """--from and the registry options, handed to the command as one raw `pull` dict (see `_pull`)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, pull={key: kwargs.pop(key) for key in _PULL_KEYS}, **kwargs)
+
+    options = [
+        click.option("--from", "from_source", type=click.Choice(["daemon", "registry"]),
+                     help="Where a bare NAME[:TAG] comes from.  [default: the local daemon if it has it, "
+                          "else the registry]"),
+        click.option("--username", metavar="USER", help="Registry user (overrides the Docker config)."),
+        click.option("--password-stdin", is_flag=True, help="Read the registry password or token from stdin."),
+        click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+                     help="Trust this CA (PEM) for the registry's TLS certificate."),
+        click.option("--insecure", is_flag=True,
+                     help="Plain HTTP or unverified TLS for the registry the reference names (implied for "
+                          "localhost and 127.0.0.1)."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def _pull(pull: dict[str, Any]) -> dict[str, Any]:
+    """`Options` fields from the pull flags. The password comes from stdin only (argv shows in `ps`), read
+    whole with one trailing newline dropped, as `docker login --password-stdin` does."""
+    from imgaudit.sources.auth import RegistryOptions
+
+    username, from_stdin = pull["username"], pull["password_stdin"]
+    if from_stdin != bool(username):
+        raise UsageError("--username and --password-stdin go together (the password is read from stdin)")
+    password = sys.stdin.read().removesuffix("\n").removesuffix("\r") if from_stdin else None
+    if from_stdin and not password:
+        raise UsageError("--password-stdin: stdin was empty")
+    return {"source": pull["from_source"],
+            "registry": RegistryOptions(username, password, pull["ca_cert"], pull["insecure"])}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="imgaudit")
 def main() -> None:
@@ -134,8 +176,10 @@ def gate_options(func: F) -> F:
 @click.option("--all", "show_all", is_flag=True, help="Show every finding, infos included.")
 @gate_options
 @common
+@pull_options
 @handled
-def inspect(reference: str, fmt: str, show_all: bool, platform: str | None, jobs: int, **gate: Any) -> None:
+def inspect(reference: str, fmt: str, show_all: bool, platform: str | None, jobs: int, pull: dict[str, Any],
+            **gate: Any) -> None:
     """Summarise an image: platform, digests, entrypoint verdict, layers and sizes; exit 1 when it fails the gate."""
     from pathlib import Path
 
@@ -151,7 +195,7 @@ def inspect(reference: str, fmt: str, show_all: bool, platform: str | None, jobs
     outputs = [ci.parse_output(value) for value in gate["outputs"]]
     protected = ci.input_paths(reference) + ([Path(gate["dockerfile"])] if gate["dockerfile"] else [])
     ci.check_outputs(outputs, protected)
-    report = apply(audit(reference, Options(platform=_platform(platform), jobs=jobs)), policy)
+    report = apply(audit(reference, Options(platform=_platform(platform), jobs=jobs, **_pull(pull))), policy)
     view = ci.Gate(policy, ci.load_dockerfile(gate["dockerfile"], report), color=_color(), show_all=show_all)
     sys.exit(ci.finish(report, view, fmt=fmt, outputs=outputs, env=os.environ,
                        echo=lambda text: click.echo(text, nl=False),
@@ -167,13 +211,15 @@ main.add_command(inspect, name="check")  # the name a CI step reads best: `imgau
 @click.option("--layer", type=int, default=None, help="Only what layer N (0-based) added, changed and removed.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @common
+@pull_options
 @handled
-def ls_command(reference: str, path: str, layer: int | None, fmt: str, platform: str | None, jobs: int) -> None:
+def ls_command(reference: str, path: str, layer: int | None, fmt: str, platform: str | None, jobs: int,
+               pull: dict[str, Any]) -> None:
     """List the final filesystem of an image (or one layer's changes)."""
     from imgaudit.audit import Options, load
     from imgaudit.listing import final_rows, layer_rows, with_modestr
 
-    loaded = load(reference, Options(platform=_platform(platform), jobs=jobs, elf=False))
+    loaded = load(reference, Options(platform=_platform(platform), jobs=jobs, elf=False, **_pull(pull)))
     top = "/" + path.strip("/") if path.strip("/") else "/"
     if layer is not None and not 0 <= layer < len(loaded.scans):
         raise UsageError(f"--layer {layer}: the image has layers 0 to {len(loaded.scans) - 1}")

@@ -28,6 +28,10 @@ class SourceUnavailable(ImgauditError):
     """Daemon or registry unreachable or refusing."""
 
 
+class AuthenticationFailed(SourceUnavailable):
+    """A registry or its token server refused (or needs) credentials; the message never holds them."""
+
+
 class CorruptImage(ImgauditError):
     """Manifest, config or layer bytes are malformed, truncated or do not match their digest."""
 
