@@ -1,0 +1,152 @@
+"""Entrypoint verdicts on synthetic images (real ELF fixtures): what runc, the kernel and the loader
+would say, word for word (the e2e oracle checks the same messages against `docker run`)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from imgaudit import entrypoint
+from imgaudit.elf import read_elf
+from imgaudit.image import ImageConfig, Platform
+from imgaudit.layers import scan_layer
+from imgaudit.rootfs import RootFS
+from tests.builders import DEFAULT_ENV, Item, d, f, make_layer, sym
+
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "build"
+pytestmark = pytest.mark.skipif(not (FIX / "musl" / "hello-static").exists(), reason="run scripts/build-fixtures")
+AARCH64_HEAD = b"\x7fELF\x02\x01\x01" + bytes(11) + b"\xb7\x00" + bytes(44)
+PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n"
+GROUP = b"root:x:0:\napp:x:1000:nobody\n"
+
+
+def fx(rel: str) -> bytes:
+    return (FIX / rel).read_bytes()
+
+
+def image(items: list[Item]) -> RootFS:
+    return RootFS.build([scan_layer(io.BytesIO(make_layer(items)), elf_reader=read_elf)])
+
+
+BASE = [
+    f("static", fx("musl/hello-static"), 0o755),
+    f("gl", fx("glibc/hello-dynamic"), 0o755),
+    f("noexec", fx("musl/hello-static"), 0o644),
+    f("owner-only", fx("musl/hello-static"), 0o700),
+    Item("group-only", data=fx("musl/hello-static"), mode=0o710, gid=1000),
+    f("text", b"echo hi\n", 0o755),
+    f("arm", AARCH64_HEAD, 0o755),
+    f("crlf.sh", b"#!/bin/sh\r\necho hi\r\n", 0o755),
+    f("nope.sh", b"#! /bin/nope  -x \necho hi\n", 0o755),
+    f("env.sh", b"#!/usr/bin/env nope\necho hi\n", 0o755),
+    f("envok.sh", b"#!/usr/bin/env tool\n", 0o755),
+    f("usr/local/bin/tool", fx("musl/hello-static"), 0o755),
+    f("usr/bin/env", fx("musl/hello-static"), 0o755),
+    f("etc/passwd", PASSWD), f("etc/group", GROUP), d("adir"),
+]
+
+
+def judge(argv: list[str], items: list[Item] | None = None, *, user: str = "", env: tuple[str, ...] = (DEFAULT_ENV,),
+          arch: str = "amd64") -> entrypoint.Verdict:
+    config = ImageConfig(Platform("linux", arch), env=env)
+    return entrypoint.judge(image(BASE if items is None else items), config, argv, user=user)
+
+
+def outcome(v: entrypoint.Verdict) -> tuple[str, str | None, str | None]:
+    return v.verdict, v.failure, v.message
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["/static"], ("ok", None, None)),
+    (["tool", "x"], ("ok", None, None)),  # found on PATH
+    ([], ("fail", "entrypoint-missing", "No command specified")),
+    (["/nope"], ("fail", "entrypoint-missing", 'exec: "/nope": stat /nope: no such file or directory')),
+    (["/static/x"], ("fail", "entrypoint-missing", 'exec: "/static/x": stat /static/x: not a directory')),
+    (["nope"], ("fail", "entrypoint-missing", 'exec: "nope": executable file not found in $PATH')),
+    (["/bin/sh", "-c", "x"],
+     ("fail", "entrypoint-missing", 'exec: "/bin/sh": stat /bin/sh: no such file or directory')),
+    (["/noexec"], ("fail", "not-executable", 'exec: "/noexec": permission denied')),
+    (["/adir"], ("fail", "not-executable", 'exec: "/adir": permission denied')),
+    (["/text"], ("fail", "exec-format", "exec /text: exec format error")),
+    (["/arm"], ("fail", "exec-format", "exec /arm: exec format error")),
+    (["/gl"], ("fail", "missing-interpreter", "exec /gl: no such file or directory")),
+    (["/crlf.sh"], ("fail", "script-interpreter-missing", "exec /crlf.sh: no such file or directory")),
+    (["/nope.sh"], ("fail", "script-interpreter-missing", "exec /nope.sh: no such file or directory")),
+    (["/env.sh"], ("fail", "script-interpreter-missing", "/usr/bin/env: 'nope': No such file or directory")),
+    (["/envok.sh"], ("ok", None, None)),
+])
+def test_verdicts(argv: list[str], expected: tuple[str, str | None, str | None]) -> None:
+    assert outcome(judge(argv)) == expected
+
+
+def test_user_permissions_follow_passwd_and_group() -> None:
+    assert judge(["/owner-only"]).verdict == "ok"  # root: any execute bit
+    assert outcome(judge(["/owner-only"], user="nobody")) == (
+        "fail", "not-executable", "exec /owner-only: permission denied")
+    assert judge(["/group-only"], user="nobody").verdict == "ok"  # nobody is a member of group app (1000)
+    assert judge(["/group-only"], user="4242").verdict == "fail"
+    assert outcome(judge(["/static"], user="ghost")) == (
+        "fail", "other", "unable to find user ghost: no matching entries in passwd file")
+    assert judge(["/static"], user="4242").verdict == "ok"  # numeric users need no passwd entry
+
+
+def test_platform_decides_exec_format() -> None:
+    assert judge(["/static"], arch="arm64").failure == "exec-format"
+
+
+def test_path_comes_from_the_image_env() -> None:
+    assert judge(["tool"], env=("PATH=/bin",)).failure == "entrypoint-missing"
+    assert judge(["tool"], env=()).verdict == "ok"  # Docker's default PATH
+
+
+def test_busybox_env_prints_its_own_message() -> None:
+    items = [*BASE[:-6], f("bin/busybox", fx("musl/hello-static"), 0o755), sym("usr/bin/env", "/bin/busybox"),
+             f("etc/passwd", PASSWD)]
+    assert judge(["/env.sh"], items).message == "env: can't execute 'nope': No such file or directory"
+
+
+def test_dynamic_entrypoint_runs_the_loader() -> None:
+    items = [*BASE, f("lib/ld-musl-x86_64.so.1", fx("musl/hello-static"), 0o755),
+             f("app", fx("musl/hello-dynamic"), 0o755)]
+    v = judge(["/app"], items)
+    assert v.resolution is not None and v.resolution.flavour == "musl"
+    assert v.verdict == "fail" and v.failure == "missing-symbol"  # a static hello exports nothing: printf unresolved
+    assert v.message is not None and v.message.startswith("Error relocating /app: ")
+
+
+@pytest.mark.parametrize(("head", "parsed"), [
+    (b"#!/bin/sh\n", ("/bin/sh", None)),
+    (b"#!/bin/sh\r\n", ("/bin/sh\r", None)),
+    (b"#! \t/usr/bin/env  python3 -u \n", ("/usr/bin/env", "python3 -u")),
+    (b"#!\n", None),
+])
+def test_parse_shebang(head: bytes, parsed: tuple[str, str | None] | None) -> None:
+    assert entrypoint.parse_shebang(head) == parsed
+
+
+def test_argv_is_entrypoint_plus_cmd() -> None:
+    plat = Platform("linux", "amd64")
+    assert entrypoint.argv_of(ImageConfig(plat, entrypoint=("/a",), cmd=("b",))) == ["/a", "b"]
+    assert entrypoint.argv_of(ImageConfig(plat, cmd=("/b", "c"))) == ["/b", "c"]
+
+
+def test_linkage_report_validates_against_the_schema(tmp_path: Path) -> None:
+    import json
+
+    import jsonschema
+
+    from imgaudit.audit import audit
+    from tests.builders import ImageSpec, write_docker_archive
+
+    layer = make_layer([*BASE, f("etc/ssl/.keep", b""), f("lib/libssl.so.3", fx("greet/lib/libgreet.so.1"))])
+    archive = write_docker_archive(tmp_path / "img.tar", {"t:1": ImageSpec([layer], entrypoint=["/gl"])})
+    report = audit(f"docker-archive:{archive}")
+    schema = json.loads((Path(__file__).resolve().parents[2] / "imgaudit/schema/report.schema.json").read_text())
+    body = json.loads(json.dumps(report.to_dict()))
+    jsonschema.validate(body, schema)
+    assert body["entrypoint"]["failure"] == "missing-interpreter"
+    assert body["entrypoint"]["fix"] and "no C library" in body["entrypoint"]["fix"]
+    assert {b["path"]: b["role"] for b in body["binaries"]}["/gl"] == "entrypoint"
+    assert "missing-interpreter" in {f["rule"] for f in body["findings"]}
