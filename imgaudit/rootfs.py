@@ -76,18 +76,31 @@ class RootFS:
         removals = [e for e in scan.entries if e.type is EntryType.WHITEOUT]
         opaques = [e for e in scan.entries if e.type is EntryType.OPAQUE]
         for entry in removals:
-            if entry.path in self.nodes and entry.path != "/":
-                self._remove(entry.path, layer)
+            path = self._through_parent_links(entry.path)
+            if path is not None and path in self.nodes and path != "/":
+                self._remove(path, layer)
         for entry in opaques:
-            node = self.nodes.get(entry.path)
-            if node is not None and node.is_dir:
-                for child in list(self._children.get(entry.path, ())):
-                    self._remove(posixpath.join(entry.path, child), layer)
+            path = self._through_parent_links(entry.path)
+            node = self.nodes.get(path) if path is not None else None
+            if path is not None and node is not None and node.is_dir:  # a marker in a symlink hides nothing
+                for child in list(self._children.get(path, ())):
+                    self._remove(posixpath.join(path, child), layer)
         for entry in scan.entries:
             if entry.type is EntryType.OPAQUE:
                 self._ensure_dir(entry.path, layer)
             elif entry.type is not EntryType.WHITEOUT:
                 self._add(entry, layer)
+
+    def _through_parent_links(self, path: str) -> str | None:
+        """Where a whiteout or opaque marker acts: its parent directories resolved through symlinks, as
+        moby's UnpackLayer (in a chroot) and containerd's fs.RootPath do; `docker export` is the oracle."""
+        if path == "/":
+            return path
+        try:
+            parent = self.resolve(posixpath.dirname(path))
+        except SymlinkLoop:
+            return None
+        return posixpath.join(parent, posixpath.basename(path)) if parent else None
 
     def _add(self, entry: Entry, layer: int) -> None:
         if entry.path == "/":
