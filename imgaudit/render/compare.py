@@ -37,6 +37,16 @@ ROWS: tuple[Row, ...] = (
 )
 
 
+def label(reference: str) -> str:
+    """A column heading: `docker-daemon:docker.io/library/x:1` → `x:1`, `oci-archive:/a/b/img.tar` → `img.tar`."""
+    transport, sep, rest = reference.partition(":")
+    if not sep or transport not in ("docker-daemon", "docker-archive", "oci", "oci-archive"):
+        rest = reference.removeprefix("docker://")
+    if transport in ("docker-archive", "oci", "oci-archive"):
+        return rest.rstrip("/").rpartition("/")[2] or rest
+    return rest.removeprefix("docker.io/").removeprefix("library/")
+
+
 def _console(buf: io.StringIO, color: bool) -> Console:
     return Console(file=buf, width=160, no_color=not color, color_system="auto" if color else None,
                    highlight=False, soft_wrap=True)
@@ -48,11 +58,11 @@ def compare_table(columns: Sequence[ImageColumn], *, color: bool = False) -> str
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("")
     for c in columns:
-        table.add_column(safe(c.reference), justify="right")
-    for label, cell in ROWS:
-        table.add_row(label, *(safe(cell(c)) for c in columns))
+        table.add_column(safe(label(c.reference)), justify="right")
+    for name, cell in ROWS:
+        table.add_row(name, *(safe(cell(c)) for c in columns))
     con.print(table)
-    con.print(f"smallest: {safe(smallest(columns) or '-')}  ({CONVENTION})")
+    con.print(f"smallest: {safe(label(smallest(columns) or '-'))}  ({CONVENTION})")
     return buf.getvalue()
 
 
@@ -62,10 +72,11 @@ def md(text: str) -> str:
 
 
 def compare_markdown(columns: Sequence[ImageColumn]) -> str:
-    lines = ["| | " + " | ".join(f"`{md(c.reference)}`" for c in columns) + " |",
+    lines = ["| | " + " | ".join(f"`{md(label(c.reference))}`" for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
-    lines += [f"| {label} | " + " | ".join(md(cell(c)) for c in columns) + " |" for label, cell in ROWS]
-    lines += ["", f"Smallest: `{md(smallest(columns) or '-')}`. Sizes in decimal SI units (1 MB = 1,000,000 bytes)."]
+    lines += [f"| {name} | " + " | ".join(md(cell(c)) for c in columns) + " |" for name, cell in ROWS]
+    lines += ["", f"Smallest: `{md(label(smallest(columns) or '-'))}`. Sizes in decimal SI units "
+              "(1 MB = 1,000,000 bytes)."]
     return "\n".join(lines) + "\n"
 
 
@@ -83,12 +94,12 @@ TOTAL_ROWS: tuple[tuple[str, Callable[[Totals], int]], ...] = (
 
 
 def _total_rows(diff: ImageDiff) -> list[tuple[str, str, str, str]]:
-    rows = [(label, human(get(diff.old_totals)), human(get(diff.new_totals)),
-             signed(get(diff.new_totals) - get(diff.old_totals))) for label, get in TOTAL_ROWS]
-    for label, old, new in (("layers", diff.old_totals.layers, diff.new_totals.layers),
+    rows = [(name, human(get(diff.old_totals)), human(get(diff.new_totals)),
+             signed(get(diff.new_totals) - get(diff.old_totals))) for name, get in TOTAL_ROWS]
+    for name, old, new in (("layers", diff.old_totals.layers, diff.new_totals.layers),
                             ("files", diff.old_totals.file_count, diff.new_totals.file_count),
                             ("packages", diff.old_totals.packages, diff.new_totals.packages)):
-        rows.append((label, str(old), str(new), f"{new - old:+d}"))
+        rows.append((name, str(old), str(new), f"{new - old:+d}"))
     return rows
 
 
