@@ -5,11 +5,11 @@ Options → library calls → renderer, like cli.py; exit 0 unless an image cann
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from imgaudit.cli import _color, _platform, common, handled
+from imgaudit.cli import _color, _platform, _pull, common, handled, pull_options
 
 if TYPE_CHECKING:
     from imgaudit.audit import Loaded
@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 FORMATS = click.Choice(["table", "json", "markdown"])
 
 
-def _audit_all(references: tuple[str, ...], platform: str | None, jobs: int) -> list[tuple[Loaded, Report]]:
+def _audit_all(references: tuple[str, ...], platform: str | None, jobs: int,
+               pull: dict[str, Any]) -> list[tuple[Loaded, Report]]:
     """(Loaded, Report) of each reference, in order."""
     from imgaudit.audit import Options, audit, load
 
-    options = Options(platform=_platform(platform), jobs=jobs)
+    options = Options(platform=_platform(platform), jobs=jobs, **_pull(pull))
     out = []
     for reference in references:
         loaded = load(reference, options)
@@ -34,12 +35,14 @@ def _audit_all(references: tuple[str, ...], platform: str | None, jobs: int) -> 
 @click.argument("references", nargs=-1, required=True, metavar="REF REF…")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @common
+@pull_options
 @handled
-def compare_command(references: tuple[str, ...], fmt: str, platform: str | None, jobs: int) -> None:
+def compare_command(references: tuple[str, ...], fmt: str, platform: str | None, jobs: int,
+                    pull: dict[str, Any]) -> None:
     """Compare images side by side: sizes, layers, libc, distro, packages, waste, entrypoint verdict."""
     from imgaudit.compare import compare, to_json
 
-    columns = compare([report for _, report in _audit_all(references, platform, jobs)])
+    columns = compare([report for _, report in _audit_all(references, platform, jobs, pull)])
     if fmt == "json":
         from imgaudit.render.json import dumps
 
@@ -56,12 +59,13 @@ def compare_command(references: tuple[str, ...], fmt: str, platform: str | None,
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
               help="markdown makes a pull-request comment.")
 @common
+@pull_options
 @handled
-def diff_command(old: str, new: str, fmt: str, platform: str | None, jobs: int) -> None:
+def diff_command(old: str, new: str, fmt: str, platform: str | None, jobs: int, pull: dict[str, Any]) -> None:
     """What changed between two builds: layers (by diff_id), files, packages, findings."""
     from imgaudit.diff import diff_images, final_files, to_json
 
-    (old_loaded, old_report), (new_loaded, new_report) = _audit_all((old, new), platform, jobs)
+    (old_loaded, old_report), (new_loaded, new_report) = _audit_all((old, new), platform, jobs, pull)
     result = diff_images(old_report, new_report, final_files(old_loaded.rootfs), final_files(new_loaded.rootfs))
     if fmt == "json":
         from imgaudit.render.json import dumps
