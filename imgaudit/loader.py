@@ -553,10 +553,12 @@ class _Walk:
 
     def _chain(self, obj: LoadedObject) -> list[LoadedObject]:
         """The requesting object, the one that loaded it, … up to the program (`l_loader`)."""
-        chain, cur = [], obj
-        while cur is not None:
+        chain: list[LoadedObject] = []
+        cur: LoadedObject | None = obj
+        while cur is not None and cur not in chain:
             chain.append(cur)
-            cur = next((o for o in self.objects if o.name == cur.needed_by), None) if cur.needed_by else None
+            parent = cur.needed_by
+            cur = next((o for o in self.objects if o.name == parent), None) if parent else None
         return chain
 
     def _map_all(self) -> None:
