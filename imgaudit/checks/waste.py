@@ -316,16 +316,27 @@ def _ancestors(path: str) -> Iterator[str]:
         path = posixpath.dirname(path)
 
 
-def _why(scans: Sequence[LayerScan], path: str, hider: int, change: Change) -> tuple[str, str]:
-    """(reason, root) of a hide: the whiteout or opaque marker of layer `hider` that covers `path`."""
+@dataclass(frozen=True)
+class _Removals:
+    """One layer's whiteout targets and opaque directories."""
+
+    whiteouts: frozenset[str]
+    opaques: frozenset[str]
+
+    @classmethod
+    def of(cls, scan: LayerScan) -> _Removals:
+        return cls(frozenset(e.path for e in scan.entries if e.type is EntryType.WHITEOUT),
+                   frozenset(e.path for e in scan.entries if e.type is EntryType.OPAQUE))
+
+
+def _why(removals: _Removals, path: str, change: Change) -> tuple[str, str]:
+    """(reason, root) of a hide: the whiteout or opaque marker of the hiding layer that covers `path`."""
     if change is Change.MODIFIED:
         return "overwritten", path
-    whiteouts = {e.path for e in scans[hider].entries if e.type is EntryType.WHITEOUT}
-    opaques = {e.path for e in scans[hider].entries if e.type is EntryType.OPAQUE}
     for candidate in _ancestors(path):
-        if candidate in whiteouts:
+        if candidate in removals.whiteouts:
             return "removed", candidate
-        if candidate != path and candidate in opaques:
+        if candidate != path and candidate in removals.opaques:
             return "opaque", candidate
     return "replaced", path
 
@@ -333,6 +344,7 @@ def _why(scans: Sequence[LayerScan], path: str, hider: int, change: Change) -> t
 def hidden_files(fs: RootFS, scans: Sequence[LayerScan]) -> list[Hidden]:
     """Every regular-file entry of every layer whose bytes no final path shows."""
     visible = visible_origins(fs, scans)
+    removals = [_Removals.of(scan) for scan in scans]
     out: list[Hidden] = []
     for index, scan in enumerate(scans):
         later: set[str] = set()  # paths a later entry of the same layer writes again
@@ -350,7 +362,7 @@ def hidden_files(fs: RootFS, scans: Sequence[LayerScan]) -> list[Hidden]:
                 continue
             hider = _hider(fs, entry.path, index)
             hider_layer, change = hider if hider is not None else (index, Change.REMOVED)
-            reason, root = _why(scans, entry.path, hider_layer, change)
+            reason, root = _why(removals[hider_layer], entry.path, change)
             out.append(Hidden(entry.path, entry.size, index, hider_layer, reason, root))
     return out
 
