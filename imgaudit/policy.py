@@ -295,8 +295,8 @@ def _over(rule: str, what: str, actual: int, limit: int | None, option: str) -> 
     if limit is None or actual <= limit:
         return None
     return Finding(rule, Severity.ERROR, f"{what} is {human(actual)} ({actual} bytes), over the budget of "
-                   f"{human(limit)} ({limit} bytes)", fix=f"shrink the image, or raise {option}",
-                   bytes=actual - limit)
+                   f"{human(limit)} ({limit} bytes)", bytes=actual - limit,
+                   fix=f"shrink the image (see the size findings), or raise `{option}`")
 
 
 def _ratio(value: float) -> str:
@@ -319,18 +319,18 @@ def budget_findings(size: SizeInfo, budgets: Budgets) -> list[Finding]:
     if budgets.max_layers is not None and layers > budgets.max_layers:
         found.append(Finding("budget-layers", Severity.ERROR, f"the image has {layers} layers, over the budget of "
                              f"{budgets.max_layers}", fix="merge RUN steps or use a multi-stage build, or raise "
-                             "--max-layers"))
+                             "`--max-layers`"))
     if budgets.min_efficiency is not None and size.efficiency < budgets.min_efficiency:
         found.append(Finding("budget-efficiency", Severity.ERROR, f"efficiency is {_ratio(size.efficiency)}, "
                              f"under the minimum of {_ratio(budgets.min_efficiency)}",
-                             fix="stop rewriting and deleting files across layers, or lower --min-efficiency",
+                             fix="stop rewriting and deleting files across layers, or lower `--min-efficiency`",
                              bytes=size.wasted_bytes))
     ratio = user_wasted_ratio(size)
     if budgets.max_user_wasted is not None and ratio > budgets.max_user_wasted:
         found.append(Finding("budget-user-wasted", Severity.ERROR, f"wasted space is {_ratio(ratio)} of the bytes "
                              f"added after the base layer, over the maximum of {_ratio(budgets.max_user_wasted)}",
                              fix="stop rewriting and deleting files across layers, or raise "
-                             "highestUserWastedPercent", bytes=size.wasted_bytes))
+                             "`--max-user-wasted`", bytes=size.wasted_bytes))
     return [f for f in found if f is not None]
 
 

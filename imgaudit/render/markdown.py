@@ -33,6 +33,18 @@ def prose(text: str) -> str:
     return body.replace("@", "@\u2060")
 
 
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+def text_with_code(text: str) -> str:
+    """Prose whose `backticked` parts (commands in fixes, names in messages) stay code spans, each re-fenced."""
+    out, last = [], 0
+    for match in _CODE_SPAN.finditer(text):
+        out += [prose(text[last:match.start()]), code(match[1])]
+        last = match.end()
+    return "".join([*out, prose(text[last:])])
+
+
 def _pct(ratio: float) -> str:
     return f"{ratio * 100:.1f} %" if math.isfinite(ratio) else "n/a"  # dive divides by zero without user layers
 
@@ -91,7 +103,7 @@ def findings_table(findings: list[Finding], top: int = TOP) -> list[str]:
         return ["No findings."]
     rows = ["| | rule | path | message |", "|---|---|---|---|"]
     rows += [f"| {_ICON[f.severity]} {f.severity.value} | {code(f.rule)} | {code(f.path) if f.path else ''} | "
-             f"{prose(f.message)} |" for f in findings[:top]]
+             f"{text_with_code(f.message)} |" for f in findings[:top]]
     if len(findings) > top:
         rows.append(f"\n_…and {len(findings) - top} more: run `imgaudit inspect --all` for every finding._")
     return rows
@@ -107,7 +119,7 @@ def fixes(findings: list[Finding], top: int = TOP) -> list[str]:
     for (rule_id, fix), paths in list(grouped.items())[:top]:
         named = [code(p) for p in dict.fromkeys(paths) if p]
         where = f" ({', '.join(named[:3])}{', …' if len(named) > 3 else ''})" if named else ""
-        out.append(f"- {code(rule_id)}{where}: {prose(fix)}")
+        out.append(f"- {code(rule_id)}{where}: {text_with_code(fix)}")
     return out
 
 

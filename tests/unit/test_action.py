@@ -55,7 +55,9 @@ def run_action(inputs: dict[str, str], tmp: Path, runner_temp: Path) -> Run:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "IMGAUDIT_", "RUNNER_"))}
     base |= {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary), "RUNNER_TEMP": str(runner_temp),
              "NO_COLOR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    codes, out, err = [], [], []
+    codes: list[int] = []
+    out: list[str] = []
+    err: list[str] = []
     for step in ACTION["runs"]["steps"]:
         assert step["shell"] == "bash"
         step_output = tmp / f"output_{len(codes)}"

@@ -59,7 +59,8 @@ def _applied(**kw: Any) -> Report:
 def _sarif(rep: Report, with_dockerfile: bool = True) -> dict[str, Any]:
     dmap = map_dockerfile("build/Dockerfile", DOCKERFILE, [x.created_by for x in rep.size.layers])
     gate = ci.Gate(POLICY, dmap if with_dockerfile else None)
-    return json.loads(ci.render_as("sarif", rep, gate))
+    doc: dict[str, Any] = json.loads(ci.render_as("sarif", rep, gate))
+    return doc
 
 
 # ---- JSON: the package's own contract ----
@@ -190,6 +191,12 @@ def test_markdown_neutralises_untrusted_text() -> None:
 ])
 def test_markdown_code_spans(value: str, expected: str) -> None:
     assert markdown.code(value) == expected
+
+
+def test_markdown_keeps_code_spans_of_fixes() -> None:
+    assert markdown.text_with_code("run `strip --strip-debug /a_b` <now>") == \
+        "run `strip --strip-debug /a_b` \\<now\\>"
+    assert markdown.text_with_code("odd ` tick a_b") == "odd \\` tick a\\_b"
 
 
 # ---- GitHub Actions workflow commands ----
