@@ -67,6 +67,9 @@ def check_outputs(outputs: Sequence[Output], protected: Sequence[Path]) -> None:
         for path in protected:
             if _same(out.path, path):
                 raise UsageError(f"--output {out.path}: refusing to overwrite the input {path}")
+    for out in outputs:  # fail before the (slow) audit rather than after it
+        if not out.path.parent.is_dir():
+            raise UsageError(f"--output {out.path}: no directory {out.path.parent}")
     seen = [o.path.resolve() for o in outputs]
     if len(set(seen)) != len(seen):
         raise UsageError("--output: two outputs name the same file")

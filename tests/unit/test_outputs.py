@@ -265,6 +265,32 @@ def test_outputs_refuse_the_input_image(tmp_path: Path) -> None:
     assert image.read_bytes() == before
 
 
+def test_outputs_need_an_existing_directory(tmp_path: Path) -> None:
+    from imgaudit.errors import UsageError
+
+    with pytest.raises(UsageError, match="no directory"):
+        ci.check_outputs([ci.Output("json", tmp_path / "missing" / "r.json")], [])
+
+
+def test_cli_output_has_no_colour_off_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from imgaudit.cli import main
+    from tests import builders as b
+
+    (tmp_path / ".git").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY"):
+        monkeypatch.delenv(name, raising=False)
+    b.write_docker_archive(tmp_path / "a.tar", {"a:1": b.ImageSpec([b.make_layer([b.f("x", "1")])], entrypoint=["/x"])})
+    result = CliRunner().invoke(main, ["check", "docker-archive:a.tar", "--fail-on", "never", "-o", "r.md",
+                                       "-o", "junit:r.xml"])
+    assert result.exit_code == 0, result.output
+    assert "\x1b[" not in result.stdout and "gate: pass" in result.stdout
+    assert (tmp_path / "r.md").read_text().startswith(markdown.MARKER)
+    assert (tmp_path / "r.xml").read_text().startswith("<?xml")
+
+
 def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
     target = tmp_path / "r.json"
     target.write_text("old")
