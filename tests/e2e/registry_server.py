@@ -199,7 +199,8 @@ class _TokenHandler(_Quiet):
         if self.server.fail_status:
             self.reply(self.server.fail_status, b"token server down")
             return
-        access = _scope_access(query.get("scope", []), allow_push=bool(user))
+        granted = bool(user) or self.server.anonymous_pull
+        access = _scope_access(query.get("scope", []), allow_push=bool(user)) if granted else []
         token = self.server.issuer.sign(user or "anonymous", access)
         body = json.dumps({"token": token, "access_token": token, "expires_in": 300})
         self.reply(200, body.encode(), {"Content-Type": "application/json"})
@@ -235,6 +236,7 @@ class TokenServer(_Recorder):
         self.users = users
         self.refresh_tokens: dict[str, str] = {}  # identity token → user
         self.anonymous = anonymous
+        self.anonymous_pull = True  # False: anonymous callers get a token granting nothing
         self.fail_status = 0
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -357,8 +359,9 @@ class Fault:
 
     kinds: `status` (answer `status`, with `Retry-After` when set), `cut` (send the headers and the first
     `fraction` of the body, then drop the connection), `ignore-range` (forward without the Range header,
-    so a resume gets a 200), `flip` (flip the body's middle byte), `redirect` (307 to `target` + path),
-    `body` (answer 200 with `content_type` and `body` instead of the registry's answer).
+    so a resume gets a 200), `shift-range` (forward a Range request as `bytes=0-`, so a resume gets a 206 of
+    the wrong range), `flip` (flip the body's middle byte), `pad` (4 KiB more than the blob, honestly
+    declared), `redirect` (307 to `target` + path), `body` (answer 200 with `content_type` and `body`).
     """
 
     path: str
@@ -413,16 +416,21 @@ class _ProxyHandler(_Quiet):
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range")}
         if fault and fault.kind == "ignore-range":
             headers.pop("Range", None)
+        if fault and fault.kind == "shift-range" and "Range" in headers:
+            headers["Range"] = "bytes=0-"
         conn.request(self.command, self.path, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
         conn.close()
+        declared = int(resp.getheader("Content-Length") or len(body))
+        if fault and fault.kind == "pad":
+            body += b"\0" * 4096
+            declared = len(body)
         self.send_response(resp.status)
         for name in ("Content-Type", "Content-Range", "Docker-Content-Digest", "Location", "WWW-Authenticate",
                      "Docker-Distribution-Api-Version"):
             if resp.getheader(name):
                 self.send_header(name, resp.getheader(name, ""))
-        declared = int(resp.getheader("Content-Length") or len(body))
         self.send_header("Content-Length", str(declared))
         self.end_headers()
         if self.command == "HEAD":
@@ -462,7 +470,8 @@ class FaultProxy(_Recorder):
 
     @property
     def address(self) -> str:
-        return f"{self.server_address[0]}:{self.server_address[1]}"
+        host, port = self.server_address[:2]
+        return f"{host!s}:{port}"
 
     def take_fault(self, path: str) -> Fault | None:
         with self.lock:

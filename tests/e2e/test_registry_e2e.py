@@ -34,7 +34,7 @@ from tests.builders import (
 try:
     from . import registry_server as rs
 except ImportError:  # pytest's rootdir-less import mode
-    import registry_server as rs  # type: ignore[no-redef]
+    import registry_server as rs  # type: ignore[no-redef,import-not-found]
 
 REPO = Path(__file__).resolve().parents[2]
 USER = f"user-{uuid.uuid4().hex[:8]}"
@@ -391,6 +391,20 @@ def test_wrong_password_token_auth(world: World, debug: bool) -> None:
     assert_no_secrets(run)
 
 
+def test_no_credentials_for_a_token_registry(world: World) -> None:
+    run = inspect_json(world, f"docker://{world.token.address}/team/app:v1")
+    assert_one_line_error(run, "requires authentication", "token server", "docker login")
+
+
+def test_anonymous_token_without_access(world: World) -> None:
+    world.tokens.anonymous, world.tokens.anonymous_pull = True, False
+    try:
+        run = inspect_json(world, f"docker://{world.token.address}/team/app:v1")
+    finally:
+        world.tokens.anonymous, world.tokens.anonymous_pull = False, True
+    assert_one_line_error(run, "requires authentication", "HTTP 401")
+
+
 def test_no_credentials_for_a_private_registry(world: World) -> None:
     run = inspect_json(world, f"docker://{world.tls.address}/team/app:v1", "--ca-cert", str(world.pki.ca_cert))
     assert_one_line_error(run, "requires authentication", "docker login")
@@ -486,6 +500,23 @@ def test_cut_blob_restarts_when_range_is_ignored(world: World, proxy: rs.FaultPr
     run = inspect_json(world, f"docker://{proxy.address}/big:v1")
     assert_same_as_archive(world, run, "big")
     assert len(proxy.requests_to(f"/blobs/{digest}")) == 2
+
+
+def test_resume_answered_with_another_range_restarts(world: World, proxy: rs.FaultProxy) -> None:
+    digest = _big_layer(world)
+    proxy.faults += [rs.Fault(f"/blobs/{digest}", "cut", times=1, fraction=0.6),
+                     rs.Fault(f"/blobs/{digest}", "shift-range", times=1)]
+    run = inspect_json(world, f"docker://{proxy.address}/big:v1")
+    assert_same_as_archive(world, run, "big")
+    ranges = [e["headers"].get("Range") for e in proxy.requests_to(f"/blobs/{digest}")]
+    assert len(ranges) == 3 and ranges[0] is None and ranges[1] and ranges[2] is None
+
+
+def test_blob_longer_than_its_descriptor(world: World, proxy: rs.FaultProxy) -> None:
+    digest = _big_layer(world)
+    proxy.faults.append(rs.Fault(f"/blobs/{digest}", "pad", times=1))
+    run = inspect_json(world, f"docker://{proxy.address}/big:v1")
+    assert_one_line_error(run, "layer 2/2", "more than the", "bytes the manifest lists")
 
 
 def test_blob_corrupted_in_flight(world: World, proxy: rs.FaultProxy) -> None:

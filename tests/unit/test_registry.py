@@ -16,6 +16,7 @@ from imgaudit.errors import AuthenticationFailed, CorruptImage, SourceUnavailabl
 from imgaudit.sources import auth
 from imgaudit.sources import registry as reg
 from imgaudit.sources.auth import Challenge, RegistryOptions, check_realm, parse_challenges, parse_token
+from imgaudit.sources.manifest import INDEX_TYPES
 
 # -- WWW-Authenticate ---------------------------------------------------------------------------
 
@@ -233,8 +234,8 @@ def _reply(content_type: str, body: bytes, status: int = 200) -> reg.Reply:
 
 def test_manifest_type_detection() -> None:
     index = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
-    assert reg.manifest_type(_reply("application/vnd.oci.image.index.v1+json", index), "w") in reg.INDEX_TYPES
-    assert reg.manifest_type(_reply("application/json", index), "w") in reg.INDEX_TYPES
+    assert reg.manifest_type(_reply("application/vnd.oci.image.index.v1+json", index), "w") in INDEX_TYPES
+    assert reg.manifest_type(_reply("application/json", index), "w") in INDEX_TYPES
     media_type = "application/vnd.oci.image.manifest.v1+json"
     oci = json.dumps({"schemaVersion": 2, "mediaType": media_type}).encode()
     assert reg.manifest_type(_reply("application/octet-stream", oci), "w") == media_type
@@ -312,3 +313,58 @@ def test_authorization_only_for_the_registry_origin() -> None:
     assert client._sign("https://registry.example.com/v2/team/app/blobs/sha256:1") == {"Authorization": "Basic abc"}
     assert client._sign("https://storage.example.com/blob") == {}
     assert client._sign("http://registry.example.com/v2/") == {}  # another scheme is another origin
+
+
+# -- redirects (a fake session records what each hop was sent) -----------------------------------
+
+
+class _FakeResponse:
+    def __init__(self, status: int, location: str | None = None) -> None:
+        self.status_code = status
+        self.headers = requests.structures.CaseInsensitiveDict({"Location": location} if location else {})
+        self.is_redirect = location is not None
+
+    def close(self) -> None:
+        pass
+
+
+def _fake_session(client: reg.RegistryClient, answers: dict[str, _FakeResponse],
+                  sent: list[tuple[str, dict[str, str]]]) -> None:
+    def get(url: str, *, headers: dict[str, str], **_kw: object) -> _FakeResponse:
+        sent.append((url, headers))
+        return answers[url]
+
+    client.session.get = get  # type: ignore[method-assign,assignment]
+
+
+def test_redirect_to_storage_drops_authorization() -> None:
+    client = _client()
+    client._basic = "Basic c2VjcmV0"
+    blob = "https://registry.example.com/v2/team/app/blobs/sha256:1"
+    storage = "https://storage.example.com/b?X-Amz-Signature=sig"
+    sent: list[tuple[str, dict[str, str]]] = []
+    _fake_session(client, {blob: _FakeResponse(307, storage), storage: _FakeResponse(200)}, sent)
+    resp = client._send(blob, {"Accept-Encoding": "identity"}, client._sign)
+    assert resp.status_code == 200
+    assert sent[0][1]["Authorization"] == "Basic c2VjcmV0"
+    assert "Authorization" not in sent[1][1] and sent[1][1]["Accept-Encoding"] == "identity"
+
+
+def test_redirect_downgrade_to_http_is_refused() -> None:
+    client = _client()
+    blob = "https://registry.example.com/v2/team/app/blobs/sha256:1"
+    sent: list[tuple[str, dict[str, str]]] = []
+    _fake_session(client, {blob: _FakeResponse(302, "http://storage.example.com/b?sig=SECRET")}, sent)
+    with pytest.raises(SourceUnavailable, match="downgrade") as err:
+        client._send(blob, {}, client._sign)
+    assert "SECRET" not in str(err.value)
+
+
+def test_redirect_loop_is_bounded() -> None:
+    client = _client()
+    hop = "https://registry.example.com/v2/loop"
+    sent: list[tuple[str, dict[str, str]]] = []
+    _fake_session(client, {hop: _FakeResponse(307, hop)}, sent)
+    with pytest.raises(SourceUnavailable, match="more than 10 redirects"):
+        client._send(hop, {}, client._sign)
+    assert len(sent) == reg.MAX_REDIRECTS + 1
