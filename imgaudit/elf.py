@@ -196,11 +196,15 @@ def _error_facts(data: bytes, error: str) -> ElfFacts:
 
 # ABORT and HANG exist to test the fault paths; PARSE_ALL to compare our ParserConfig with a full parse.
 _OP_PARSE, _OP_ABORT, _OP_HANG, _OP_PARSE_ALL = 0, 1, 2, 3
+_OP_PARSE_DYNSYM = 4  # internal: a re-parse with LIEF reading .dynsym
+_Dynsym = tuple[int, int, int, int, int]  # .dynsym offset, size, entry size; its string table offset, size
+_DynsymRow = tuple[int, str, int, int]  # index, name, binding, st_shndx
 _REQUEST = struct.Struct("<QB")
 _LENGTH = struct.Struct("<I")
 _ET_NAMES: dict[int, ElfType] = {1: "rel", 2: "exec", 4: "core"}
 _ET_DYN = 3
 _SHN_UNDEF, _SHN_ABS = 0, 0xFFF1
+_STB_LOCAL, _STB_WEAK = 0, 2
 _DF_BIND_NOW, _DF_1_NOW, _DF_1_PIE = 0x8, 0x1, 0x08000000
 _VER_FLG_BASE, _VER_FLG_WEAK = 0x1, 0x2
 _VERSYM_HIDDEN = 0x8000
@@ -224,10 +228,14 @@ class _Parser:
         self.lief = lief
         self.memfd = memfd
         self.path = f"/proc/self/fd/{memfd}"
-        self.configs = {_OP_PARSE: _parser_config(lief), _OP_PARSE_ALL: lief.ELF.ParserConfig.all}
-        self.sym = lief.ELF.Symbol
+        self.configs = {
+            _OP_PARSE: _parser_config(lief, dynsym=False),
+            _OP_PARSE_ALL: lief.ELF.ParserConfig.all,
+            _OP_PARSE_DYNSYM: _parser_config(lief, dynsym=True),
+        }
         self.tags = lief.ELF.DynamicEntry.TAG
         self.symtab = lief.ELF.Section.TYPE.SYMTAB
+        self.dynsym = lief.ELF.Section.TYPE.DYNSYM
         self.pt_dynamic = lief.ELF.Segment.TYPE.DYNAMIC
         self.binary: Any = None
         self.data: mmap.mmap | None = None
@@ -238,7 +246,7 @@ class _Parser:
         self.binary = self.lief.ELF.parse(self.path, self.configs[op])
         if self.binary is None:
             return "error", "not a valid ELF (LIEF could not parse it)"
-        return "ok", self.collect(self.binary, self.data)
+        return "ok", self.collect(self.binary, self.data, op)
 
     def release(self) -> None:
         """Free the last file; called after its answer is sent, so the caller need not wait for
@@ -248,13 +256,16 @@ class _Parser:
             self.data.close()
             self.data = None
 
-    def collect(self, binary: Any, data: mmap.mmap) -> dict[str, Any]:
+    def collect(self, binary: Any, data: mmap.mmap, op: int) -> dict[str, Any]:
         facts = self.dynamic(binary)
         facts.update(self.versions(binary))
         facts.update(self.header(binary, facts))
-        facts.update(self.symbols(binary, facts))
+        comment, rodata, dynsym = self.sections(binary, facts)
+        rows = _read_dynsym(data, dynsym, facts) if op == _OP_PARSE else None
+        if rows is None:  # asked for LIEF's reading, or no usable .dynsym section header
+            rows = self.lief_dynsym(binary if op != _OP_PARSE else self.reparse(_OP_PARSE_DYNSYM))
+        facts.update(self.symbols(binary, rows, facts))
         facts["static_pie"] = _static_pie(binary.header, facts)
-        comment, rodata = self.sections(binary, facts)
         facts.update(_libc_facts(facts, data, rodata))
         facts["rust"] = _rust_facts(comment, data, rodata, facts)
         return facts
@@ -315,26 +326,34 @@ class _Parser:
                 defs.append(name)
         return {"version_needs": tuple(needs), "version_defs": tuple(defs), "version_names": names}
 
-    def symbols(self, binary: Any, facts: dict[str, Any]) -> dict[str, Any]:
-        local, weak = self.sym.BINDING.LOCAL, self.sym.BINDING.WEAK
+    def reparse(self, op: int) -> Any:
+        """Parse the same file again with another config (kept, so release() frees it)."""
+        self.binary = self.lief.ELF.parse(self.path, self.configs[op])
+        return self.binary
+
+    def lief_dynsym(self, binary: Any) -> list[_DynsymRow]:
+        """The non-local .dynsym entries as LIEF reads them (it also counts them without sections)."""
+        rows = []
+        for index, sym in enumerate(binary.dynamic_symbols if binary is not None else ()):
+            bind = int(sym.binding)
+            if bind != _STB_LOCAL:
+                rows.append((index, _str_attr(sym, "name"), bind, sym.shndx))
+        return rows
+
+    def symbols(self, binary: Any, rows: list[_DynsymRow], facts: dict[str, Any]) -> dict[str, Any]:
+        """Split into imports (undefined) and exports (defined), each with its version."""
         names, defs = facts.pop("version_names"), frozenset(facts["version_defs"])
-        symbols = binary.dynamic_symbols
-        versym = self.versym(binary, facts.pop("versym"), len(symbols), facts["endian"])
+        count = rows[-1][0] + 1 if rows else 0
+        versym = self.versym(binary, facts.pop("versym"), count, facts["endian"])
         imported: list[tuple[str, str | None, bool, bool]] = []
         exported: list[tuple[str, str | None, bool, bool]] = []
-        for index, sym in enumerate(symbols):
-            binding = sym.binding
-            if binding is local:  # also the null symbol at index 0
-                continue
-            name, shndx = sym.name, sym.shndx
-            if name.__class__ is not str:  # inline check: this loop runs for every symbol
-                name = _str_attr(sym, "name")
+        for index, name, bind, shndx in rows:
             value = versym[index] if index < len(versym) else 0
             version = names.get(value & 0x7FFF)  # 0 and 1 (local, global) are never in names
             if shndx == _SHN_UNDEF:
-                imported.append((name, version, binding is weak, False))
+                imported.append((name, version, bind == _STB_WEAK, False))
             elif not (shndx == _SHN_ABS and name in defs):  # skip the ABS symbol naming each version
-                exported.append((name, version, binding is weak, bool(value & _VERSYM_HIDDEN)))
+                exported.append((name, version, bind == _STB_WEAK, bool(value & _VERSYM_HIDDEN)))
         return {"imported_symbols": tuple(imported), "exported_symbols": tuple(exported)}
 
     def versym(self, binary: Any, address: int, count: int, endian: str) -> Sequence[int]:
@@ -348,34 +367,63 @@ class _Parser:
             table.byteswap()
         return table
 
-    def sections(self, binary: Any, facts: dict[str, Any]) -> tuple[bytes, tuple[int, int] | None]:
-        """Fill debug_bytes and stripped; return `.comment` and the `.rodata` (offset, size)."""
-        debug, symtab, comment, rodata = 0, False, b"", None
-        for section in binary.sections:
-            name = _str_attr(section, "name")
+    def sections(self, binary: Any, facts: dict[str, Any]) -> tuple[bytes, tuple[int, int] | None, _Dynsym | None]:
+        """Fill debug_bytes and stripped; return `.comment`, `.rodata` (offset, size) and where
+        .dynsym and its string table lie."""
+        debug, symtab, comment, rodata, dynsym = 0, False, b"", None, None
+        sections = binary.sections
+        for section in sections:
+            name, kind = _str_attr(section, "name"), section.type
             if name.startswith((".debug_", ".zdebug_")):
                 debug += section.size
-            elif section.type is self.symtab:
+            elif kind is self.symtab:
                 symtab = True
+            elif kind is self.dynsym and dynsym is None and 0 < section.link < len(sections):
+                strtab = sections[section.link]
+                dynsym = (section.offset, section.size, section.entry_size, strtab.offset, strtab.size)
             elif name == ".comment":
                 comment = bytes(section.content)
             elif name == ".rodata":
                 rodata = (section.offset, section.size)
         facts.update(debug_bytes=debug, stripped=not symtab)
-        return comment, rodata
+        return comment, rodata, dynsym
 
 
-def _parser_config(lief: Any) -> Any:
+def _parser_config(lief: Any, dynsym: bool) -> Any:
     """Skip what linkage does not use (RELIABILITY item 93): relocations, .symtab, notes, overlay.
-    Imported symbols come from .dynsym, and their versions from .gnu.version*, both kept."""
+    Version needs and definitions are kept. .dynsym too, but normally read by _read_dynsym: LIEF
+    builds an object per symbol, which cost half of the whole parse on /usr/lib."""
     config = lief.ELF.ParserConfig()
     config.parse_relocations = False
     config.parse_symtab_symbols = False
     config.parse_notes = False
     config.parse_overlay = False
-    config.parse_dyn_symbols = True
+    config.parse_dyn_symbols = dynsym
     config.parse_symbol_versions = True
     return config
+
+
+def _read_dynsym(data: mmap.mmap, dynsym: _Dynsym | None, facts: dict[str, Any]) -> list[_DynsymRow] | None:
+    """(index, name, binding, st_shndx) of each non-local .dynsym entry, unpacked in bulk from the
+    table the section headers point at; None (LIEF then reads it) when they are absent or odd."""
+    if dynsym is None:
+        return None
+    offset, size, entsize, str_offset, str_size = dynsym
+    is64, order = facts["elf_class"] == 64, "<" if facts["endian"] == "little" else ">"
+    entry = struct.Struct(order + ("IBxH16x" if is64 else "I8xBxH"))  # st_name, st_info, st_shndx
+    if entsize != entry.size or size % entsize or offset + size > len(data) or str_offset + str_size > len(data):
+        return None
+    strtab = data[str_offset : str_offset + str_size]
+    find = strtab.find
+    rows = []
+    for index, (st_name, st_info, shndx) in enumerate(entry.iter_unpack(data[offset : offset + size])):
+        bind = st_info >> 4
+        if bind == _STB_LOCAL:  # the null entry at index 0 is local too
+            continue
+        end = find(b"\0", st_name)
+        name = strtab[st_name : end if end >= 0 else None]
+        rows.append((index, name.decode("utf-8", "surrogateescape"), bind, shndx))
+    return rows
 
 
 def _str_attr(obj: Any, attr: str) -> str:

@@ -72,6 +72,10 @@ def facts(fixtures: Path, reader: ElfReader) -> Read:
     return read
 
 
+def facts_of(reader: ElfReader, path: Path) -> ElfFacts:
+    return reader.read(str(path), path.read_bytes())
+
+
 def glibc_needs(result: ElfFacts) -> list[str]:
     return [n.version for n in result.version_needs if n.file == "libc.so.6" and n.version.startswith("GLIBC_2.")]
 
@@ -286,6 +290,18 @@ def test_trimmed_parser_config_gives_the_same_facts_as_a_full_parse(fixtures: Pa
     for path in names:
         data = path.read_bytes()
         assert reader.read(str(path), data) == reader._read_op(data, elf._OP_PARSE_ALL), path
+
+
+def test_without_section_headers_lief_reads_the_symbols(fixtures: Path, reader: ElfReader) -> None:
+    """sstrip-style files have no section headers; .dynsym is then found through DT_SYMTAB."""
+    data = bytearray((fixtures / "greet" / "bin" / "greet-app").read_bytes())
+    data[0x28:0x30] = bytes(8)  # e_shoff
+    data[0x3C:0x40] = bytes(4)  # e_shnum, e_shstrndx
+    bare, full = reader.read("bare", bytes(data)), facts_of(reader, fixtures / "greet" / "bin" / "greet-app")
+    assert bare.error is None
+    assert (bare.needed, bare.runpath, bare.version_needs) == (full.needed, full.runpath, full.version_needs)
+    assert bare.imported_symbols == full.imported_symbols
+    assert bare.stripped and bare.debug_bytes == 0
 
 
 # --- bad input -------------------------------------------------------------------------------
