@@ -121,6 +121,10 @@ def _dir_index(owned: Iterable[Node]) -> dict[str, _Dir]:
     return index
 
 
+def _files(count: int) -> str:
+    return "1 file" if count == 1 else f"{count} files"
+
+
 def _severity(size: int, limits: Thresholds) -> Severity:
     return Severity.WARNING if size >= limits.warn else Severity.INFO
 
@@ -144,7 +148,7 @@ def leftovers(totals: dict[str, _Dir], limits: Thresholds) -> Iterator[Finding]:
     for rule in LEFTOVERS:
         for path in _outermost(p for p in totals if rule.pattern.match(p)):
             d = totals[path]
-            yield _finding(rule.rule, path, d.bytes, d.layer, f"{rule.what} left in the image, {d.files} files",
+            yield _finding(rule.rule, path, d.bytes, d.layer, f"{rule.what} left in the image, {_files(d.files)}",
                            rule.fix, limits)
 
 
@@ -159,7 +163,7 @@ def target_dirs(totals: dict[str, _Dir], limits: Thresholds) -> Iterator[Finding
     for path in _outermost(p for p in totals if _is_cargo_target(p, totals)):
         d = totals[path]
         yield _finding("cargo-target", path, d.bytes, d.layer,
-                       f"a Cargo build directory (target/) left in the image, {d.files} files", DIFFERENT_STAGE,
+                       f"a Cargo build directory (target/) left in the image, {_files(d.files)}", DIFFERENT_STAGE,
                        limits)
 
 
@@ -198,7 +202,7 @@ def docs(totals: dict[str, _Dir], limits: Thresholds) -> Iterator[Finding]:
                "`path-exclude=/usr/share/locale/*` to /etc/dpkg/dpkg.cfg.d/excludes; Alpine: do not install "
                "`*-doc` packages; else `rm -rf` them in the same RUN (keep licence files)")
         yield _finding("docs-man-locales", path, d.bytes, d.layer,
-                       f"documentation, man pages or translations, {d.files} files", fix, limits)
+                       f"documentation, man pages or translations, {_files(d.files)}", fix, limits)
 
 
 def _debug(node: Node) -> ElfDebug | None:
