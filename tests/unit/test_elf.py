@@ -207,11 +207,13 @@ def test_stripped_rust_still_names_its_rustc(facts: Read, rustc: tuple[str, str]
     assert svc.rust is not None and svc.rust.rustc_commit == rustc[1]
 
 
-def test_rust_commit_found_without_comment_section(fixtures: Path, reader: ElfReader, rustc: tuple[str, str]) -> None:
+def test_rust_commit_found_without_comment_section(
+    fixtures: Path, reader: ElfReader, rustc: tuple[str, str], tmp_path: Path
+) -> None:
     """Debian strips .comment; the commit in .rodata is then the only trace of rustc."""
     if shutil.which("objcopy") is None:
         pytest.skip("objcopy not found")
-    bare = fixtures / "rust" / "hello-svc-no-comment"
+    bare = tmp_path / "hello-svc-no-comment"
     src = fixtures / "rust" / "hello-svc-stripped"
     subprocess.run(["objcopy", "--remove-section=.comment", str(src), str(bare)], check=True)
     svc = reader.read(str(bare), bare.read_bytes())
