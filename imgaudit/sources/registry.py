@@ -123,7 +123,6 @@ class Reply:
     status: int
     headers: Mapping[str, str]
     body: bytes
-    url: str
 
 
 # -- pure helpers (unit-tested) -----------------------------------------------------------------
@@ -618,7 +617,7 @@ def read_reply(resp: requests.Response, cap: int, what: str) -> Reply:
                     check_cap(len(body), cap, f"{what} from {redact_url(resp.url)}")
                 del body[limit:]
                 break
-    return Reply(resp.status_code, resp.headers, bytes(body), resp.url)
+    return Reply(resp.status_code, resp.headers, bytes(body))
 
 
 def error_codes(body: bytes) -> list[str]:

@@ -229,7 +229,7 @@ def test_identity_token_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def _reply(content_type: str, body: bytes, status: int = 200) -> reg.Reply:
-    return reg.Reply(status, requests.structures.CaseInsensitiveDict({"Content-Type": content_type}), body, "u")
+    return reg.Reply(status, requests.structures.CaseInsensitiveDict({"Content-Type": content_type}), body)
 
 
 def test_manifest_type_detection() -> None:
