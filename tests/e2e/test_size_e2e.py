@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
@@ -37,6 +38,7 @@ KANIKO = "test-kaniko-image.tar"
 KANIKO_TAG = "dive-test:kaniko-latest"
 RUNTIMES = ("alpine-3.20", "bookworm-cc", "bookworm-slim")
 OPTIONS = Options(cache=False)
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "imgaudit" / "schema" / "report.schema.json").read_text())
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +83,7 @@ def layer_file_bytes(loaded: Any) -> int:
 def check_reclaimable(client: Any, image: str) -> Report:
     loaded = load(f"docker-daemon:{image}", OPTIONS)
     report = audit(loaded, OPTIONS)
+    jsonschema.validate(report.to_dict(), SCHEMA)
     visible = exported_bytes(client, image)
     assert report.size.final_bytes == visible
     assert report.size.reclaimable_bytes == layer_file_bytes(loaded) - visible
@@ -246,6 +249,7 @@ def test_compare_matches_inspect(runtimes: dict[str, str]) -> None:
             for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| |")}
     for i, (ref, column) in enumerate(zip(refs, columns, strict=True)):
         full = json.loads(_cli(["inspect", ref, "--format", "json"]))
+        jsonschema.validate(full, SCHEMA)
         size = full["size"]
         assert column["final_bytes"] == size["final_bytes"]
         assert column["compressed_bytes"] == size["compressed_bytes"]
