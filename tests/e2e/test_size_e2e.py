@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -118,8 +119,7 @@ def test_reclaimable_equals_layers_minus_export_kaniko(daemon_images: Any, corpu
 def docker_build_dockerfile(tag: str, dockerfile: str) -> str:
     """The legacy builder (docker 20.10), Dockerfile on stdin, no context."""
     res = subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, text=True,
-                         capture_output=True, timeout=600, env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin"},
-                         check=False)
+                         capture_output=True, timeout=600, env={**os.environ, "DOCKER_BUILDKIT": "0"}, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     return tag
 
