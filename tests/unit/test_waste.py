@@ -264,8 +264,18 @@ def test_dive_kaniko_image() -> None:
         "/root/saved.txt", "/root/example/somefile1.txt", "/root/example/somefile3.txt"}
 
 
-@pytest.mark.parametrize("name", ["test-oci-gzip-image.tar", "test-oci-zstd-image.tar",
-                                  "test-oci-uncompressed-image.tar", "test-oci-estargz-image.tar"])
+SINGLE_LAYER = ("test-oci-gzip-image.tar", "test-oci-zstd-image.tar", "test-oci-uncompressed-image.tar",
+                "test-oci-estargz-image.tar")
+
+
+def test_every_dive_test_image_has_expected_numbers() -> None:
+    """A new image in the corpus needs its expected numbers here before it counts as covered."""
+    if not DIVE_IMAGES.is_dir():
+        pytest.skip(f"corpus {DIVE_IMAGES} not present (set IMGAUDIT_CORPUS)")
+    assert {p.name for p in DIVE_IMAGES.iterdir()} == {"test-kaniko-image.tar", *SINGLE_LAYER}
+
+
+@pytest.mark.parametrize("name", SINGLE_LAYER)
 def test_dive_single_layer_oci_images(name: str) -> None:
     """One layer (BuildKit `COPY README.md`): nothing is seen twice, dive's user share is 0/0."""
     from imgaudit.audit import audit, load
