@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from imgaudit.audit import Loaded, audit
 from imgaudit.checks import bloat
@@ -188,6 +190,26 @@ def test_unstripped_elf_with_rust_advice() -> None:
     assert "strip = true" in (big.fix or "") and "debug = false" in (big.fix or "")
     assert (small.path, small.bytes) == ("/usr/lib", 1_100_000)
     assert "2 ELF files" in small.message
+
+
+FIXTURES = Path(os.environ.get("IMGAUDIT_FIXTURES_OUT") or Path(__file__).resolve().parents[2] / "fixtures" / "build")
+
+
+def test_unstripped_rust_fixture_is_found_with_its_debug_bytes() -> None:
+    """A real `rustc -O` binary (std's debug info left in) next to its `-C strip=symbols` twin."""
+    from imgaudit.elf import read_elf
+
+    gnu, stripped = FIXTURES / "rust" / "hello-svc-gnu", FIXTURES / "rust" / "hello-svc-stripped"
+    if not (gnu.exists() and stripped.exists()):
+        pytest.skip("ELF fixtures not built (scripts/build-fixtures)")
+    layer = make_layer([f("usr/local/bin/svc", gnu.read_bytes(), 0o755),
+                        f("usr/local/bin/svc-stripped", stripped.read_bytes(), 0o755)])
+    scan = scan_layer(io.BytesIO(layer), elf_reader=read_elf)
+    debug = read_elf(str(gnu), gnu.read_bytes()).debug_bytes
+    (finding,) = found(loaded_from_scans((scan,)))["unstripped-elf"]
+    assert (finding.path, finding.bytes) == ("/usr/local/bin/svc", debug)
+    assert debug > MB
+    assert "[profile.release] strip = true" in (finding.fix or "")
 
 
 def test_nothing_to_report_on_a_lean_image() -> None:
