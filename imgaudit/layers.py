@@ -7,6 +7,7 @@ stdlib `r|gz` fails on multi-member gzip and never checks the CRC (RELIABILITY.m
 from __future__ import annotations
 
 import hashlib
+import io
 import posixpath
 import re
 import tarfile
@@ -33,6 +34,7 @@ HEAD_BYTES = 256
 MAX_SMALL_FILE = 16 << 20
 MAX_ELF_BYTES = 512 << 20
 ZSTD_MAX_WINDOW = 1 << 27
+_TAIL = 32768
 OPAQUE_MARKER = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
 
@@ -141,7 +143,10 @@ class _Inflater:
 
 
 class LayerStream:
-    """File-like view of a layer's plain tar bytes; hashes the stored and the plain bytes on the way."""
+    """Forward-only file-like view of a layer's plain tar bytes; hashes the stored and the plain bytes
+    as they pass. `tell`/`seek` (forward only) let tarfile read it in `r:` mode, which asks for what
+    it needs (a header, a member's data) instead of `r|` mode's 10 KiB pieces (DESIGN.md §3b), and
+    `consume` passes file contents to a hash without copying them."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
@@ -150,21 +155,22 @@ class LayerStream:
         self._inflater = _Inflater(self.compression)
         self._stored_hash = hashlib.sha256()
         self._plain_hash = hashlib.sha256()
+        self._plain_is_stored = self.compression == "tar"  # one hash serves both digests
         self.stored_size = 0
         self.plain_size = 0
+        self.offset = 0  # plain bytes handed out or skipped
         self._buf = b""
         self._pos = 0
-        self._raw_eof = False
-        self.tail = bytearray()  # last plain bytes handed out, to judge where tar stopped
-        self._pending = first
+        self.tail = bytearray()  # the last plain bytes handed out by read(), to judge where tar stopped
+        self._pending: bytes | None = first
 
-    def _pull(self) -> bool:
+    def _pull(self) -> bytes:
+        """The next non-empty piece of plain bytes, b"" at the end of the blob."""
         while True:
             chunk = self._pending if self._pending is not None else self._raw.read(RAW_CHUNK)
             self._pending = None
             if not chunk:
-                self._raw_eof = True
-                return False
+                return b""
             self._stored_hash.update(chunk)
             self.stored_size += len(chunk)
             try:
@@ -174,40 +180,89 @@ class LayerStream:
             except Exception as err:  # zstandard raises its own ZstdError
                 raise _StreamError(f"bad {self.compression} data at byte {self.stored_size}: {err}") from err
             if plain:
-                self._plain_hash.update(plain)
+                if not self._plain_is_stored:
+                    self._plain_hash.update(plain)
                 self.plain_size += len(plain)
-                self._buf = self._buf[self._pos:] + plain if self._pos < len(self._buf) else plain
-                self._pos = 0
-                return True
+                return plain
+
+    def _refill(self) -> bool:
+        """Replaces an exhausted buffer with the next piece; False at the end of the blob."""
+        chunk = self._pull()
+        self._buf, self._pos = chunk, 0
+        return bool(chunk)
 
     def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            parts = [self._buf[self._pos:]]
-            self._buf, self._pos = b"", 0
-            while self._pull():
-                parts.append(self._buf)
-                self._buf = b""
-            out = b"".join(parts)
-        else:
-            while len(self._buf) - self._pos < size and self._pull():
-                pass
+        avail = len(self._buf) - self._pos
+        if size is not None and 0 <= size <= avail:
             out = self._buf[self._pos:self._pos + size]
-            self._pos += len(out)
-        self.tail += out
-        if len(self.tail) > 65536:
-            del self.tail[:-32768]
+            self._pos += size
+        else:
+            want = -1 if size is None or size < 0 else size - avail
+            parts: list[bytes | memoryview] = [memoryview(self._buf)[self._pos:]] if avail else []
+            self._buf, self._pos = b"", 0
+            while want != 0 and self._refill():
+                take = len(self._buf) if want < 0 else min(want, len(self._buf))
+                parts.append(memoryview(self._buf)[:take] if take < len(self._buf) else self._buf)
+                self._pos = take
+                want = want - take if want > 0 else want
+            out = b"".join(parts)
+        self.offset += len(out)
+        if len(out) >= _TAIL:
+            self.tail = bytearray(out[-_TAIL:])
+        else:
+            self.tail += out
+            if len(self.tail) > 2 * _TAIL:
+                del self.tail[:-_TAIL]
         return out
+
+    def peek(self, size: int) -> bytes:
+        """Up to `size` next bytes (fewer only at the end), without consuming them."""
+        if len(self._buf) - self._pos < size:
+            parts = [self._buf[self._pos:]]
+            have = len(parts[0])
+            while have < size and (chunk := self._pull()):
+                parts.append(chunk)
+                have += len(chunk)
+            self._buf, self._pos = b"".join(parts), 0
+        return self._buf[self._pos:self._pos + size]
+
+    def consume(self, size: int, sink: Callable[[memoryview], object] | None = None) -> int:
+        """Advances `size` bytes, handing them to `sink` as views (no copy); returns how many there were."""
+        done = 0
+        while done < size:
+            avail = len(self._buf) - self._pos
+            if not avail:
+                if not self._refill():
+                    break
+                continue
+            take = min(avail, size - done)
+            if sink is not None:
+                sink(memoryview(self._buf)[self._pos:self._pos + take])
+            self._pos += take
+            done += take
+        if done:
+            self.offset += done
+            self.tail.clear()  # read() alone feeds the tail: what tar's last header reads lands there
+        return done
+
+    def tell(self) -> int:
+        return self.offset
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < self.offset:
+            raise io.UnsupportedOperation("a layer stream only moves forward")
+        self.consume(pos - self.offset)
+        return self.offset
 
     def drain(self) -> bytes:
         """Reads to the end of the blob; returns the plain bytes that tar did not consume."""
         rest = bytearray(self._buf[self._pos:])
         self._buf, self._pos = b"", 0
-        while self._pull():
+        while chunk := self._pull():
             if len(rest) < (1 << 20):
-                rest += self._buf[: (1 << 20) - len(rest)]
-            elif any(self._buf):
+                rest += chunk[: (1 << 20) - len(rest)]
+            elif any(chunk):
                 rest += b"\x01"
-            self._buf = b""
         if not self._inflater.complete:
             raise _StreamError(
                 f"{self.compression} stream ends early after {self.stored_size} bytes (truncated?)"
@@ -224,7 +279,7 @@ class LayerStream:
 
     @property
     def diff_id(self) -> str:
-        return "sha256:" + self._plain_hash.hexdigest()
+        return self.digest if self._plain_is_stored else "sha256:" + self._plain_hash.hexdigest()
 
 
 class _StreamError(Exception):
@@ -296,7 +351,7 @@ def _check_tar_end(stream: LayerStream, walker: _Walker, rest: bytes, label: str
     stopped_at = walker.end_offset
     if stopped_at is None or stream.plain_size == 0:
         return 0
-    consumed = stream.plain_size - len(rest)
+    consumed = stream.offset  # drain() leaves the offset where tar stopped reading
     tail_start = consumed - len(stream.tail)
     if stopped_at < tail_start:
         raise CorruptImage(f"{label}: tar stopped at offset {stopped_at}, before what was read")
@@ -322,10 +377,13 @@ class _Walker:
         self.skipped: list[Skipped] = []
         self.last = ""
         self.end_offset: int | None = None
+        self.stream: LayerStream | None = None
 
     def walk(self, stream: LayerStream) -> None:
+        self.stream = stream
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
+            # "r:" on a forward-only stream: tarfile seeks only forward here (to skip data and padding)
+            tar = tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
         except tarfile.ReadError:
             if stream.plain_size == 0:
                 return  # a 0-byte (or empty-compressed) blob is an empty layer (RELIABILITY.md #34)
@@ -390,15 +448,15 @@ class _Walker:
         size = m.size
         if size == 0:
             return Entry(path, EntryType.FILE, size=0, **common)
-        fobj = tar.extractfile(m)
-        assert fobj is not None  # isreg() members always have a file object
-        head = fobj.read(min(size, 65536))
+        reader = _Content(tar, m) if m.issparse() or self.stream is None else self.stream
+        reader.seek(m.offset_data)  # a no-op for the stream: tar left it at the data
+        head = reader.peek(min(size, 65536))
         is_elf = head.startswith(b"\x7fELF")
         keep = SMALL_FILES.match(path) is not None and size <= MAX_SMALL_FILE
         whole = is_elf and self.elf_reader is not None and size <= MAX_ELF_BYTES
         digest = None
         if keep or whole:
-            data = head + fobj.read() if size > len(head) else head
+            data = reader.read(size)
             if len(data) != size:
                 raise tarfile.ReadError("unexpected end of data")
             digest = hashlib.sha256(data).hexdigest() if self.hash_content or keep else None
@@ -406,25 +464,54 @@ class _Walker:
                 self.files[digest] = data
             elf = self.elf_reader(path, data) if whole and self.elf_reader else None
         else:
-            digest = self._hash_rest(fobj, head, size)
+            digest = self._hash_rest(reader, size)
             elf = None
         if is_elf and size > MAX_ELF_BYTES:
             cap = MAX_ELF_BYTES >> 20
             self.skipped.append(Skipped(path, f"ELF file of {size} bytes is over the {cap} MiB parse cap"))
         return Entry(path, EntryType.FILE, size=size, head=head[:HEAD_BYTES], digest=digest, elf=elf, **common)
 
-    def _hash_rest(self, fobj: BinaryIO, head: bytes, size: int) -> str | None:
-        if not self.hash_content:
-            return None
-        h = hashlib.sha256(head)
-        got = len(head)
-        while got < size:
-            chunk = fobj.read(min(RAW_CHUNK, size - got))
+    def _hash_rest(self, reader: LayerStream | _Content, size: int) -> str | None:
+        """Hashes (or, without hash_content, skips) a member's data; tar would skip it anyway."""
+        h = hashlib.sha256() if self.hash_content else None
+        if reader.consume(size, h.update if h else None) != size:
+            raise tarfile.ReadError("unexpected end of data")
+        return h.hexdigest() if h else None
+
+
+class _Content:
+    """A member's data through tarfile (sparse members, whose data is not laid out as it reads)."""
+
+    def __init__(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        fobj = tar.extractfile(member)
+        assert fobj is not None  # isreg() members always have a file object
+        self._fobj = fobj
+        self._head = b""
+
+    def seek(self, pos: int) -> None:
+        return None
+
+    def peek(self, size: int) -> bytes:
+        self._head = self._fobj.read(size)
+        return self._head
+
+    def read(self, size: int) -> bytes:
+        head, self._head = self._head, b""
+        return head + self._fobj.read(size - len(head))
+
+    def consume(self, size: int, sink: Callable[[memoryview], object] | None = None) -> int:
+        head, self._head = self._head, b""
+        done = len(head)
+        if sink is not None and head:
+            sink(memoryview(head))
+        while done < size:
+            chunk = self._fobj.read(min(RAW_CHUNK, size - done))
             if not chunk:
-                raise tarfile.ReadError("unexpected end of data")
-            h.update(chunk)
-            got += len(chunk)
-        return h.hexdigest()
+                break
+            if sink is not None:
+                sink(memoryview(chunk))
+            done += len(chunk)
+        return done
 
 
 def verify(scan: LayerScan, *, label: str, digest: str | None, diff_id: str | None, size: int | None) -> None:
