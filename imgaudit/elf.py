@@ -274,13 +274,13 @@ class _Parser:
         header = binary.header
         elf_class = 32 if header.identity_class == self.lief.ELF.Header.CLASS.ELF32 else 64
         endian = "little" if header.identity_data == self.lief.ELF.Header.ELF_DATA.LSB else "big"
-        arch = header.machine_type
+        arch = header.machine_type  # an int when LIEF has no name for the value
         interpreter = _str_attr(binary, "interpreter").rstrip("\0") if binary.has_interpreter else None
         e_type, pie_flag = int(header.file_type), facts["pie_flag"]
         return {
             "elf_class": elf_class,
             "endian": endian,
-            "machine": machine_name(int(arch), elf_class, endian, arch.name.lower()),
+            "machine": machine_name(int(arch), elf_class, endian, getattr(arch, "name", "").lower()),
             "elf_type": _elf_type(e_type, interpreter, pie_flag, facts["soname"]),
             "interpreter": interpreter,
             "has_dynamic": any(seg.type is self.pt_dynamic for seg in binary.segments),

@@ -372,6 +372,13 @@ def test_non_utf8_names_survive_as_surrogates(fixtures: Path, reader: ElfReader)
     assert os.fsencode(result.needed[0]) == b"libgr\xffet.so.1"
 
 
+def test_machine_lief_has_no_name_for(fixtures: Path, reader: ElfReader) -> None:
+    data = bytearray((fixtures / "glibc" / "hello-dynamic").read_bytes())
+    data[18:20] = (9999).to_bytes(2, "little")  # e_machine
+    result = reader.read("x", bytes(data))
+    assert (result.error, result.machine, result.needed) == (None, "em_9999", ("libc.so.6",))
+
+
 def test_is_elf_and_is_ld_script() -> None:
     assert elf.is_elf(b"\x7fELF\x02") and not elf.is_elf(b"\x7fEL") and not elf.is_elf(b"")
     assert elf.is_ld_script(LD_SCRIPT) and elf.is_ld_script(b"  GROUP ( libc.so.6 )")
