@@ -31,7 +31,7 @@ def render_inspect(report: Report, *, color: bool = False, show_all: bool = Fals
     con.print(f"config    {img.config_digest}")
     con.print(f"entrypoint {safe(str(img.entrypoint))}  cmd {safe(str(img.cmd))}")
     if report.entrypoint.verdict != "unknown":
-        _verdict(con, report)
+        print_linkage(con, report, show_all=show_all)  # the linkage part lives in linkage_text.py
     rt = report.runtime
     if rt.libc != "unknown" or rt.distro.id:
         distro = rt.distro.pretty_name or rt.distro.id or "-"
@@ -43,17 +43,6 @@ def render_inspect(report: Report, *, color: bool = False, show_all: bool = Fals
         for item in report.incomplete[:10]:
             con.print(f"  {safe(item.what)}: {safe(item.reason)}")
     return buf.getvalue()
-
-
-def _verdict(con: Console, report: Report) -> None:
-    ep = report.entrypoint
-    colour = {"ok": "green", "fail": "red", "warn": "yellow"}.get(ep.verdict, "white")
-    line = f"[{colour}]entrypoint {ep.verdict.upper()}[/{colour}] {safe(' '.join(ep.argv))}"
-    if ep.message:
-        line += f": {safe(ep.message)}"
-    con.print(line)
-    if ep.fix:
-        con.print(f"  fix: {safe(ep.fix)}")
 
 
 def _findings(con: Console, report: Report, show_all: bool) -> None:
