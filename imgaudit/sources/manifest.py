@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from imgaudit.errors import CorruptImage, ImgauditError, LimitExceeded, UsageError, escape
+from imgaudit.errors import CorruptImage, ImageNotFound, ImgauditError, LimitExceeded, UsageError, escape
 from imgaudit.image import HistoryEntry, Image, ImageConfig, Layer, Platform
 from imgaudit.reference import DIGEST_RE, Reference, split_name
 
@@ -285,7 +285,7 @@ def _variant(p: Platform) -> str | None:
 
 def check_platform(have: Platform, want: Platform | None, where: str) -> None:
     if want is not None and not platform_matches(want, have):
-        raise UsageError(f"{where} is a {have} image, not {want}")
+        raise ImageNotFound(f"{where} is a {have} image, not {want}")
 
 
 def resolve_manifest(
@@ -342,7 +342,7 @@ def select_platform(cands: list[Descriptor], want: Platform | None, host_plat: P
             return _best(matches, want)
         if len(cands) == 1 and cands[0].platform is None:
             return cands[0]  # platform unknown until the config is read: check_platform decides
-        raise UsageError(f"{where} has no {want} image; it has: {_platforms(cands)}")
+        raise ImageNotFound(f"{where} has no {want} image; it has: {_platforms(cands)}")
     if len(cands) == 1:
         return cands[0]
     matches = [d for d in cands if d.platform is not None and platform_matches(host_plat, d.platform)]

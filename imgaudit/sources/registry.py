@@ -31,7 +31,6 @@ from imgaudit.errors import (
     ImageNotFound,
     ImgauditError,
     SourceUnavailable,
-    UsageError,
     escape,
 )
 from imgaudit.image import Image, Platform
@@ -790,7 +789,7 @@ def plan_registry(client: RegistryClient, ref: Reference, platform: Platform | N
     manifest = parse_manifest(body, f"{where} manifest {manifest_digest[:19]}")
     config_bytes = client.blob_bytes(manifest.config, MAX_CONFIG, "config", where)
     config = parse_config(config_bytes, f"{where} config {manifest.config.digest[:19]}")
-    _platform_check(lambda: check_platform(config.platform, platform, where), platform)
+    check_platform(config.platform, platform, where)
     specs = layer_specs_from_manifest(manifest)
     check_layer_count(specs, config, where)
     return Plan(config, manifest.config.digest, manifest_digest, specs)
@@ -809,17 +808,7 @@ def _pick(client: RegistryClient, index: bytes, digest: str, media_type: str, wh
             return index
         return client.manifest(desc.digest, where, digest=desc.digest)[0]
 
-    return _platform_check(lambda: resolve_manifest(top, where, fetch, ref_name=None, platform=platform), platform)
-
-
-def _platform_check(step: Callable[[], T], platform: Platform | None) -> T:
-    """A --platform the registry does not have is a missing image (exit 3), as for a missing tag."""
-    try:
-        return step()
-    except UsageError as err:
-        if platform is None:
-            raise
-        raise ImageNotFound(str(err)) from err
+    return resolve_manifest(top, where, fetch, ref_name=None, platform=platform)
 
 
 def _opener(client: RegistryClient, plan: Plan) -> Callable[[str], Callable[[], BinaryIO]]:

@@ -294,7 +294,7 @@ def test_linked_members_are_followed_inside_the_archive(tmp_path: Path, compress
 def test_platform_is_checked_against_a_single_image(tmp_path: Path) -> None:
     path = write_docker_archive(tmp_path / "a.tar", {"t:1": base()})
     load(str(path), AMD64)
-    with pytest.raises(UsageError, match="is a linux/amd64 image, not linux/arm64"):
+    with pytest.raises(ImageNotFound, match="is a linux/amd64 image, not linux/arm64"):
         load(str(path), ARM64)
 
 
@@ -376,7 +376,7 @@ def test_platform_selection_from_an_index(tmp_path: Path) -> None:
     assert load(f"oci:{layout}")[0].config.platform == AMD64
     image, _ = load(f"oci:{layout}", ARM64)
     assert image.config.platform == Platform("linux", "arm64", "v8")
-    with pytest.raises(UsageError, match="has no linux/s390x image; it has: linux/amd64, linux/arm64/v8"):
+    with pytest.raises(ImageNotFound, match="has no linux/s390x image; it has: linux/amd64, linux/arm64/v8"):
         load(f"oci:{layout}", Platform("linux", "s390x"))
 
 
