@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from imgaudit.cache import ScanCache
 from imgaudit.image import Image, Platform
 from imgaudit.layers import LayerScan
+from imgaudit.progress import ProgressFn
 from imgaudit.reference import parse_reference
 from imgaudit.report import ImageInfo, Incomplete, PlatformInfo, Report
 from imgaudit.rootfs import RootFS
@@ -23,6 +24,7 @@ class Options:
     cache: bool = True  # the per-layer scan cache (imgaudit/cache.py); IMGAUDIT_CACHE=off also disables it
     source: str | None = None  # "daemon" or "registry" for a bare NAME (--from); None: the daemon if it has it
     registry: RegistryOptions | None = None  # credentials override and TLS trust for registry pulls
+    progress: ProgressFn | None = None  # told of every stored byte read (the CLI's terminal progress)
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,14 @@ def load(reference: str, options: Options | None = None) -> Loaded:
     options = options or Options()
     ref = parse_reference(reference)
     scanner = Scanner(elf_reader=_elf_reader() if options.elf else None, jobs=options.jobs,
-                      cache=ScanCache.default() if options.cache else None)
-    image, scans = load_image(ref, platform=options.platform, scanner=scanner, source=options.source,
-                              registry=options.registry)
+                      cache=ScanCache.default() if options.cache else None, progress=options.progress)
+    try:
+        image, scans = load_image(ref, platform=options.platform, scanner=scanner, source=options.source,
+                                  registry=options.registry)
+    finally:
+        close = getattr(options.progress, "close", None)
+        if close is not None:
+            close()
     return Loaded(image, scans, RootFS.build(scans))
 
 

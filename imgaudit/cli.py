@@ -15,6 +15,7 @@ import click
 from imgaudit import __version__
 from imgaudit.errors import EXIT_USAGE, ImgauditError, UsageError, escape
 from imgaudit.image import Platform
+from imgaudit.progress import terminal_progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -116,7 +117,8 @@ def pull_options(func: F) -> F:
 
 
 def _pull(pull: dict[str, Any]) -> dict[str, Any]:
-    """`Options` fields from the pull flags. The password comes from stdin only (argv shows in `ps`), read
+    """`Options` fields every image-reading command shares: the pull flags and the terminal progress.
+    The password comes from stdin only (argv shows in `ps`), read
     whole with one trailing newline dropped, as `docker login --password-stdin` does."""
     from imgaudit.sources.auth import RegistryOptions
 
@@ -127,7 +129,8 @@ def _pull(pull: dict[str, Any]) -> dict[str, Any]:
     if from_stdin and not password:
         raise UsageError("--password-stdin: stdin was empty")
     return {"source": pull["from_source"],
-            "registry": RegistryOptions(username, password, pull["ca_cert"], pull["insecure"])}
+            "registry": RegistryOptions(username, password, pull["ca_cert"], pull["insecure"]),
+            "progress": terminal_progress()}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

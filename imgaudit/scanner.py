@@ -11,11 +11,13 @@ from imgaudit.cache import ScanCache
 from imgaudit.errors import CorruptImage
 from imgaudit.image import Image, Layer
 from imgaudit.layers import ElfReader, LayerScan, scan_layer, verify
+from imgaudit.progress import CountingReader, ProgressFn
 
 
 def layer_label(layer: Layer, count: int) -> str:
     digest = layer.digest or layer.diff_id
-    return f"layer {layer.index + 1}/{count} {digest[:19] if digest else ''}".rstrip()
+    position = f"{layer.index + 1}/{count}" if count else f"{layer.index + 1}"  # a stream does not know count
+    return f"layer {position} {digest[:19] if digest else ''}".rstrip()
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Scanner:
     elf_reader: ElfReader | None = None
     jobs: int = 1
     cache: ScanCache | None = None
+    progress: ProgressFn | None = None
 
     def scan(self, layer: Layer, raw: BinaryIO, count: int) -> LayerScan:
         """Scans `raw` unless the cache has this layer's digest (then `raw` is left unread)."""
@@ -32,6 +35,8 @@ class Scanner:
         if cached is not None:
             return cached
         label = layer_label(layer, count)
+        if self.progress is not None:
+            raw = CountingReader(raw, label, self.progress)  # type: ignore[assignment]
         scan = scan_layer(raw, label=label, elf_reader=self.elf_reader)
         verify(scan, label=label, digest=layer.digest, diff_id=layer.diff_id or None, size=layer.size)
         if self.cache is not None:
