@@ -34,6 +34,9 @@ HEAD_BYTES = 256
 MAX_SMALL_FILE = 16 << 20
 MAX_ELF_BYTES = 512 << 20
 ZSTD_MAX_WINDOW = 1 << 27
+# What tarfile itself may read between two members: extension headers (PAX, GNU long names) and sparse
+# maps. Go caps each at 1 MiB (CVE-2022-2879); CPython reads a declared size in one go (gh-151497).
+MAX_HEADER_BYTES = 8 << 20
 _TAIL = 32768
 OPAQUE_MARKER = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
@@ -163,6 +166,7 @@ class LayerStream:
         self._pos = 0
         self.tail = bytearray()  # the last plain bytes handed out by read(), to judge where tar stopped
         self._pending: bytes | None = first
+        self.budget: int | None = None  # bytes read() may still hand out (tarfile's header reads); None: no cap
 
     def _pull(self) -> bytes:
         """The next non-empty piece of plain bytes, b"" at the end of the blob."""
@@ -192,6 +196,11 @@ class LayerStream:
         return bool(chunk)
 
     def read(self, size: int = -1) -> bytes:
+        if self.budget is not None:
+            if size is None or size < 0 or size > self.budget:
+                raise _OverCap(f"tar extension headers at offset {self.offset} exceed the "
+                               f"{MAX_HEADER_BYTES >> 20} MiB cap (RELIABILITY.md #60)")
+            self.budget -= size
         avail = len(self._buf) - self._pos
         if size is not None and 0 <= size <= avail:
             out = self._buf[self._pos:self._pos + size]
@@ -286,6 +295,10 @@ class _StreamError(Exception):
     pass
 
 
+class _OverCap(Exception):
+    """A resource cap was hit inside the stream; becomes LimitExceeded naming the layer."""
+
+
 def _sniff(first: bytes) -> str:
     if first.startswith(GZIP_MAGIC):
         return "gzip"
@@ -330,6 +343,11 @@ def scan_layer(
         raise CorruptImage(f"{label}: tar data is truncated or malformed{where}: {err}") from err
     except EOFError as err:
         raise CorruptImage(f"{label}: stream ends early (truncated)") from err
+    except _OverCap as err:
+        raise LimitExceeded(f"{label}: {err}") from err
+    except RecursionError as err:  # tarfile recurses once per chained extension header (PAX, GNU L/K)
+        where = f" after entry \"{escape(walker.last)}\"" if walker.last else ""
+        raise CorruptImage(f"{label}: too many tar extension headers in a row{where} (corrupt layer)") from err
     trailing = _check_tar_end(stream, walker, rest, label)
     return LayerScan(
         digest=stream.digest,
@@ -381,6 +399,7 @@ class _Walker:
 
     def walk(self, stream: LayerStream) -> None:
         self.stream = stream
+        stream.budget = MAX_HEADER_BYTES
         try:
             # "r:" on a forward-only stream: tarfile seeks only forward here (to skip data and padding)
             tar = tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
@@ -391,7 +410,9 @@ class _Walker:
         with tar:
             for member in tar:
                 tar.members = []  # CPython gh-102120: the member list grows without bound
+                stream.budget = None  # reading content is bounded by the caps in _file
                 self._member(tar, member)
+                stream.budget = MAX_HEADER_BYTES  # what tarfile may read to reach the next member
             self.end_offset = tar.offset
 
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
