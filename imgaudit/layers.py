@@ -37,6 +37,13 @@ ZSTD_MAX_WINDOW = 1 << 27
 # What tarfile itself may read between two members: extension headers (PAX, GNU long names) and sparse
 # maps. Go caps each at 1 MiB (CVE-2022-2879); CPython reads a declared size in one go (gh-151497).
 MAX_HEADER_BYTES = 8 << 20
+# Compressed input is fed in slices so one inflate call yields at most ~33 MiB (gzip) or 32 MiB (zstd).
+_GZIP_SLICE = 32 << 10
+_ZSTD_SLICE = 1 << 10
+# A compression bomb: past 1 GiB of plain bytes, more than 100 plain bytes per stored byte. Real layers
+# compress 2-10x; gzip cannot pass ~1032x, so only zero-filled files of gigabytes come near (exit 3).
+MAX_RATIO = 100
+BOMB_FLOOR = 1 << 30
 _TAIL = 32768
 OPAQUE_MARKER = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
@@ -102,13 +109,18 @@ ElfReader = Callable[[str, bytes], "ElfFacts"]
 
 
 class _Inflater:
-    """Decodes gzip (every member) or zstd (every frame) incrementally; plain tar passes through."""
+    """Decodes gzip (every member) or zstd (every frame, skippable ones too) incrementally; plain tar passes
+    through. Input goes in small slices, so one call's output stays bounded whatever the ratio (gzip
+    expands at most ~1032x, zstd ~32768x): a bomb never lands in memory at once (RELIABILITY.md #51)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.trailing = 0
         self._obj = self._new()
         self._done = kind == "tar"
+        self._input: memoryview = memoryview(b"")
+        self._at = 0
+        self._slice = _GZIP_SLICE if kind == "gzip" else _ZSTD_SLICE
 
     def _new(self):  # type: ignore[no-untyped-def]
         if self.kind == "gzip":
@@ -120,25 +132,36 @@ class _Inflater:
         return None
 
     def feed(self, data: bytes) -> bytes:
+        """Takes the next stored chunk (the last one must be used up) and returns the first plain piece."""
         if self.kind == "tar":
             return data
         if self.trailing:
             self.trailing += len(data)
             return b""
-        out = []
-        while data:
-            out.append(self._obj.decompress(data))
-            if not self._obj.eof:
-                break
-            data = self._obj.unused_data
-            self._done = True
-            if data:
-                if not data.startswith(GZIP_MAGIC if self.kind == "gzip" else ZSTD_MAGIC):
-                    self.trailing = len(data)
-                    break
-                self._obj = self._new()
-                self._done = False
-        return b"".join(out)
+        self._input, self._at = memoryview(data), 0
+        return self.more()
+
+    def more(self) -> bytes:
+        """The next non-empty plain piece from the chunk fed last; b"" once it is used up."""
+        while self._at < len(self._input):
+            piece = self._input[self._at:self._at + self._slice]
+            out = self._obj.decompress(piece)
+            used = len(piece)
+            if self._obj.eof:
+                used -= len(self._obj.unused_data)
+                self._done = True
+                rest = self._input[self._at + used:]
+                if len(rest):
+                    if not _starts_frame(rest, self.kind):
+                        self.trailing = len(rest)
+                        used = len(self._input) - self._at
+                    else:
+                        self._obj = self._new()
+                        self._done = False
+            self._at += used
+            if out:
+                return out
+        return b""
 
     @property
     def complete(self) -> bool:
@@ -171,6 +194,14 @@ class LayerStream:
     def _pull(self) -> bytes:
         """The next non-empty piece of plain bytes, b"" at the end of the blob."""
         while True:
+            try:
+                plain = self._inflater.more() if self.compression != "tar" else b""
+            except (zlib.error, OSError, ValueError) as err:
+                raise _StreamError(f"bad {self.compression} data at byte {self.stored_size}: {err}") from err
+            except Exception as err:  # zstandard raises its own ZstdError
+                raise _StreamError(f"bad {self.compression} data at byte {self.stored_size}: {err}") from err
+            if plain:
+                return self._plain(plain)
             chunk = self._pending if self._pending is not None else self._raw.read(RAW_CHUNK)
             self._pending = None
             if not chunk:
@@ -184,10 +215,17 @@ class LayerStream:
             except Exception as err:  # zstandard raises its own ZstdError
                 raise _StreamError(f"bad {self.compression} data at byte {self.stored_size}: {err}") from err
             if plain:
-                if not self._plain_is_stored:
-                    self._plain_hash.update(plain)
-                self.plain_size += len(plain)
-                return plain
+                return self._plain(plain)
+
+    def _plain(self, plain: bytes) -> bytes:
+        if not self._plain_is_stored:
+            self._plain_hash.update(plain)
+        self.plain_size += len(plain)
+        if self.plain_size > BOMB_FLOOR and self.plain_size > MAX_RATIO * self.stored_size:
+            raise _OverCap(f"{self.compression} data expands more than {MAX_RATIO}:1 ({self.plain_size >> 20} MiB "
+                           f"from {self.stored_size >> 10} KiB read): refusing a compression bomb (cap: "
+                           f"{MAX_RATIO}:1 past {BOMB_FLOOR >> 30} GiB, RELIABILITY.md #51)")
+        return plain
 
     def _refill(self) -> bool:
         """Replaces an exhausted buffer with the next piece; False at the end of the blob."""
@@ -302,9 +340,21 @@ class _OverCap(Exception):
 def _sniff(first: bytes) -> str:
     if first.startswith(GZIP_MAGIC):
         return "gzip"
-    if first.startswith(ZSTD_MAGIC):
+    if first.startswith(ZSTD_MAGIC) or _skippable(first):
         return "zstd"
     return "tar"
+
+
+def _skippable(data: bytes | memoryview) -> bool:
+    """A zstd skippable frame (magic 0x184D2A50-5F, little-endian): decoders skip it (RFC 8878 §3.1.2)."""
+    return len(data) >= 4 and 0x50 <= data[0] <= 0x5F and bytes(data[1:4]) == b"\x2a\x4d\x18"
+
+
+def _starts_frame(data: memoryview, kind: str) -> bool:
+    head = bytes(data[:4])
+    if kind == "gzip":
+        return head.startswith(GZIP_MAGIC)
+    return head == ZSTD_MAGIC or _skippable(head)
 
 
 def normalise(name: str) -> str | None:
