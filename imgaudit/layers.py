@@ -44,6 +44,8 @@ _ZSTD_SLICE = 1 << 10
 # compress 2-10x; gzip cannot pass ~1032x, so only zero-filled files of gigabytes come near (exit 3).
 MAX_RATIO = 100
 BOMB_FLOOR = 1 << 30
+MAX_ENTRIES = 5_000_000  # tar members in one layer (RELIABILITY.md #82)
+PATH_MAX = 4096  # Linux's limit on a path; a runtime cannot create a longer one (#54, #83)
 _TAIL = 32768
 OPAQUE_MARKER = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
@@ -446,6 +448,7 @@ class _Walker:
         self.last = ""
         self.end_offset: int | None = None
         self.stream: LayerStream | None = None
+        self.count = 0
 
     def walk(self, stream: LayerStream) -> None:
         self.stream = stream
@@ -467,6 +470,13 @@ class _Walker:
 
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         self.last = member.name
+        self.count += 1
+        if self.count > MAX_ENTRIES:
+            raise LimitExceeded(f"{self.label}: more than {MAX_ENTRIES} entries in one layer (cap)")
+        if len(member.name) > PATH_MAX // 4 and len(member.name.encode("utf-8", "surrogateescape")) > PATH_MAX:
+            what = f"{self.label} entry \"{escape(member.name[:200])}…\""
+            self.skipped.append(Skipped(what, f"name longer than {PATH_MAX} bytes (PATH_MAX): not in the view"))
+            return
         path = normalise(member.name)
         if path is None:
             raise CorruptImage(f"{self.label}: entry \"{escape(member.name)}\": path climbs above the root")
