@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from imgaudit.cache import ScanCache
 from imgaudit.image import Image, Platform
-from imgaudit.layers import LayerScan
+from imgaudit.layers import ElfReader, LayerScan
 from imgaudit.progress import ProgressFn
 from imgaudit.reference import parse_reference
 from imgaudit.report import ImageInfo, Incomplete, PlatformInfo, Report
@@ -51,7 +52,7 @@ def load(reference: str, options: Options | None = None) -> Loaded:
     return Loaded(image, scans, RootFS.build(scans))
 
 
-def _elf_reader():  # type: ignore[no-untyped-def]
+def _elf_reader() -> ElfReader:
     from imgaudit.elf import read_elf
 
     return read_elf
@@ -66,7 +67,7 @@ def audit(reference: str | Loaded, options: Options | None = None) -> Report:
     return report
 
 
-def _analysers():  # type: ignore[no-untyped-def]
+def _analysers() -> list[Callable[[Loaded, Report], None]]:
     """Each analyser fills its part of the report; imported lazily so `ls` never pays for them."""
     from imgaudit.checks import linkage, size
 
