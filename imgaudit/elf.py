@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import array
 import atexit
+import contextlib
+import gc
 import io
 import mmap
 import os
@@ -23,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -261,10 +263,8 @@ class _Parser:
         facts.update(self.versions(binary))
         facts.update(self.header(binary, facts))
         comment, rodata, dynsym = self.sections(binary, facts)
-        rows = _read_dynsym(data, dynsym, facts) if op == _OP_PARSE else None
-        if rows is None:  # asked for LIEF's reading, or no usable .dynsym section header
-            rows = self.lief_dynsym(binary if op != _OP_PARSE else self.reparse(_OP_PARSE_DYNSYM))
-        facts.update(self.symbols(binary, rows, facts))
+        rows, count = self.dynsym_rows(binary, data, dynsym, facts, op)
+        facts.update(self.symbols(binary, rows, count, facts))
         facts["static_pie"] = _static_pie(binary.header, facts)
         facts.update(_libc_facts(facts, data, rodata))
         facts["rust"] = _rust_facts(comment, data, rodata, facts)
@@ -331,19 +331,31 @@ class _Parser:
         self.binary = self.lief.ELF.parse(self.path, self.configs[op])
         return self.binary
 
-    def lief_dynsym(self, binary: Any) -> list[_DynsymRow]:
+    def dynsym_rows(
+        self, binary: Any, data: mmap.mmap, dynsym: _Dynsym | None, facts: dict[str, Any], op: int
+    ) -> tuple[Iterator[_DynsymRow], int]:
+        """The .dynsym rows and how many entries there are: unpacked by us from the section, or read
+        by LIEF when asked to, or when no usable section header says where the table is (LIEF then
+        finds it through DT_SYMTAB and counts it with the hash tables)."""
+        rows = _read_dynsym(data, dynsym, facts) if op == _OP_PARSE else None
+        if rows is not None and dynsym is not None:
+            return rows, dynsym[1] // dynsym[2]
+        if op == _OP_PARSE:
+            binary = self.reparse(_OP_PARSE_DYNSYM)
+        if binary is None:
+            return iter(()), 0
+        return self.lief_dynsym(binary), len(binary.dynamic_symbols)
+
+    def lief_dynsym(self, binary: Any) -> Iterator[_DynsymRow]:
         """The non-local .dynsym entries as LIEF reads them (it also counts them without sections)."""
-        rows = []
-        for index, sym in enumerate(binary.dynamic_symbols if binary is not None else ()):
+        for index, sym in enumerate(binary.dynamic_symbols):
             bind = int(sym.binding)
             if bind != _STB_LOCAL:
-                rows.append((index, _str_attr(sym, "name"), bind, sym.shndx))
-        return rows
+                yield index, _str_attr(sym, "name"), bind, sym.shndx
 
-    def symbols(self, binary: Any, rows: list[_DynsymRow], facts: dict[str, Any]) -> dict[str, Any]:
+    def symbols(self, binary: Any, rows: Iterator[_DynsymRow], count: int, facts: dict[str, Any]) -> dict[str, Any]:
         """Split into imports (undefined) and exports (defined), each with its version."""
         names, defs = facts.pop("version_names"), frozenset(facts["version_defs"])
-        count = rows[-1][0] + 1 if rows else 0
         versym = self.versym(binary, facts.pop("versym"), count, facts["endian"])
         imported: list[tuple[str, str | None, bool, bool]] = []
         exported: list[tuple[str, str | None, bool, bool]] = []
@@ -403,7 +415,7 @@ def _parser_config(lief: Any, dynsym: bool) -> Any:
     return config
 
 
-def _read_dynsym(data: mmap.mmap, dynsym: _Dynsym | None, facts: dict[str, Any]) -> list[_DynsymRow] | None:
+def _read_dynsym(data: mmap.mmap, dynsym: _Dynsym | None, facts: dict[str, Any]) -> Iterator[_DynsymRow] | None:
     """(index, name, binding, st_shndx) of each non-local .dynsym entry, unpacked in bulk from the
     table the section headers point at; None (LIEF then reads it) when they are absent or odd."""
     if dynsym is None:
@@ -413,17 +425,18 @@ def _read_dynsym(data: mmap.mmap, dynsym: _Dynsym | None, facts: dict[str, Any])
     entry = struct.Struct(order + ("IBxH16x" if is64 else "I8xBxH"))  # st_name, st_info, st_shndx
     if entsize != entry.size or size % entsize or offset + size > len(data) or str_offset + str_size > len(data):
         return None
-    strtab = data[str_offset : str_offset + str_size]
+    return _unpack_dynsym(entry.iter_unpack(data[offset : offset + size]), data[str_offset : str_offset + str_size])
+
+
+def _unpack_dynsym(entries: Iterator[tuple[int, int, int]], strtab: bytes) -> Iterator[_DynsymRow]:
     find = strtab.find
-    rows = []
-    for index, (st_name, st_info, shndx) in enumerate(entry.iter_unpack(data[offset : offset + size])):
+    for index, (st_name, st_info, shndx) in enumerate(entries):
         bind = st_info >> 4
         if bind == _STB_LOCAL:  # the null entry at index 0 is local too
             continue
         end = find(b"\0", st_name)
         name = strtab[st_name : end if end >= 0 else None]
-        rows.append((index, name.decode("utf-8", "surrogateescape"), bind, shndx))
-    return rows
+        yield index, name.decode("utf-8", "surrogateescape"), bind, shndx
 
 
 def _str_attr(obj: Any, attr: str) -> str:
@@ -580,6 +593,7 @@ def _serve(argv: list[str]) -> None:
 
     requests, results, memfd, memory_limit = (int(arg) for arg in argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    gc.disable()  # tuples by the hundred thousand, no cycles: collections only cost (see _serve_requests)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash must not write a core file
     try:
         import lief
@@ -597,6 +611,7 @@ def _serve(argv: list[str]) -> None:
 
 
 def _serve_requests(parser: _Parser, requests: int, results: int, memory_limit: int) -> None:
+    served = 0
     while head := _read_exact_fd(requests, _REQUEST.size):
         size, op = _REQUEST.unpack(head)
         if op == _OP_ABORT:
@@ -605,6 +620,9 @@ def _serve_requests(parser: _Parser, requests: int, results: int, memory_limit: 
             time.sleep(3600)
         _send(results, _parse_guarded(parser, size, op, memory_limit))
         parser.release()
+        served += 1
+        if served % 1000 == 0:
+            gc.collect()  # in case a LIEF binding ever leaves a cycle behind
 
 
 def _parse_guarded(parser: _Parser, size: int, op: int, memory_limit: int) -> tuple[str, Any]:
@@ -832,15 +850,30 @@ class ElfReader:
                 self._channel.stop()  # interrupted mid-request: the worker's state is unknown
                 raise
         if status == "ok" and isinstance(payload, dict):
-            return _facts_from_plain(data, payload)
+            with _gc_paused():
+                return _facts_from_plain(data, payload)
         return _error_facts(data, str(payload))
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Hold the cyclic GC while a reply becomes objects: a big library brings 100,000 symbols, and
+    collections triggered halfway through, which find nothing, cost 3x the building itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _receive(results: io.FileIO, deadline: float) -> tuple[str, Any]:
     (size,) = _LENGTH.unpack(_read_exact(results, _LENGTH.size, deadline))
     payload = _read_exact(results, size, deadline)
     try:
-        reply = _PlainUnpickler(io.BytesIO(payload)).load()
+        with _gc_paused():
+            reply = _PlainUnpickler(io.BytesIO(payload)).load()
     except Exception as err:  # whatever a confused worker wrote
         raise _BadReply(f"{type(err).__name__}: {err}") from err
     if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], str)):
