@@ -180,6 +180,9 @@ class LayerStream:
         self._raw = raw
         first = raw.read(RAW_CHUNK)
         self.compression = _sniff(first)
+        unsupported = _unsupported(first)
+        if unsupported:  # never handed to an external tool (GHSA-x86f-5xw2-fm2r)
+            raise _StreamError(f"unsupported compression {unsupported}: only gzip, zstd and plain tar layers are read")
         self._inflater = _Inflater(self.compression)
         self._stored_hash = hashlib.sha256()
         self._plain_hash = hashlib.sha256()
@@ -191,6 +194,7 @@ class LayerStream:
         self._pos = 0
         self.tail = bytearray()  # the last plain bytes handed out by read(), to judge where tar stopped
         self._pending: bytes | None = first
+        self.head = b""  # the first plain bytes, to tell a layer compressed twice
         self.budget: int | None = None  # bytes read() may still hand out (tarfile's header reads); None: no cap
 
     def _pull(self) -> bytes:
@@ -220,6 +224,8 @@ class LayerStream:
                 return self._plain(plain)
 
     def _plain(self, plain: bytes) -> bytes:
+        if len(self.head) < 8:
+            self.head += plain[:8]
         if not self._plain_is_stored:
             self._plain_hash.update(plain)
         self.plain_size += len(plain)
@@ -347,6 +353,17 @@ def _sniff(first: bytes) -> str:
     return "tar"
 
 
+_OTHER_MAGIC = ((re.compile(rb"BZh[1-9]1AY&SY"), "bzip2"), (re.compile(rb"\xfd7zXZ\x00"), "xz"),
+                (re.compile(rb"\x04\x22\x4d\x18"), "lz4"))
+
+
+def _unsupported(head: bytes) -> str | None:
+    """A compression imgaudit does not read (never a tar whose first name happens to start alike)."""
+    if head[257:262] == b"ustar":
+        return None
+    return next((name for magic, name in _OTHER_MAGIC if magic.match(head)), None)
+
+
 def _skippable(data: bytes | memoryview) -> bool:
     """A zstd skippable frame (magic 0x184D2A50-5F, little-endian): decoders skip it (RFC 8878 §3.1.2)."""
     return len(data) >= 4 and 0x50 <= data[0] <= 0x5F and bytes(data[1:4]) == b"\x2a\x4d\x18"
@@ -383,7 +400,10 @@ def scan_layer(
     hash_content: bool = True,
 ) -> LayerScan:
     """Reads one layer blob to its end and returns its scan. Raises CorruptImage naming `label`."""
-    stream = LayerStream(raw)
+    try:
+        stream = LayerStream(raw)
+    except _StreamError as err:
+        raise CorruptImage(f"{label}: {err}") from err
     walker = _Walker(label, elf_reader, hash_content)
     try:
         walker.walk(stream)
@@ -392,6 +412,8 @@ def scan_layer(
         raise CorruptImage(f"{label}: {err}") from err
     except tarfile.ReadError as err:
         where = f" after entry \"{escape(walker.last)}\"" if walker.last else ""
+        if not walker.last and (_sniff(stream.head) != "tar" or _unsupported(stream.head)):
+            raise CorruptImage(f"{label}: not a tar after decompression (compressed twice?)") from err
         raise CorruptImage(f"{label}: tar data is truncated or malformed{where}: {err}") from err
     except EOFError as err:
         raise CorruptImage(f"{label}: stream ends early (truncated)") from err
