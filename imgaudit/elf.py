@@ -4,7 +4,8 @@ This is the only module that imports `lief`, and only inside the worker: LIEF ca
 exhaust memory on hostile files (RELIABILITY.md 1.6, items 90-98), so the caller's process never
 loads it. A long-lived worker gets each file through a shared in-memory file (`memfd_create`, so
 LIEF parses a path: DESIGN.md 3b), answers with plain tuples, and is killed and respawned after a
-crash or a timeout. Bad input never raises: the file gets `ElfFacts.error` instead.
+crash or a timeout. Bad input never raises: the file gets `ElfFacts.error` instead. LIEF locates
+everything; the worker unpacks the .dynsym table itself, in bulk, as that is where the time goes.
 """
 
 from __future__ import annotations
@@ -403,8 +404,8 @@ class _Parser:
 
 def _parser_config(lief: Any, dynsym: bool) -> Any:
     """Skip what linkage does not use (RELIABILITY item 93): relocations, .symtab, notes, overlay.
-    Version needs and definitions are kept. .dynsym too, but normally read by _read_dynsym: LIEF
-    builds an object per symbol, which cost half of the whole parse on /usr/lib."""
+    Version needs and definitions are kept. .dynsym is normally unpacked by _read_dynsym instead:
+    LIEF builds an object per symbol, which cost half of the whole parse on /usr/lib."""
     config = lief.ELF.ParserConfig()
     config.parse_relocations = False
     config.parse_symtab_symbols = False
