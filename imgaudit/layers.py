@@ -10,9 +10,10 @@ import hashlib
 import io
 import posixpath
 import re
+import struct
 import tarfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, BinaryIO
@@ -482,8 +483,10 @@ class _Walker:
             if stream.plain_size == 0:
                 return  # a 0-byte (or empty-compressed) blob is an empty layer (RELIABILITY.md #34)
             raise
+        except TAR_PARSE_ERRORS as err:
+            raise _malformed(err) from err
         with tar:
-            for member in tar:
+            for member in _members(tar):
                 tar.members = []  # CPython gh-102120: the member list grows without bound
                 stream.budget = None  # reading content is bounded by the caps in _file
                 self._member(tar, member)
@@ -584,6 +587,27 @@ class _Walker:
         if reader.consume(size, h.update if h else None) != size:
             raise tarfile.ReadError("unexpected end of data")
         return h.hexdigest() if h else None
+
+
+# What tarfile raises besides TarError on hostile headers (a sparse map or PAX number that is not one).
+TAR_PARSE_ERRORS = (ValueError, OverflowError, IndexError, struct.error)
+
+
+def _malformed(err: Exception) -> tarfile.ReadError:
+    return tarfile.ReadError(f"malformed tar header ({type(err).__name__}: {escape(str(err))[:120]})")
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members, with tarfile's stray exceptions on bad headers turned into ReadError (RELIABILITY.md #61)."""
+    members = iter(tar)
+    while True:
+        try:
+            member = next(members)
+        except StopIteration:
+            return
+        except TAR_PARSE_ERRORS as err:
+            raise _malformed(err) from err
+        yield member
 
 
 class _Content:
