@@ -133,11 +133,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(int(text))
+    if text.isascii() and text.isdigit():  # not "²": str.isdigit accepts it, int() does not
+        return float(min(int(text), 1 << 31))  # a 400-digit delay overflowed float()
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year of 40 digits overflows
         return None
     if when is None or when.tzinfo is None:
         return None
