@@ -1,0 +1,1 @@
+"""Fuzzing harnesses (atheris) and the hostile fixtures of RELIABILITY.md, built in code (`hostile.py`)."""
