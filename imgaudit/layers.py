@@ -13,10 +13,12 @@ import re
 import struct
 import tarfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
 
@@ -48,6 +50,7 @@ BOMB_FLOOR = 1 << 30
 MAX_ENTRIES = 5_000_000  # tar members in one layer (RELIABILITY.md #82)
 PATH_MAX = 4096  # Linux's limit on a path; a runtime cannot create a longer one (#54, #83)
 _TAIL = 32768
+LATE_HASH_MIN = 256 << 10  # content at least this big is hashed on the helper thread
 OPAQUE_MARKER = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
 
@@ -177,8 +180,9 @@ class LayerStream:
     it needs (a header, a member's data) instead of `r|` mode's 10 KiB pieces (DESIGN.md §3b), and
     `consume` passes file contents to a hash without copying them."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, offload: _Offload | None = None) -> None:
         self._raw = raw
+        self._offload = offload or _Offload()
         first = raw.read(RAW_CHUNK)
         self.compression = _sniff(first)
         unsupported = _unsupported(first)
@@ -213,7 +217,7 @@ class LayerStream:
             self._pending = None
             if not chunk:
                 return b""
-            self._stored_hash.update(chunk)
+            self._offload.update(self._stored_hash, chunk)
             self.stored_size += len(chunk)
             try:
                 plain = self._inflater.feed(chunk)
@@ -228,7 +232,7 @@ class LayerStream:
         if len(self.head) < 8:
             self.head += plain[:8]
         if not self._plain_is_stored:
-            self._plain_hash.update(plain)
+            self._offload.update(self._plain_hash, plain)
         self.plain_size += len(plain)
         if self.plain_size > BOMB_FLOOR and self.plain_size > MAX_RATIO * self.stored_size:
             raise _OverCap(f"{self.compression} data expands more than {MAX_RATIO}:1 ({self.plain_size >> 20} MiB "
@@ -331,11 +335,87 @@ class LayerStream:
 
     @property
     def digest(self) -> str:
+        self._offload.finish()
         return "sha256:" + self._stored_hash.hexdigest()
 
     @property
     def diff_id(self) -> str:
         return self.digest if self._plain_is_stored else "sha256:" + self._plain_hash.hexdigest()
+
+
+class _Offload:
+    """Work that releases the GIL, moved off the scanning thread so it overlaps inflate and tar
+    framing: sha256 updates (batched, in order, on one thread) and the ELF parser round trips (on
+    another: the LIEF worker parses while the scan goes on). What is in flight is capped in bytes,
+    so memory stays bounded; `finish` waits for everything and raises what a task raised."""
+
+    HASH_BATCH = 4 << 20
+    HASH_INFLIGHT = 32 << 20
+    ELF_INFLIGHT = 32 << 20  # a bigger ELF waits for the parser to be idle before it is read
+
+    def __init__(self) -> None:
+        self._hash_pool: ThreadPoolExecutor | None = None
+        self._elf_pool: ThreadPoolExecutor | None = None
+        self._batch: list[tuple[hashlib._Hash, bytes | memoryview]] = []
+        self._batch_bytes = 0
+        self._hashing: deque[tuple[Future[None], int]] = deque()
+        self._parsing: deque[tuple[Future[ElfFacts], int]] = deque()
+
+    def update(self, h: hashlib._Hash, data: bytes | memoryview) -> None:
+        """`h.update(data)`, later but in order; `data` must stay unchanged (bytes or a view of bytes)."""
+        self._batch.append((h, data))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= self.HASH_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        if self._hash_pool is None:
+            self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="imgaudit-hash")
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        self._hashing.append((self._hash_pool.submit(_hash_batch, batch), size))
+        _bound(self._hashing, self.HASH_INFLIGHT)
+
+    def reserve(self, size: int) -> None:
+        """Waits until `size` more bytes of ELF files fit the in-flight cap (or nothing is in flight)."""
+        while self._parsing and sum(n for _, n in self._parsing) + size > self.ELF_INFLIGHT:
+            self._parsing.popleft()[0].result()
+
+    def parse(self, reader: ElfReader, path: str, data: bytes) -> Future[ElfFacts]:
+        if self._elf_pool is None:
+            self._elf_pool = ThreadPoolExecutor(1, thread_name_prefix="imgaudit-elf")
+        future = self._elf_pool.submit(reader, path, data)
+        self._parsing.append((future, len(data)))
+        _bound(self._parsing, self.ELF_INFLIGHT)
+        return future
+
+    def finish(self) -> None:
+        self._flush()
+        for queue in (self._hashing, self._parsing):
+            while queue:
+                queue.popleft()[0].result()
+
+    def close(self) -> None:
+        """Stops the helper threads (after an error too: queued work is dropped)."""
+        for pool in (self._hash_pool, self._elf_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._hash_pool = self._elf_pool = None
+
+
+def _hash_batch(batch: list[tuple[hashlib._Hash, bytes | memoryview]]) -> None:
+    for h, data in batch:
+        h.update(data)
+
+
+def _bound(queue: deque[tuple[Future[Any], int]], cap: int) -> None:
+    """Waits for the oldest tasks while more than `cap` bytes are queued (one task may exceed it)."""
+    while queue and queue[0][0].done():
+        queue.popleft()[0].result()
+    while len(queue) > 1 and sum(size for _, size in queue) > cap:
+        queue.popleft()[0].result()
 
 
 class _StreamError(Exception):
@@ -401,14 +481,24 @@ def scan_layer(
     hash_content: bool = True,
 ) -> LayerScan:
     """Reads one layer blob to its end and returns its scan. Raises CorruptImage naming `label`."""
+    offload = _Offload()
     try:
-        stream = LayerStream(raw)
+        return _scan(raw, offload, label=label, elf_reader=elf_reader, hash_content=hash_content)
+    finally:
+        offload.close()
+
+
+def _scan(raw: BinaryIO, offload: _Offload, *, label: str, elf_reader: ElfReader | None,
+          hash_content: bool) -> LayerScan:
+    try:
+        stream = LayerStream(raw, offload)
     except _StreamError as err:
         raise CorruptImage(f"{label}: {err}") from err
-    walker = _Walker(label, elf_reader, hash_content)
+    walker = _Walker(label, elf_reader, hash_content, offload)
     try:
         walker.walk(stream)
         rest = stream.drain()
+        walker.finish()
     except _StreamError as err:
         raise CorruptImage(f"{label}: {err}") from err
     except tarfile.ReadError as err:
@@ -461,10 +551,14 @@ def _check_tar_end(stream: LayerStream, walker: _Walker, rest: bytes, label: str
 class _Walker:
     """Turns tar members into entries; keeps only compact facts (tarfile's member list is cleared)."""
 
-    def __init__(self, label: str, elf_reader: ElfReader | None, hash_content: bool) -> None:
+    def __init__(self, label: str, elf_reader: ElfReader | None, hash_content: bool,
+                 offload: _Offload | None = None) -> None:
         self.label = label
         self.elf_reader = elf_reader
         self.hash_content = hash_content
+        self.offload = offload or _Offload()
+        # entries whose digest or ELF facts come from the helper threads: (index, hash, facts)
+        self.late: list[tuple[int, hashlib._Hash | None, Future[ElfFacts] | None]] = []
         self.entries: list[Entry] = []
         self.files: dict[str, bytes] = {}
         self.skipped: list[Skipped] = []
@@ -565,21 +659,45 @@ class _Walker:
         keep = SMALL_FILES.match(path) is not None and size <= MAX_SMALL_FILE
         whole = is_elf and self.elf_reader is not None and size <= MAX_ELF_BYTES
         digest = None
-        if keep or whole:
+        late_hash: hashlib._Hash | None = None
+        late_elf: Future[ElfFacts] | None = None
+        if keep:
             data = reader.read(size)
             if len(data) != size:
                 raise tarfile.ReadError("unexpected end of data")
-            digest = hashlib.sha256(data).hexdigest() if self.hash_content or keep else None
-            if keep and digest:
-                self.files[digest] = data
-            elf = self.elf_reader(path, data) if whole and self.elf_reader else None
+            digest = hashlib.sha256(data).hexdigest()
+            self.files[digest] = data
+        elif whole:
+            self.offload.reserve(size)
+            data = _read_whole(reader, size)
+            if self.hash_content:
+                late_hash = hashlib.sha256()
+                self.offload.update(late_hash, data)
+        elif size >= LATE_HASH_MIN and self.hash_content:
+            late_hash = hashlib.sha256()
+            h = late_hash
+            if reader.consume(size, lambda view: self.offload.update(h, view)) != size:
+                raise tarfile.ReadError("unexpected end of data")
         else:
             digest = self._hash_rest(reader, size)
-            elf = None
+        if whole and self.elf_reader is not None:
+            late_elf = self.offload.parse(self.elf_reader, path, data)
+        if late_hash is not None or late_elf is not None:
+            self.late.append((len(self.entries), late_hash, late_elf))
+        elf = None
         if is_elf and size > MAX_ELF_BYTES:
             cap = MAX_ELF_BYTES >> 20
             self.skipped.append(Skipped(path, f"ELF file of {size} bytes is over the {cap} MiB parse cap"))
         return Entry(path, EntryType.FILE, size=size, head=head[:HEAD_BYTES], digest=digest, elf=elf, **common)
+
+    def finish(self) -> None:
+        """Fills in the digests and ELF facts the helper threads produced."""
+        self.offload.finish()
+        for index, h, facts in self.late:
+            entry = self.entries[index]
+            self.entries[index] = replace(entry, digest=h.hexdigest() if h else entry.digest,
+                                          elf=facts.result() if facts else entry.elf)
+        self.late.clear()
 
     def _hash_rest(self, reader: LayerStream | _Content, size: int) -> str | None:
         """Hashes (or, without hash_content, skips) a member's data; tar would skip it anyway."""
@@ -587,6 +705,23 @@ class _Walker:
         if reader.consume(size, h.update if h else None) != size:
             raise tarfile.ReadError("unexpected end of data")
         return h.hexdigest() if h else None
+
+
+def _read_whole(reader: LayerStream | _Content, size: int) -> bytes:
+    """A member's data in one buffer filled piece by piece (joining the pieces would hold it twice)."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    at = 0
+
+    def fill(piece: memoryview) -> None:
+        nonlocal at
+        view[at:at + len(piece)] = piece
+        at += len(piece)
+
+    if reader.consume(size, fill) != size:
+        raise tarfile.ReadError("unexpected end of data")
+    view.release()
+    return buf  # type: ignore[return-value]  # a bytes-like buffer nobody changes again: spares a copy
 
 
 # What tarfile raises besides TarError on hostile headers (a sparse map or PAX number that is not one).

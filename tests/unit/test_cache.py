@@ -229,3 +229,45 @@ def test_no_cache_means_no_files(tmp_path: Path) -> None:
     Scanner(cache=None).scan_image(image(opens))
     Scanner(cache=None).scan_image(image(opens))
     assert len(opens) == 4
+
+
+# -- the scan's helper threads (layers._Offload), which the cache relies on being deterministic -----
+
+ELF_LAYER = make_layer([f(f"bin/p{i}", b"\x7fELF\x02\x01\x01" + bytes([i]) * (300_000 + i)) for i in range(6)]
+                       + [f("big", b"z" * 700_000), f("small", b"s")])
+
+
+def test_late_digests_and_elf_facts_land_on_their_own_entries() -> None:
+    import hashlib
+    import threading
+
+    seen: list[str] = []
+
+    def reader(path: str, data: bytes) -> ElfFacts:
+        seen.append(threading.current_thread().name)
+        return ElfFacts(machine=path, debug_bytes=len(data))
+
+    result = scan_layer(io.BytesIO(gz(ELF_LAYER)), label="x", elf_reader=reader)
+    plain = scan_layer(io.BytesIO(ELF_LAYER), label="x")
+    files = {e.path: e for e in result.entries}
+    for i in range(6):
+        entry = files[f"/bin/p{i}"]
+        assert entry.elf is not None and entry.elf.machine == entry.path and entry.elf.debug_bytes == entry.size
+        want = hashlib.sha256(b"\x7fELF\x02\x01\x01" + bytes([i]) * (300_000 + i)).hexdigest()
+        assert entry.digest == want
+    assert files["/big"].digest == hashlib.sha256(b"z" * 700_000).hexdigest()
+    assert [e.digest for e in plain.entries] == [e.digest for e in result.entries]
+    assert seen and all(name.startswith("imgaudit-elf") for name in seen)
+
+
+def test_a_failing_elf_reader_fails_the_scan_and_leaves_no_thread() -> None:
+    import threading
+
+    before = threading.active_count()
+
+    def reader(path: str, data: bytes) -> ElfFacts:
+        raise RuntimeError("parser gone")
+
+    with pytest.raises(RuntimeError, match="parser gone"):
+        scan_layer(io.BytesIO(gz(ELF_LAYER)), label="x", elf_reader=reader)
+    assert threading.active_count() == before
