@@ -17,7 +17,15 @@ from typing import BinaryIO, cast
 
 from imgaudit.errors import CorruptImage, LimitExceeded, UsageError, escape
 from imgaudit.image import Image, Layer, Platform
-from imgaudit.layers import GZIP_MAGIC, ZSTD_MAGIC, ZSTD_MAX_WINDOW, LayerScan, verify
+from imgaudit.layers import (
+    GZIP_MAGIC,
+    MAX_HEADER_BYTES,
+    TAR_PARSE_ERRORS,
+    ZSTD_MAGIC,
+    ZSTD_MAX_WINDOW,
+    LayerScan,
+    verify,
+)
 from imgaudit.reference import Reference
 from imgaudit.scanner import Scanner, layer_label
 from imgaudit.sources.manifest import (
@@ -228,15 +236,20 @@ class TarStore:
         self._index()
 
     def _index(self) -> None:
+        last = ""
         try:
-            with self.path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-                for count, member in enumerate(tar):
-                    tar.members = []  # type: ignore[attr-defined]  # the index below is all we keep (CPython gh-102120)
+            with self.path.open("rb") as raw, _HeaderBudget(raw, self.where) as capped, \
+                    tarfile.open(fileobj=capped, mode="r:") as tar:  # type: ignore[call-overload]
+                for count, member in enumerate(_members(tar)):
+                    tar.members = []  # the index below is all we keep (CPython gh-102120)
                     if count >= MAX_MEMBERS:
                         raise LimitExceeded(f"{self.where}: more than {MAX_MEMBERS} archive members")
+                    last = member.name
                     self._add(member)
-        except (tarfile.TarError, EOFError, zlib.error) as err:
-            raise CorruptImage(f"{self.where}: not a readable tar archive: {escape(str(err))[:200]}") from err
+                    capped.budget = MAX_HEADER_BYTES  # member data is skipped by seeking, never read here
+        except (tarfile.TarError, EOFError, zlib.error, RecursionError) as err:
+            raise CorruptImage(f"{self.where}: not a readable tar archive{_after(last)}: "
+                               f"{escape(str(err))[:200] or type(err).__name__}") from err
 
     def _add(self, member: tarfile.TarInfo) -> None:
         name = _normal(member.name)
@@ -312,27 +325,33 @@ class StreamStore:
     kept: int = 0
 
     def walk(self, fobj: BinaryIO) -> None:
+        last = ""
         try:
-            with tarfile.open(fileobj=fobj, mode="r|") as tar:
-                for count, member in enumerate(tar):
-                    tar.members = []  # type: ignore[attr-defined]  # CPython gh-102120: the member list grows without bound
+            with _HeaderBudget(fobj, self.where) as capped, tarfile.open(fileobj=capped, mode="r|") as tar:
+                for count, member in enumerate(_members(tar)):
+                    tar.members = []  # CPython gh-102120: the member list grows without bound
                     if count >= MAX_MEMBERS:
                         raise LimitExceeded(f"{self.where}: more than {MAX_MEMBERS} archive members")
-                    self._member(tar, member, count)
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-            raise CorruptImage(f"{self.where}: archive is truncated or corrupt: {escape(str(err))[:200]}") from err
+                    last = member.name
+                    capped.budget = None  # the member's content: layers are scanned, small members capped
+                    consumed = self._member(tar, member, count)
+                    capped.budget = MAX_HEADER_BYTES + (0 if consumed else max(member.size, 0))
+        except (tarfile.TarError, EOFError, OSError, zlib.error, RecursionError) as err:
+            raise CorruptImage(f"{self.where}: archive is truncated or corrupt{_after(last)}: "
+                               f"{escape(str(err))[:200] or type(err).__name__}") from err
 
-    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, ordinal: int) -> None:
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, ordinal: int) -> bool:
+        """Records one member; True when its content was read to the end."""
         name = _normal(member.name)
         if name is None or member.isdir():
-            return
+            return False
         for table in (self.small, self.scans, self.errors, self.sizes, self.links):
             table.pop(name, None)  # a later member of the same name replaces the earlier one
         if member.issym() or member.islnk():
             self.links[name] = (member.issym(), member.linkname)
-            return
+            return False
         if not member.isreg() or member.issparse():
-            return
+            return False
         self.sizes[name] = member.size
         fobj = tar.extractfile(member)
         assert fobj is not None  # regular members always have one
@@ -341,6 +360,7 @@ class StreamStore:
             self._scan(name, cast(BinaryIO, _Prefixed(head, cast(BinaryIO, fobj))), member.size, ordinal)
         else:
             self._keep(name, head + fobj.read())
+        return True
 
     def _scan(self, name: str, raw: BinaryIO, size: int, ordinal: int) -> None:
         layer = self._provisional(name, size, ordinal)
@@ -394,6 +414,60 @@ class StreamStore:
         scan = self.scans[real]
         verify(scan, label=label, digest=layer.digest, diff_id=layer.diff_id or None, size=layer.size)
         return scan
+
+
+def _after(member: str) -> str:
+    return f" inside or after member {escape(member)[:200]}" if member else ""
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The archive's members; tarfile's stray exceptions on a bad header become ReadError (RELIABILITY.md #61)."""
+    members = iter(tar)
+    while True:
+        try:
+            member = next(members)
+        except StopIteration:
+            return
+        except TAR_PARSE_ERRORS as err:
+            raise tarfile.ReadError(f"malformed tar header ({type(err).__name__}: {escape(str(err))[:120]})") from err
+        yield member
+
+
+class _HeaderBudget(io.RawIOBase):
+    """The archive file (or stream) with what tarfile may read between two members capped: extension headers
+    and sparse maps get MAX_HEADER_BYTES (CPython reads a declared size in one go, gh-151497); `budget`
+    None lifts the cap while a member's own content is read (RELIABILITY.md #60)."""
+
+    def __init__(self, fobj: BinaryIO, where: str) -> None:
+        super().__init__()
+        self._fobj = fobj
+        self._where = where
+        self.budget: int | None = MAX_HEADER_BYTES
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._fobj.seekable()
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.budget is not None:
+            if size is None or size < 0 or size > self.budget:
+                raise LimitExceeded(f"{self._where}: tar extension headers exceed the {MAX_HEADER_BYTES >> 20} MiB "
+                                    "cap (RELIABILITY.md #60)")
+            self.budget -= size
+        return self._fobj.read(size)
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._fobj.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._fobj.tell()
 
 
 def _strip_label(message: str) -> str:
