@@ -513,7 +513,9 @@ def _scan(raw: BinaryIO, offload: _Offload, *, label: str, elf_reader: ElfReader
     except RecursionError as err:  # tarfile recurses once per chained extension header (PAX, GNU L/K)
         where = f" after entry \"{escape(walker.last)}\"" if walker.last else ""
         raise CorruptImage(f"{label}: too many tar extension headers in a row{where} (corrupt layer)") from err
-    trailing = _check_tar_end(stream, walker, rest, label)
+    trailing = stream.trailing_bytes + _check_tar_end(stream, walker, rest, label)
+    if trailing:  # covered by the digest, so not corruption, but never silent (RELIABILITY.md #49)
+        walker.skipped.append(Skipped(label, f"{trailing} bytes of trailing data after the layer's end, ignored"))
     return LayerScan(
         digest=stream.digest,
         diff_id=stream.diff_id,
@@ -523,7 +525,7 @@ def _scan(raw: BinaryIO, offload: _Offload, *, label: str, elf_reader: ElfReader
         entries=tuple(walker.entries),
         files=walker.files,
         skipped=tuple(walker.skipped),
-        trailing_bytes=stream.trailing_bytes + trailing,
+        trailing_bytes=trailing,
     )
 
 
