@@ -136,13 +136,36 @@ def check_cap(size: int, cap: int, what: str) -> None:
 
 
 def load_json(data: bytes, where: str, kind: str = "config") -> Any:
-    """Strict JSON: NaN/Infinity refused; nesting bombs and bad UTF-8 become CorruptImage (RELIABILITY.md #31)."""
+    """Strict JSON: NaN/Infinity and lone surrogates (`"\\ud800"`, which no output can encode) refused;
+    nesting bombs and bad UTF-8 become CorruptImage (RELIABILITY.md #31)."""
     try:
-        return json.loads(data, parse_constant=_no_constant)
+        document = json.loads(data, parse_constant=_no_constant)
     except RecursionError as err:
         raise CorruptImage(f"invalid {kind} JSON in {where}: nested too deeply") from err
     except ValueError as err:
         raise CorruptImage(f"invalid {kind} JSON in {where}: {escape(str(err))[:200]}") from err
+    if b"\\u" in data and _lone_surrogate(document):
+        raise CorruptImage(f"invalid {kind} JSON in {where}: a string holds a lone UTF-16 surrogate")
+    return document
+
+
+def _lone_surrogate(document: Any) -> bool:
+    """Whether any key or string value is not valid Unicode text (walked without recursion)."""
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _no_constant(name: str) -> Any:
