@@ -29,13 +29,13 @@ SNIFF_MEMBERS = 100_000  # headers read while sniffing a bare path; an image arc
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
-_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_IMAGE_ID_RE = re.compile(r"^(?:sha256:)?[0-9a-f]{12,64}$")
-_FULL_ID_RE = re.compile(r"^(?:sha256:)?[0-9a-f]{64}$")
-_OCI_REF_RE = re.compile(r"^[A-Za-z0-9._-]+(?:[:/@+][A-Za-z0-9._-]+)*$")
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")
+_DOMAIN_RE = re.compile(rf"^{_DOMAIN}\Z")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}\Z")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_IMAGE_ID_RE = re.compile(r"^(?:sha256:)?[0-9a-f]{12,64}\Z")
+_FULL_ID_RE = re.compile(r"^(?:sha256:)?[0-9a-f]{64}\Z")
+_OCI_REF_RE = re.compile(r"^[A-Za-z0-9._-]+(?:[:/@+][A-Za-z0-9._-]+)*\Z")
 
 
 @dataclass(frozen=True)
