@@ -608,6 +608,8 @@ class _Walker:
         if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(member, path, base)
             return
+        if "/" + WHITEOUT_PREFIX + WHITEOUT_PREFIX in path:
+            return  # inside AUFS metadata (.wh..wh.plnk/123, .wh..wh.orph/…): hidden like the marker itself
         entry = self._entry(tar, member, path)
         if entry is not None:
             self.entries.append(entry)
