@@ -566,3 +566,120 @@ def stdlib_tar_ok(data: bytes) -> bool:
     except (tarfile.TarError, EOFError):
         return False
     return True
+
+
+# -- images whose stored bytes may differ from what their manifest promises (the integrity matrix) -----
+
+SOURCES = ("docker-legacy", "docker-oci", "oci-dir", "oci-archive")
+TRANSPORTS = {"docker-legacy": "docker-archive", "docker-oci": "docker-archive", "oci-dir": "oci",
+              "oci-archive": "oci-archive"}
+
+
+class Blob:
+    """One layer as stored (`stored`) and as promised (`digest`, `size`, `diff_id`); `member_size` makes a
+    docker-archive member header claim more bytes than the archive holds (the layer must then be last)."""
+
+    def __init__(self, plain: bytes, stored: bytes | None = None, *, digest: str | None = None,
+                 size: int | None = None, diff_id: str | None = None, member_size: int | None = None,
+                 media_type: str | None = None) -> None:
+        self.plain = plain
+        self.stored = gz(plain) if stored is None else stored
+        good = self.stored if stored is not None else gz(plain)
+        self.digest = digest or sha(good)
+        self.size = len(good) if size is None else size
+        self.diff_id = diff_id or sha(plain)
+        self.member_size = member_size
+        self.media_type = media_type or (OCI_LAYER if self.stored[:2] == b"\x1f\x8b" or stored is None
+                                         else "application/vnd.oci.image.layer.v1.tar")
+
+
+def image_parts(blobs: list[Blob], *, config: bytes | None = None, **config_extra: object) -> tuple[bytes, bytes]:
+    """Config and OCI manifest bytes for `blobs`."""
+    cfg = config if config is not None else json.dumps(config_doc([b.diff_id for b in blobs], **config_extra)).encode()
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": sha(cfg), "size": len(cfg)},
+                "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in blobs]}
+    return cfg, json.dumps(manifest).encode()
+
+
+def write_image(source: str, path: Path, blobs: list[Blob], *, config: bytes | None = None,
+                manifest: bytes | None = None, **config_extra: object) -> str:
+    """Writes the image in one of SOURCES at `path`; returns the imgaudit reference."""
+    cfg, man = image_parts(blobs, config=config, **config_extra)
+    man = manifest if manifest is not None else man
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": sha(man), "size": len(man),
+         "annotations": {"org.opencontainers.image.ref.name": "latest",
+                         "io.containerd.image.name": "docker.io/library/x:1"}}]}).encode()
+    layout = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}', "index.json": index,
+              "blobs/sha256/" + sha(cfg)[7:]: cfg, "blobs/sha256/" + sha(man)[7:]: man}
+    if source == "oci-dir":
+        (path / "blobs" / "sha256").mkdir(parents=True)
+        for name, data in layout.items():
+            (path / name).write_bytes(data)
+        for blob in blobs:
+            (path / "blobs" / "sha256" / blob.digest[7:]).write_bytes(blob.stored)
+        return f"oci:{path}"
+    members: list[bytes] = []
+    if source == "oci-archive":
+        members += [member(name, data) for name, data in layout.items()]
+        names = ["blobs/sha256/" + b.digest[7:] for b in blobs]
+    elif source == "docker-oci":
+        members += [member(name, data) for name, data in layout.items()]
+        names = ["blobs/sha256/" + b.digest[7:] for b in blobs]
+        entry = {"Config": "blobs/sha256/" + sha(cfg)[7:], "RepoTags": ["x:1"], "Layers": names}
+        members.append(member("manifest.json", json.dumps([entry]).encode()))
+    else:
+        names = [f"layer{i}/layer.tar" for i in range(len(blobs))]
+        entry = {"Config": sha(cfg)[7:] + ".json", "RepoTags": ["x:1"], "Layers": names}
+        members += [member(sha(cfg)[7:] + ".json", cfg), member("manifest.json", json.dumps([entry]).encode())]
+    cut = False
+    for name, blob in zip(names, blobs, strict=True):
+        if blob.member_size is not None:
+            members.append(header(name, size=blob.member_size) + blob.stored)
+            cut = True
+        else:
+            members.append(member(name, blob.stored))
+    path.write_bytes(b"".join(members) + (b"" if cut else end()))
+    return f"{TRANSPORTS[source]}:{path}"
+
+
+def corruptions(plain: bytes, source: str) -> dict[str, Blob]:
+    """The integrity matrix of issue 7 for one layer: each case is a Blob that must be refused (exit 3)."""
+    good = gz(plain)
+    mid = len(good) // 2
+    flipped = good[:mid] + bytes([good[mid] ^ 0x40]) + good[mid + 1:]
+    legacy = source == "docker-legacy"
+    early = _ends_early(plain)
+    return {
+        "wrong-digest": Blob(plain, good, digest=sha(good + b"x")) if not legacy else
+        Blob(plain, good, diff_id=sha(plain + b"x")),
+        "flipped-byte": Blob(plain, flipped, digest=sha(good), size=len(good)),
+        "truncated-10": Blob(plain, good[: len(good) // 10], digest=sha(good), size=len(good)),
+        "truncated-60": Blob(plain, good[: len(good) * 6 // 10], digest=sha(good), size=len(good)),
+        "truncated-99": Blob(plain, good[: len(good) * 99 // 100], digest=sha(good), size=len(good)),
+        "trailing-data": Blob(plain, good + b"trailing garbage", digest=sha(good), size=len(good)),
+        "wrong-size": Blob(plain, good, member_size=len(good) + 4096) if legacy else
+        Blob(plain, good, size=len(good) + 1),
+        "bad-crc": Blob(plain, gz_bad_crc(plain), digest=sha(gz_bad_crc(plain)), size=len(gz_bad_crc(plain))),
+        "tar-ends-early": Blob(plain, gz(early), digest=sha(gz(early)), size=len(gz(early)), diff_id=sha(plain)),
+    }
+
+
+def _ends_early(plain: bytes) -> bytes:
+    """The same length as `plain`, but an end-of-archive marker stands where its last member began and
+    different bytes follow: only a digest over the whole stream (drained past the marker) tells."""
+    with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as tar:
+        last = tar.getmembers()[-1].offset
+    junk = bytes((i * 7 + 1) % 251 for i in range(len(plain) - last - 1024))
+    return plain[:last] + b"\0" * 1024 + junk
+
+
+def _zstd_big_window(payload: bytes) -> bytes:
+    """A zstd frame that declares a 2 GiB window (not single-segment; window descriptor exponent 21, so
+    2**(10+21)) and holds `payload` as one raw block (RELIABILITY.md #50)."""
+    block = ((len(payload) << 3) | 1).to_bytes(3, "little")  # last block, raw
+    return b"\x28\xb5\x2f\xfd" + b"\x00" + bytes([21 << 3]) + block + payload
+
+
+ZSTD_WINDOW_2GIB = _zstd_big_window(tar_of(*base_members()))
