@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from imgaudit.cache import ScanCache
+from imgaudit.cache import ScanCache, report_key
+from imgaudit.errors import ImgauditError
 from imgaudit.image import Image, Platform
 from imgaudit.layers import ElfReader, LayerScan
 from imgaudit.progress import ProgressFn
 from imgaudit.reference import parse_reference
 from imgaudit.report import ImageInfo, Incomplete, PlatformInfo, Report
 from imgaudit.rootfs import RootFS
-from imgaudit.scanner import Scanner
+from imgaudit.scanner import ImageResolved, Scanner
 from imgaudit.sources import load_image
 from imgaudit.sources.auth import RegistryOptions
 
@@ -41,7 +42,8 @@ def load(reference: str, options: Options | None = None) -> Loaded:
     options = options or Options()
     ref = parse_reference(reference)
     scanner = Scanner(elf_reader=_elf_reader() if options.elf else None, jobs=options.jobs,
-                      cache=ScanCache.default() if options.cache else None, progress=options.progress)
+                      cache=ScanCache.default() if options.cache else None, progress=options.progress,
+                      trust_digests=ref.transport == "registry" and not ref.bare)
     try:
         image, scans = load_image(ref, platform=options.platform, scanner=scanner, source=options.source,
                                   registry=options.registry)
@@ -59,11 +61,51 @@ def _elf_reader() -> ElfReader:
 
 
 def audit(reference: str | Loaded, options: Options | None = None) -> Report:
+    cache = ScanCache.default() if (options or Options()).cache and isinstance(reference, str) else None
+    if cache is not None and isinstance(reference, str):
+        hit = _cached_report(reference, options or Options(), cache)
+        if hit is not None:
+            return hit
     loaded = reference if isinstance(reference, Loaded) else load(reference, options)
     report = Report(image=image_info(loaded.image))
     report.incomplete.extend(incomplete(loaded))
     for analyse in _analysers():
         analyse(loaded, report)
+    if cache is not None:
+        cache.put_report(report_key(loaded.image), report)
+    return report
+
+
+_RANDOM_ACCESS = frozenset({"docker-archive", "oci", "oci-archive", "registry"})
+
+
+def _cached_report(reference: str, options: Options, cache: ScanCache) -> Report | None:
+    """The report of an image analysed before, found from its manifest and config (a random-access source;
+    a stream source is read in full as usual) once every layer blob still hashes to its digest. Only the
+    reference and source are refreshed."""
+    ref = parse_reference(reference)
+    if ref.bare or ref.transport not in _RANDOM_ACCESS:
+        return None  # a daemon's save stream would be started only to be dropped
+    probe = Scanner(probe=True, jobs=max(2, options.jobs), trust_digests=ref.transport == "registry")
+    try:
+        load_image(ref, platform=options.platform, scanner=probe, source=options.source,
+                   registry=options.registry)
+    except ImageResolved as resolved:
+        image = resolved.image
+    except ImgauditError:
+        return None  # the full load says what is wrong, with its own wording
+    else:
+        return None
+    report = cache.get_report(report_key(image)) if image is not None else None
+    if not isinstance(report, Report) or image is None:
+        return None
+    try:
+        intact = probe.blobs_intact(image)
+    except (ImgauditError, OSError):
+        return None
+    if not intact:
+        return None  # the full load names the layer whose blob changed
+    report.image = image_info(image)
     return report
 
 

@@ -1,4 +1,5 @@
-"""Content-addressed cache of layer scans (DESIGN.md §1: a scan depends only on the layer's bytes).
+"""Content-addressed cache of layer scans (DESIGN.md §1: a scan depends only on the layer's bytes),
+and of whole reports, keyed by the image's config and layer digests.
 
 One file per layer, named by the layer's digest, whether ELF facts were read, and a fingerprint of
 the code that made the scan (so an upgrade never reads an old shape). Written atomically (temp file
@@ -7,14 +8,23 @@ the entry: an entry that fails (torn, flipped, old) is deleted and read as a mis
 `marshal` of plain tuples — no code runs on load, unlike pickle — optionally zstd-compressed. The
 directory is capped in size; the least recently used entries (by mtime, touched on every hit) go
 first. Failing to read or write the cache never fails an inspection.
+
+A report depends only on the image (config and layers) and on the code that analysed it, so it is
+cached too, under a fingerprint of every module: re-inspecting a seen image costs reading its
+manifest and config. Reports are pickled (they are a tree of the report's dataclasses); loading
+accepts imgaudit's own classes only, so an entry can never name another callable. Reports with an
+incomplete part are not stored (a parser timeout must not outlive the run that hit it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import marshal
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Iterable
@@ -26,6 +36,8 @@ from imgaudit.layers import Entry, EntryType, LayerScan, Skipped
 
 FORMAT_VERSION = 1
 MAGIC = b"IMGAUDIT-SCAN\0"
+REPORT_MAGIC = b"IMGAUDIT-RPRT\0"
+REPORT_SUFFIX = ".report"
 _HEADER = len(MAGIC) + 2 + 32  # magic, version, codec, sha256(payload)
 _CODEC_RAW, _CODEC_ZSTD = 0, 1
 DEFAULT_MAX_BYTES = 2 << 30
@@ -65,6 +77,22 @@ def _fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
+def _code_fingerprint() -> str:
+    """Every module of the package: any change to an analyser changes what a report holds."""
+    h = hashlib.sha256(f"{FORMAT_VERSION}:{__version__}".encode())
+    here = Path(__file__).resolve().parent
+    for path in sorted(here.rglob("*.py")):
+        with contextlib.suppress(OSError):
+            h.update(path.relative_to(here).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def report_key(image: Any, *, elf: bool = True) -> str:
+    """What a report is a function of: the config (entrypoint, env, platform, history) and the layers."""
+    ident = [image.config_digest, [(layer.digest, layer.diff_id) for layer in image.layers], elf]
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
+
+
 class ScanCache:
     """Layer scans on disk, keyed by digest. `get`/`put` never raise for cache trouble."""
 
@@ -73,6 +101,7 @@ class ScanCache:
         self.max_bytes = max_bytes
         self.compress = compress
         self.fingerprint = _fingerprint()
+        self._code: str | None = None
         self.hits = 0
         self.misses = 0
 
@@ -122,6 +151,42 @@ class ScanCache:
             os.utime(path)  # mtime is the LRU clock
         return scan
 
+    # -- reports -------------------------------------------------------------------------------
+
+    def report_path(self, key: str) -> Path:
+        if self._code is None:
+            self._code = _code_fingerprint()
+        return self.root / f"report-{key[:64]}.{self._code}{REPORT_SUFFIX}"
+
+    def get_report(self, key: str) -> Any | None:
+        path = self.report_path(key)
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError:
+            return None
+        try:
+            report = _ReportUnpickler(io.BytesIO(_verified(blob, REPORT_MAGIC))).load()
+        except Exception:  # torn, flipped, foreign: drop it
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return report
+
+    def put_report(self, key: str, report: Any) -> None:
+        if not report.complete:
+            return
+        try:
+            payload = pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL)
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            blob = REPORT_MAGIC + bytes((FORMAT_VERSION, _CODEC_RAW)) + hashlib.sha256(payload).digest() + payload
+            _write_atomic(self.report_path(key), blob)
+            self.evict()
+        except (OSError, pickle.PicklingError, TypeError, AttributeError):
+            return
+
     # -- writing -------------------------------------------------------------------------------
 
     def put(self, scan: LayerScan, *, elf: bool) -> None:
@@ -145,7 +210,7 @@ class ScanCache:
                 if now - st.st_mtime > STALE_TEMP_SECONDS:
                     with contextlib.suppress(OSError):
                         path.unlink()
-            elif path.name.endswith(SUFFIX):
+            elif path.name.endswith((SUFFIX, REPORT_SUFFIX)):
                 entries.append((st.st_mtime, st.st_size, path))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
@@ -157,7 +222,7 @@ class ScanCache:
 
     def clear(self) -> None:
         for path in _listdir(self.root):
-            if path.name.endswith(SUFFIX) or path.name.startswith(".tmp-"):
+            if path.name.endswith((SUFFIX, REPORT_SUFFIX)) or path.name.startswith(".tmp-"):
                 with contextlib.suppress(OSError):
                     path.unlink()
 
@@ -205,45 +270,62 @@ def encode(scan: LayerScan, *, compress: bool = False) -> bytes:
 
 def decode(blob: bytes) -> LayerScan:
     """Raises ValueError (or whatever marshal/the constructors raise) on anything but a sound entry."""
-    if len(blob) < _HEADER or not blob.startswith(MAGIC):
-        raise ValueError("not a scan cache entry")
-    version, codec = blob[len(MAGIC)], blob[len(MAGIC) + 1]
+    return _scan_from_plain(marshal.loads(_verified(blob, MAGIC)))
+
+
+def _verified(blob: bytes, magic: bytes) -> memoryview:
+    """The payload of an entry whose magic, version and sha256 check out (ValueError otherwise)."""
+    header = len(magic) + 2 + 32
+    if len(blob) < header or not blob.startswith(magic):
+        raise ValueError("not a cache entry of this kind")
+    version, codec = blob[len(magic)], blob[len(magic) + 1]
     if version != FORMAT_VERSION:
         raise ValueError(f"format version {version}")
-    payload = memoryview(blob)[_HEADER:]
-    if hashlib.sha256(payload).digest() != blob[_HEADER - 32:_HEADER]:
+    payload = memoryview(blob)[header:]
+    if hashlib.sha256(payload).digest() != blob[header - 32:header]:
         raise ValueError("payload digest mismatch")
     if codec == _CODEC_ZSTD:
         import zstandard
 
-        payload = memoryview(zstandard.ZstdDecompressor().decompress(payload))
-    elif codec != _CODEC_RAW:
+        return memoryview(zstandard.ZstdDecompressor().decompress(payload))
+    if codec != _CODEC_RAW:
         raise ValueError(f"codec {codec}")
-    return _scan_from_plain(marshal.loads(payload))
+    return payload
+
+
+class _ReportUnpickler(pickle.Unpickler):
+    """Only the package's own classes (the report's dataclasses and enums) may be named."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "imgaudit" or module.startswith("imgaudit."):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"report cache entry names {module}.{name}")
 
 
 def _plain_scan(scan: LayerScan) -> tuple[Any, ...]:
+    memo: dict[Any, Any] = {}
     return (
         scan.digest, scan.diff_id, scan.compressed_size, scan.size, scan.compression,
-        tuple(_plain_entry(e) for e in scan.entries),
+        tuple(_plain_entry(e, memo) for e in scan.entries),
         dict(scan.files),
         tuple((s.what, s.reason) for s in scan.skipped),
         scan.trailing_bytes,
     )
 
 
-def _plain_entry(e: Entry) -> tuple[Any, ...]:
+def _plain_entry(e: Entry, memo: dict[Any, Any]) -> tuple[Any, ...]:
     return (e.path, e.type.value, e.mode, e.uid, e.gid, e.size, e.link, e.head, e.digest,
-            None if e.elf is None else _plain_elf(e.elf))
+            None if e.elf is None else _plain_elf(e.elf, memo))
 
 
 def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
     digest, diff_id, csize, size, compression, entries, files, skipped, trailing = p
     types = _ENTRY_TYPES
     from_elf = _elf_from_plain
+    memo: dict[int, Any] = {}
     out = [
         Entry(path, types[kind], mode, uid, gid, fsize, link, head, fdigest,
-              None if elf is None else from_elf(elf))
+              None if elf is None else from_elf(elf, memo))
         for path, kind, mode, uid, gid, fsize, link, head, fdigest, elf in entries
     ]
     return LayerScan(
@@ -262,9 +344,11 @@ def _without_elf(scan: LayerScan) -> LayerScan:
 
 # ElfFacts are flattened field by field, in declaration order; nested values become tuples. The
 # fingerprint covers elf.py, so a change to its fields changes the file name and old entries miss.
+# Equal symbol rows are one tuple object (memo): marshal then writes a back-reference for each repeat
+# (half the 760k symbols of the bench image repeat), and decoding makes one Symbol per distinct row.
 
 
-def _plain_elf(facts: Any) -> tuple[Any, ...]:
+def _plain_elf(facts: Any, memo: dict[Any, Any]) -> tuple[Any, ...]:
     from dataclasses import fields
 
     out = []
@@ -273,20 +357,26 @@ def _plain_elf(facts: Any) -> tuple[Any, ...]:
         if f.name == "version_needs":
             value = tuple((v.file, v.version, v.weak) for v in value)
         elif f.name in ("imported_symbols", "exported_symbols"):
-            value = tuple((s.name, s.version, s.weak, s.hidden) for s in value)
+            value = tuple(memo.setdefault(row, row) for row in ((s.name, s.version, s.weak, s.hidden) for s in value))
         elif f.name == "rust" and value is not None:
             value = (value.rustc_version, value.rustc_commit, value.target)
         out.append(value)
     return tuple(out)
 
 
-def _elf_from_plain(plain: tuple[Any, ...]) -> Any:
+def _elf_from_plain(plain: tuple[Any, ...], memo: dict[int, Any]) -> Any:
     from imgaudit.elf import ElfFacts, RustFacts, Symbol, VersionNeed
+
+    def symbol(row: tuple[Any, ...]) -> Any:
+        sym = memo.get(id(row))
+        if sym is None:
+            sym = memo[id(row)] = (Symbol(*row), row)  # the row is kept so its id stays unique
+        return sym[0]
 
     values = dict(zip(_elf_field_names(), plain, strict=True))
     values["version_needs"] = tuple(VersionNeed(*v) for v in values["version_needs"])
-    values["imported_symbols"] = tuple(Symbol(*s) for s in values["imported_symbols"])
-    values["exported_symbols"] = tuple(Symbol(*s) for s in values["exported_symbols"])
+    values["imported_symbols"] = tuple(symbol(s) for s in values["imported_symbols"])
+    values["exported_symbols"] = tuple(symbol(s) for s in values["exported_symbols"])
     if values["rust"] is not None:
         values["rust"] = RustFacts(*values["rust"])
     return ElfFacts(**values)

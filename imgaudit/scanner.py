@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from imgaudit.cache import ScanCache
@@ -20,18 +21,37 @@ def layer_label(layer: Layer, count: int) -> str:
     return f"layer {position} {digest[:19] if digest else ''}".rstrip()
 
 
+class ImageResolved(Exception):
+    """Raised by a probing Scanner once the source has resolved the image (`image` None: a stream
+    source, whose image is known only after its layers): the caller wanted the image, not its layers."""
+
+    def __init__(self, image: Image | None) -> None:
+        super().__init__("image resolved")
+        self.image = image
+
+
 @dataclass
 class Scanner:
-    """Scans and verifies layers; `elf_reader` None skips ELF facts (listing only)."""
+    """Scans and verifies layers; `elf_reader` None skips ELF facts (listing only). A `probe` scanner
+    scans nothing: it raises ImageResolved as soon as the source asks for a layer.
+
+    A cached scan is used only for a layer whose blob digest the manifest names, and only after the
+    blob's bytes hash to that digest (sha256 of the stored bytes: no inflate, no tar), so a blob that
+    changed under its name is still caught (issue 7's integrity matrix). `trust_digests` (a registry,
+    which serves blobs by digest and has no local copy to decay) skips that re-hash."""
 
     elf_reader: ElfReader | None = None
     jobs: int = 1
     cache: ScanCache | None = None
     progress: ProgressFn | None = None
+    probe: bool = False
+    trust_digests: bool = False
 
     def scan(self, layer: Layer, raw: BinaryIO, count: int) -> LayerScan:
         """Scans `raw` unless the cache has this layer's digest (then `raw` is left unread)."""
-        cached = self.cached(layer, count)
+        if self.probe:
+            raise ImageResolved(None)
+        cached = self.cached(layer, count, raw)
         if cached is not None:
             return cached
         label = layer_label(layer, count)
@@ -39,36 +59,61 @@ class Scanner:
             raw = CountingReader(raw, label, self.progress)  # type: ignore[assignment]
         scan = scan_layer(raw, label=label, elf_reader=self.elf_reader)
         verify(scan, label=label, digest=layer.digest, diff_id=layer.diff_id or None, size=layer.size)
-        if self.cache is not None:
+        if self.cache is not None and _deterministic(scan):
             self.cache.put(scan, elf=self.elf_reader is not None)
         return scan
 
-    def cached(self, layer: Layer, count: int) -> LayerScan | None:
-        """A cached scan for a layer whose digest is known before its bytes are read. The cache is
-        content-addressed: a hit trusts that the blob matches its digest and does not re-read it."""
-        if self.cache is None:
+    def cached(self, layer: Layer, count: int, raw: BinaryIO | None) -> LayerScan | None:
+        """The cached scan of a layer whose blob digest is known before its bytes are read, once `raw`
+        hashes to it (raises CorruptImage, naming the layer, when it does not); None: scan it."""
+        if self.cache is None or not layer.digest:
             return None
-        scan = self.cache.get(layer.digest or layer.diff_id or None, elf=self.elf_reader is not None)
+        scan = self.cache.get(layer.digest, elf=self.elf_reader is not None)
         if scan is None:
             return None
+        label = layer_label(layer, count)
         try:
-            verify(scan, label=layer_label(layer, count), digest=layer.digest, diff_id=layer.diff_id or None,
-                   size=layer.size)
+            verify(scan, label=label, digest=layer.digest, diff_id=layer.diff_id or None, size=layer.size)
         except CorruptImage:
             return None  # the manifest promises other bytes: scan them and let verification speak
+        if not self.trust_digests:
+            if raw is None:
+                return None
+            digest, size = blob_digest(raw)
+            verify(replace(scan, digest=digest, compressed_size=size), label=label, digest=layer.digest,
+                   diff_id=None, size=layer.size)
         return scan
+
+    def blobs_intact(self, image: Image) -> bool:
+        """Every layer blob hashes to the digest its manifest names (the check a cached report needs)."""
+        if not all(layer.digest and layer.open for layer in image.layers):
+            return False
+        if self.trust_digests:
+            return True
+
+        def intact(layer: Layer) -> bool:
+            with _opener(layer)() as raw:
+                digest, size = blob_digest(raw)
+            return digest == layer.digest and (layer.size is None or size == layer.size)
+
+        unique = list({layer.digest: layer for layer in image.layers}.values())
+        with ThreadPoolExecutor(max(1, self.jobs)) as pool:
+            return all(pool.map(intact, unique))
 
     def scan_image(self, image: Image) -> tuple[LayerScan, ...]:
         """Scans every layer of a random-access image (layers with `open`), each distinct blob once."""
+        if self.probe:
+            raise ImageResolved(image)
         count = len(image.layers)
         unique: dict[str, Layer] = {}
         for layer in image.layers:
             unique.setdefault(_key(layer), layer)
 
         def one(layer: Layer) -> LayerScan:
-            cached = self.cached(layer, count)
-            if cached is not None:
-                return cached
+            if self.trust_digests:  # no need to open (download) the blob to use its cached scan
+                cached = self.cached(layer, count, None)
+                if cached is not None:
+                    return cached
             opener = _opener(layer)
             with opener() as raw:
                 return self.scan(layer, raw, count)
@@ -80,6 +125,22 @@ class Scanner:
         else:
             done = {_key(x): one(x) for x in order}
         return tuple(done[_key(layer)] for layer in image.layers)
+
+
+def blob_digest(raw: BinaryIO) -> tuple[str, int]:
+    """sha256 and size of a blob's stored bytes (hashlib releases the GIL: layers hash in parallel)."""
+    h = hashlib.sha256()
+    size = 0
+    while chunk := raw.read(1 << 20):
+        h.update(chunk)
+        size += len(chunk)
+    return "sha256:" + h.hexdigest(), size
+
+
+def _deterministic(scan: LayerScan) -> bool:
+    """False when an ELF file's facts are a parser failure of this run (timeout, crash, memory), which
+    the next run may not repeat: such a scan is not cached."""
+    return not any(e.elf is not None and (e.elf.error or "").startswith("parser ") for e in scan.entries)
 
 
 def _key(layer: Layer) -> str:

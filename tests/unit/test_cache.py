@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -195,15 +196,49 @@ def image(opens: list[int], blobs: list[bytes] = BLOBS, diff_ids: list[str] | No
     return Image("ref", "oci", ImageConfig(Platform("linux", "amd64"), diff_ids=tuple(ids)), "sha256:cfg", layers)
 
 
-def test_scanner_reads_each_blob_once_then_from_the_cache(store: ScanCache) -> None:
+def test_scanner_scans_each_blob_once_then_only_hashes_it(store: ScanCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgaudit import scanner as scanner_mod
+
     opens: list[int] = []
-    scanner = Scanner(cache=store)
-    first = scanner.scan_image(image(opens))
-    assert sorted(opens) == [0, 1]
-    second = Scanner(cache=store).scan_image(image(opens))
-    assert sorted(opens) == [0, 1]  # nothing opened the second time
-    assert second == first
+    first = Scanner(cache=store).scan_image(image(opens))
     assert first[0] == scan_layer(io.BytesIO(BLOBS[0]), label="x")
+
+    def no_scan(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scanned again")
+
+    monkeypatch.setattr(scanner_mod, "scan_layer", no_scan)
+    assert Scanner(cache=store).scan_image(image(opens)) == first
+    assert sorted(opens) == [0, 0, 1, 1]  # opened again, to hash the stored bytes
+
+
+def test_a_blob_changed_under_its_digest_is_caught_despite_the_cache(store: ScanCache) -> None:
+    from imgaudit.errors import CorruptImage
+
+    Scanner(cache=store).scan_image(image([]))
+    flipped = bytearray(BLOBS[1])
+    flipped[len(flipped) // 2] ^= 0x01
+    layers = image([]).layers
+    bad = image([], blobs=[BLOBS[0], bytes(flipped)])
+    bad = Image(bad.reference, bad.source, bad.config, bad.config_digest,
+                (bad.layers[0], replace(bad.layers[1], digest=layers[1].digest)))
+    with pytest.raises(CorruptImage, match=r"layer 2/2 .*digest mismatch"):
+        Scanner(cache=store).scan_image(bad)
+
+
+def test_a_registry_blob_is_trusted_by_digest_and_not_opened(store: ScanCache) -> None:
+    opens: list[int] = []
+    Scanner(cache=store).scan_image(image(opens))
+    Scanner(cache=store, trust_digests=True).scan_image(image(opens))
+    assert sorted(opens) == [0, 1]
+
+
+def test_a_layer_without_a_blob_digest_is_never_served_from_the_cache(store: ScanCache) -> None:
+    opens: list[int] = []
+    legacy = image(opens)
+    legacy = Image(legacy.reference, legacy.source, legacy.config, legacy.config_digest,
+                   tuple(replace(layer, digest=None, size=None) for layer in legacy.layers))
+    Scanner(cache=store).scan_image(legacy)
+    assert store.get(legacy.layers[0].diff_id, elf=False) is None
 
 
 def test_a_cached_scan_that_disagrees_with_the_config_is_rescanned(store: ScanCache) -> None:
@@ -215,13 +250,15 @@ def test_a_cached_scan_that_disagrees_with_the_config_is_rescanned(store: ScanCa
     assert opens.count(1) == 2  # layer 2 was read again, and verification named the mismatch
 
 
-def test_a_streamed_layer_with_a_known_digest_is_not_read_on_a_hit(store: ScanCache) -> None:
+def test_a_streamed_layer_with_a_known_digest_is_hashed_not_scanned_on_a_hit(store: ScanCache) -> None:
+    from imgaudit.errors import CorruptImage
+
     scanner = Scanner(cache=store)
     layer = Layer(0, sha(LAYERS[0]), sha(BLOBS[0]), len(BLOBS[0]))
-    scanner.scan(layer, io.BytesIO(BLOBS[0]), 1)
-    untouched = io.BytesIO(BLOBS[0])
-    assert scanner.scan(layer, untouched, 1).digest == sha(BLOBS[0])
-    assert untouched.tell() == 0
+    first = scanner.scan(layer, io.BytesIO(BLOBS[0]), 1)
+    assert scanner.scan(layer, io.BytesIO(BLOBS[0]), 1) == first
+    with pytest.raises(CorruptImage, match="digest mismatch"):
+        scanner.scan(layer, io.BytesIO(BLOBS[0][:-1] + bytes([BLOBS[0][-1] ^ 1])), 1)
 
 
 def test_no_cache_means_no_files(tmp_path: Path) -> None:
@@ -271,3 +308,50 @@ def test_a_failing_elf_reader_fails_the_scan_and_leaves_no_thread() -> None:
     with pytest.raises(RuntimeError, match="parser gone"):
         scan_layer(io.BytesIO(gz(ELF_LAYER)), label="x", elf_reader=reader)
     assert threading.active_count() == before
+
+
+# -- whole reports -------------------------------------------------------------------------------
+
+
+def test_a_seen_image_is_answered_from_its_manifest_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from imgaudit import audit as audit_mod
+    from tests.builders import ImageSpec, write_oci_archive
+
+    archive = write_oci_archive(tmp_path / "img.tar", {"app:1": ImageSpec(LAYERS, entrypoint=["/a/x"])})
+    first = audit_mod.audit(f"oci-archive:{archive}")
+    assert first.complete
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the layers were read again")
+
+    monkeypatch.setattr(audit_mod, "load", no_load)
+    copy = shutil.copy(archive, tmp_path / "other.tar")
+    again = audit_mod.audit(f"oci-archive:{copy}")
+    assert again.to_dict()["image"]["reference"].endswith("other.tar")
+    first_dict, again_dict = first.to_dict(), again.to_dict()
+    first_dict.pop("image"), again_dict.pop("image")
+    assert first_dict == again_dict
+    with pytest.raises(AssertionError, match="read again"):
+        audit_mod.audit(f"oci-archive:{copy}", audit_mod.Options(cache=False))
+
+
+def test_incomplete_reports_are_not_kept_and_foreign_pickles_are_refused(store: ScanCache) -> None:
+    import pickle
+
+    from imgaudit.report import ImageInfo, Incomplete, PlatformInfo, Report
+
+    info = ImageInfo("r", "oci", None, "sha256:c", PlatformInfo("linux", "amd64", None), [], [], [], "", "")
+    partial = Report(image=info, incomplete=[Incomplete("x", "timed out")])
+    store.put_report("k1", partial)
+    assert store.get_report("k1") is None
+    whole = Report(image=info)
+    store.put_report("k2", whole)
+    assert store.get_report("k2") == whole
+    payload = pickle.dumps(os.system)
+    blob = cache_mod.REPORT_MAGIC + bytes((cache_mod.FORMAT_VERSION, 0))
+    blob += __import__("hashlib").sha256(payload).digest() + payload
+    store.report_path("k3").write_bytes(blob)
+    assert store.get_report("k3") is None
+    assert not store.report_path("k3").exists()
