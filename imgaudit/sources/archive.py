@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from imgaudit.errors import CorruptImage, LimitExceeded, UsageError, escape
+from imgaudit.errors import CorruptImage, LimitExceeded, SourceUnavailable, UsageError, escape
 from imgaudit.image import Image, Layer, Platform
 from imgaudit.layers import (
     GZIP_MAGIC,
@@ -339,6 +339,8 @@ class StreamStore:
         except (tarfile.TarError, EOFError, OSError, zlib.error, RecursionError) as err:
             raise CorruptImage(f"{self.where}: archive is truncated or corrupt{_after(last)}: "
                                f"{escape(str(err))[:200] or type(err).__name__}") from err
+        except SourceUnavailable as err:  # the daemon broke off its save stream: say which layer it was in
+            raise type(err)(f"{err}{_after(last)}") from err
 
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, ordinal: int) -> bool:
         """Records one member; True when its content was read to the end."""
