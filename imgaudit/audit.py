@@ -136,4 +136,5 @@ def image_info(image: Image) -> ImageInfo:
 def incomplete(loaded: Loaded) -> list[Incomplete]:
     out = [Incomplete(s.what, s.reason) for scan in loaded.scans for s in scan.skipped]
     out += [Incomplete(s.what, s.reason) for s in loaded.rootfs.skipped]
+    out += [Incomplete(what, why) for what, why in loaded.image.not_analysed]
     return out

@@ -80,3 +80,6 @@ class Image:
     config_digest: str
     layers: tuple[Layer, ...]
     manifest_digest: str | None = None
+    # Parts set aside before any layer was read, as (what, why): they make the report incomplete (RELIABILITY.md
+    # §2.5), e.g. a manifest "layer" of a non-layer media type (#29).
+    not_analysed: tuple[tuple[str, str], ...] = ()

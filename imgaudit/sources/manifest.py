@@ -121,6 +121,7 @@ class Plan:
     config_digest: str
     manifest_digest: str | None
     layers: tuple[LayerSpec, ...]
+    not_analysed: tuple[tuple[str, str], ...] = ()  # (what, why), carried to Image.not_analysed
 
 
 # -- bytes and JSON -----------------------------------------------------------------------------
@@ -496,6 +497,12 @@ def layer_specs_from_names(names: tuple[str, ...]) -> tuple[LayerSpec, ...]:
     return tuple(LayerSpec(name, named_digest(name) if name.startswith("blobs/") else None) for name in names)
 
 
+def set_aside(manifest: Manifest, where: str) -> tuple[tuple[str, str], ...]:
+    """The manifest's "layers" of other media types (attestations, artifacts), for the report (#29)."""
+    return tuple((f"{where} layer {d.digest[:19]}", f"media type {escape(d.media_type)[:100]!r} is not a layer: "
+                  "not analysed") for d in manifest.skipped)
+
+
 def layer_specs_from_manifest(manifest: Manifest) -> tuple[LayerSpec, ...]:
     return tuple(LayerSpec(blob_name(x.digest), x.digest, x.size, x.media_type) for x in manifest.layers)
 
@@ -525,4 +532,4 @@ def build_layers(plan: Plan, size_of: Callable[[str], int | None],
 
 def build_image(plan: Plan, ref: Reference, layers: tuple[Layer, ...]) -> Image:
     return Image(reference=ref.display, source=ref.transport, config=plan.config, config_digest=plan.config_digest,
-                 layers=layers, manifest_digest=plan.manifest_digest)
+                 layers=layers, manifest_digest=plan.manifest_digest, not_analysed=plan.not_analysed)

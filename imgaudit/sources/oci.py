@@ -33,6 +33,7 @@ from imgaudit.sources.manifest import (
     parse_manifest,
     read_blob,
     resolve_manifest,
+    set_aside,
 )
 
 BLOB_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -72,7 +73,7 @@ def plan_oci(store: Store, selector: str | None, platform: Platform | None) -> P
     check_platform(config.platform, platform, where)
     specs = layer_specs_from_manifest(manifest)
     check_layer_count(specs, config, where)
-    return Plan(config, manifest.config.digest, desc.digest, specs)
+    return Plan(config, manifest.config.digest, desc.digest, specs, set_aside(manifest, where))
 
 
 def _check_layout_version(store: Store) -> None:

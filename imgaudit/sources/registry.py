@@ -71,6 +71,7 @@ from imgaudit.sources.manifest import (
     parse_config,
     parse_manifest,
     resolve_manifest,
+    set_aside,
     sha256,
 )
 
@@ -792,7 +793,7 @@ def plan_registry(client: RegistryClient, ref: Reference, platform: Platform | N
     check_platform(config.platform, platform, where)
     specs = layer_specs_from_manifest(manifest)
     check_layer_count(specs, config, where)
-    return Plan(config, manifest.config.digest, manifest_digest, specs)
+    return Plan(config, manifest.config.digest, manifest_digest, specs, set_aside(manifest, where))
 
 
 def _pick(client: RegistryClient, index: bytes, digest: str, media_type: str, where: str,
