@@ -214,6 +214,19 @@ def test_15_malformed_digests_are_refused_before_use(tmp_path: Path, digest: str
     assert "invalid digest" in line
 
 
+def test_29_non_layer_media_types_are_skipped_and_reported(tmp_path: Path) -> None:
+    """An in-toto or artifact "layer" is set aside, never read, and the report says so (RELIABILITY.md §2.5)."""
+    blob = h.Blob(TOP)
+    _, manifest = h.image_parts([blob])
+    doc = json.loads(manifest)
+    doc["layers"].append({"mediaType": "application/vnd.in-toto+json", "digest": "sha256:" + "e" * 64, "size": 10})
+    report = report_of(cli("inspect", "--format", "json", "--fail-on", "never",
+                           image(tmp_path, [blob], manifest=json.dumps(doc).encode())))
+    assert report["complete"] is False
+    (item,) = report["incomplete"]
+    assert "sha256:eeeeeeeeeeee" in item["what"] and "application/vnd.in-toto+json" in item["reason"]
+
+
 def test_33_the_same_layer_twice_is_read_once_and_applied_twice(tmp_path: Path) -> None:
     reads = []
     ref = parse_reference(image(tmp_path, [h.Blob(TOP), h.Blob(BASE), h.Blob(TOP)]))
