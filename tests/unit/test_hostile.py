@@ -69,21 +69,27 @@ def image(tmp_path: Path, layers: list[h.Blob], source: str = "oci-dir", **kw: A
 # -- the integrity matrix (items 7-10, 27, 41, 45-47, 58, 59) -------------------------------------------
 
 
+@pytest.mark.parametrize("cache", ["cold", "warm"])
 @pytest.mark.parametrize("source", h.SOURCES)
-def test_integrity_matrix_every_corruption_exits_3_naming_the_layer(tmp_path: Path, source: str) -> None:
+def test_integrity_matrix_every_corruption_exits_3_naming_the_layer(tmp_path: Path, source: str, cache: str) -> None:
     """Issue 7: 100 % of the corrupted-blob cases detected on every file source; the clean image passes.
 
-    Each case runs with a cold scan cache of its own: a warm cache is keyed by the digest (or, in a legacy
-    archive, the diff_id) the manifest promises and does not re-read a local blob it has already verified
-    (imgaudit/cache.py; docs/reliability.md says so), which `--no-cache` turns off."""
+    cold: each case with an empty scan cache of its own. warm: one cache that has already seen the clean image
+    (its layer scans and its report, keyed by the digests the corrupt copies still promise): a hit must not
+    stand in for reading the local blob (imgaudit/cache.py re-hashes it)."""
     cases = {"clean": h.Blob(TOP), **h.corruptions(TOP, source)}
     refs = {}
     for case, blob in cases.items():
         (tmp_path / case).mkdir()
         refs[case] = image(tmp_path / case, [h.Blob(BASE), blob], source)
+    shared = {"IMGAUDIT_CACHE_DIR": str(tmp_path / "warm-cache")}
+    if cache == "warm":
+        for _ in range(2):
+            assert cli("inspect", "--fail-on", "never", refs["clean"], env=shared).returncode == 0
 
     def run(case: str) -> subprocess.CompletedProcess[bytes]:
-        return cli("inspect", "--fail-on", "never", refs[case], env={"IMGAUDIT_CACHE_DIR": str(tmp_path / case / "c")})
+        env = shared if cache == "warm" else {"IMGAUDIT_CACHE_DIR": str(tmp_path / case / "cache")}
+        return cli("inspect", "--fail-on", "never", refs[case], env=env)
 
     with ThreadPoolExecutor(4) as pool:
         results = dict(zip(refs, pool.map(run, refs), strict=True))
@@ -99,7 +105,7 @@ def test_integrity_matrix_every_corruption_exits_3_naming_the_layer(tmp_path: Pa
         named = "layer1/layer.tar" if source == "docker-legacy" and case == "wrong-size" else "layer 2/2 sha256:"
         if named not in line:
             missed.append(f"{case}: the layer is not named: {line}")
-    assert not missed, f"{source}: {len(missed)}/{len(cases) - 1} corruptions not refused properly:\n" + \
+    assert not missed, f"{source}, {cache} cache: {len(missed)}/{len(cases) - 1} corruptions not refused:\n" + \
         "\n".join(missed)
     clean = results["clean"]
     assert clean.returncode == 0 and not clean.stderr, clean.stderr
