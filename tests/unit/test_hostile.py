@@ -602,6 +602,38 @@ def test_83_depth_10000_is_skipped_and_depth_2000_goes_through_every_analyser(tm
     assert report["size"]["file_count"] == 1
 
 
+def test_84_a_50_gib_member_takes_its_size_from_the_header_and_a_short_one_is_corrupt() -> None:
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(CorruptImage, match="truncated"):
+        scan_layer(io.BytesIO(h.gz(h.header("big", size=50 << 30) + b"\x7fELF" + b"\0" * 4096)), label="layer 1/1")
+    assert time.monotonic() - start < 2
+
+
+def test_85_an_index_of_10000_manifests_is_bounded_by_the_4_mib_cap_and_answers_fast() -> None:
+    import time
+
+    from imgaudit.sources.manifest import Descriptor, resolve_manifest
+
+    index = h.json_documents()["85-ten-thousand-manifests"]
+    assert len(index) < 4 << 20
+    start = time.monotonic()
+
+    def fetch(desc: Descriptor) -> bytes:
+        raise AssertionError("no nested index here")
+
+    with pytest.raises(ImgauditError, match=r"has no linux/arm64 image; it has: linux/amd64$"):
+        resolve_manifest(index, "w", fetch, ref_name=None, platform=h_platform("linux/arm64"))
+    assert time.monotonic() - start < 2
+
+
+def h_platform(text: str) -> Any:
+    from imgaudit.image import Platform
+
+    return Platform.parse(text)
+
+
 # -- J. output safety ----------------------------------------------------------------------------------
 
 
