@@ -241,7 +241,7 @@ class TarStore:
             with self.path.open("rb") as raw, _HeaderBudget(raw, self.where) as capped, \
                     tarfile.open(fileobj=capped, mode="r:") as tar:  # type: ignore[call-overload]
                 for count, member in enumerate(_members(tar)):
-                    tar.members = []  # the index below is all we keep (CPython gh-102120)
+                    tar.members = []  # type: ignore[attr-defined]  # the index below is all we keep (CPython gh-102120)
                     if count >= MAX_MEMBERS:
                         raise LimitExceeded(f"{self.where}: more than {MAX_MEMBERS} archive members")
                     last = member.name
@@ -329,7 +329,7 @@ class StreamStore:
         try:
             with _HeaderBudget(fobj, self.where) as capped, tarfile.open(fileobj=capped, mode="r|") as tar:
                 for count, member in enumerate(_members(tar)):
-                    tar.members = []  # CPython gh-102120: the member list grows without bound
+                    tar.members = []  # type: ignore[attr-defined]  # CPython gh-102120: the member list grows without bound
                     if count >= MAX_MEMBERS:
                         raise LimitExceeded(f"{self.where}: more than {MAX_MEMBERS} archive members")
                     last = member.name
@@ -458,7 +458,7 @@ class _HeaderBudget(io.RawIOBase):
                 raise LimitExceeded(f"{self._where}: tar extension headers exceed the {MAX_HEADER_BYTES >> 20} MiB "
                                     "cap (RELIABILITY.md #60)")
             self.budget -= size
-        return self._fobj.read(size)
+        return self._fobj.read(-1 if size is None else size)
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         data = self.read(len(buffer))
