@@ -15,6 +15,7 @@ import struct
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 BLOCK = 512
 
@@ -384,10 +385,10 @@ def json_documents() -> dict[str, bytes]:
     diff = sha(good)
     blob = gz(good)
     cfg = json.dumps(config_doc([diff])).encode()
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": sha(cfg), "size": len(cfg)},
-                "layers": [{"mediaType": OCI_LAYER, "digest": sha(blob), "size": len(blob)}]}
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+    manifest: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                "config": {"mediaType": OCI_CONFIG, "digest": sha(cfg), "size": len(cfg)},
+                                "layers": [{"mediaType": OCI_LAYER, "digest": sha(blob), "size": len(blob)}]}
+    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX,
              "manifests": [{"mediaType": OCI_MANIFEST, "digest": "sha256:" + "a" * 64, "size": 100,
                             "platform": {"os": "linux", "architecture": "amd64"},
                             "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}

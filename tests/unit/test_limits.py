@@ -14,6 +14,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,7 +79,7 @@ def many_entries(count: int, *, directories: int = 1) -> bytes:
     return b"".join(parts)
 
 
-def layout(tmp_path: Path, name: str, layers: list[bytes], **config: object) -> str:
+def layout(tmp_path: Path, name: str, layers: list[bytes], **config: Any) -> str:
     (tmp_path / name).mkdir()
     return h.write_image("oci-dir", tmp_path / name / "layout", [h.Blob(x, x) for x in layers], **config)
 
