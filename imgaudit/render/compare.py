@@ -9,12 +9,13 @@ import io
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape as _markup
 from rich.table import Table
 
 from imgaudit.compare import ImageColumn, smallest
 from imgaudit.diff import ImageDiff, Totals
 from imgaudit.render.size_text import CONVENTION, percent
-from imgaudit.render.text import human, safe
+from imgaudit.render.text import human, safe, term
 
 Row = tuple[str, Callable[[ImageColumn], str]]
 
@@ -58,11 +59,11 @@ def compare_table(columns: Sequence[ImageColumn], *, color: bool = False) -> str
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("")
     for c in columns:
-        table.add_column(safe(label(c.reference)), justify="right")
+        table.add_column(term(label(c.reference)), justify="right")
     for name, cell in ROWS:
-        table.add_row(name, *(safe(cell(c)) for c in columns))
+        table.add_row(name, *(term(cell(c)) for c in columns))
     con.print(table)
-    con.print(f"smallest: {safe(label(smallest(columns) or '-'))}  ({CONVENTION})")
+    con.print(f"smallest: {term(label(smallest(columns) or '-'))}  ({CONVENTION})")
     return buf.getvalue()
 
 
@@ -134,7 +135,7 @@ def _counts_line(diff: ImageDiff) -> str:
 def diff_table(diff: ImageDiff, *, color: bool = False) -> str:
     buf = io.StringIO()
     con = _console(buf, color)
-    con.print(f"[bold]{safe(diff.old)}[/bold] → [bold]{safe(diff.new)}[/bold]  ({CONVENTION})")
+    con.print(f"[bold]{term(diff.old)}[/bold] → [bold]{term(diff.new)}[/bold]  ({CONVENTION})")
     con.print(_table(("", "old", "new", "change"), _total_rows(diff)))
     con.print("layers (matched by diff_id)")
     con.print(_table(("", "#", "size", "created by"), _layer_rows(diff)))
@@ -145,7 +146,7 @@ def diff_table(diff: ImageDiff, *, color: bool = False) -> str:
         con.print("packages")
         con.print(_table(("change", "name", "version", "size"), _package_rows(diff)))
     for f in diff.findings:
-        con.print(f"{f.change:5} {f.severity:8} {f.rule:22} {safe(f.path or '')}  {safe(f.message)}")
+        con.print(f"{f.change:5} {f.severity:8} {f.rule:22} {term(f.path or '')}  {term(f.message)}")
     return buf.getvalue()
 
 
@@ -154,7 +155,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
     for h in header:
         table.add_column(h, justify="left" if h in ("", "path", "name", "created by", "change", "version") else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(_markup(cell) for cell in row))  # cells are safe()d text, shared with markdown
     return table
 
 

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from imgaudit.render.linkage_text import LINKAGE_RULES, print_linkage
 from imgaudit.render.size_text import print_size
-from imgaudit.render.text import safe
+from imgaudit.render.text import safe, term
 from imgaudit.report import Report
 from imgaudit.rootfs import Node
 
@@ -24,12 +24,12 @@ def render_inspect(report: Report, *, color: bool = False, show_all: bool = Fals
     con = _console(buf, color)
     img = report.image
     plat = img.platform
-    con.print(f"[bold]{safe(img.reference)}[/bold]  ({img.source}, {plat.os}/{plat.architecture}"
+    con.print(f"[bold]{term(img.reference)}[/bold]  ({img.source}, {plat.os}/{plat.architecture}"
               f"{'/' + plat.variant if plat.variant else ''})")
     if img.manifest_digest:
         con.print(f"manifest  {img.manifest_digest}")
     con.print(f"config    {img.config_digest}")
-    con.print(f"entrypoint {safe(str(img.entrypoint))}  cmd {safe(str(img.cmd))}")
+    con.print(f"entrypoint {term(str(img.entrypoint))}  cmd {term(str(img.cmd))}")
     if report.entrypoint.verdict != "unknown":
         print_linkage(con, report, show_all=show_all)  # the linkage part lives in linkage_text.py
     rt = report.runtime
@@ -41,7 +41,7 @@ def render_inspect(report: Report, *, color: bool = False, show_all: bool = Fals
     if not report.complete:
         con.print(f"[yellow]incomplete:[/yellow] {len(report.incomplete)} part(s) not analysed")
         for item in report.incomplete[:10]:
-            con.print(f"  {safe(item.what)}: {safe(item.reason)}")
+            con.print(f"  {term(item.what)}: {term(item.reason)}")
     return buf.getvalue()
 
 
@@ -49,7 +49,7 @@ def _findings(con: Console, report: Report, show_all: bool) -> None:
     shown = report.findings if show_all else [f for f in report.findings if f.severity.value != "info"]
     shown = [f for f in shown if f.rule not in LINKAGE_RULES]  # printed by print_linkage, grouped
     for finding in shown[:50]:
-        con.print(f"{finding.severity.value:8} {finding.rule:24} {safe(finding.path or '')}  {safe(finding.message)}")
+        con.print(f"{finding.severity.value:8} {finding.rule:24} {term(finding.path or '')}  {term(finding.message)}")
     s = report.summary
     con.print(f"{s.errors} error(s), {s.warnings} warning(s), {s.infos} info(s)")
 
