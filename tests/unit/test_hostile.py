@@ -650,6 +650,28 @@ def test_105_hostile_names_are_escaped_in_text_and_valid_in_json(tmp_path: Path)
     assert b"\x1b" not in inspect.stdout and b"\n::error::" not in inspect.stdout
 
 
+def test_105_rich_markup_from_the_image_is_printed_literally(tmp_path: Path) -> None:
+    """Found by fuzz/harness_json.py: `[/bin]` in a config's Entrypoint was rich markup (MarkupError, exit 3);
+    `[link=…]` or `[bold]` from an image must not style the terminal either."""
+    hostile = ["[/bin]", "[link=https://evil.example]x[/link]", "[bold red]y"]
+    layer = h.tar_of(h.member("[red]big[/red]", b"z" * 5000), h.member("[/etc]", b"q"))
+    config = json.dumps(h.config_doc([h.sha(layer)], config={"Entrypoint": hostile},
+                                     history=[{"created_by": "RUN [bold]make[/bold] [/x]"}])).encode()
+    ref = image(tmp_path, [h.Blob(layer)], config=config)
+    result = cli("inspect", "--all", "--fail-on", "never", ref)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    text = result.stdout.decode()
+    for literal in ("[/bin]", "[link=https://evil.example]x[/link]", "[red]big[/red]", "RUN [bold]make[/bold]"):
+        assert literal in text, literal
+    assert b"\x1b" not in result.stdout
+    (tmp_path / "b").mkdir()
+    other = image(tmp_path / "b", [h.Blob(BASE)])
+    for command in ("diff", "compare"):
+        result = cli(command, ref, other)
+        assert result.returncode in (0, 1) and b"Traceback" not in result.stderr, (command, result.stderr)
+        assert "internal error" not in result.stderr.decode()
+
+
 def test_54_invalid_utf8_names_stay_valid_in_every_output(tmp_path: Path) -> None:
     layer = h.layers()["54-invalid-utf8"]
     ref = image(tmp_path, [h.Blob(layer)])
