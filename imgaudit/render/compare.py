@@ -15,7 +15,7 @@ from rich.table import Table
 from imgaudit.compare import ImageColumn, smallest
 from imgaudit.diff import ImageDiff, Totals
 from imgaudit.render.size_text import CONVENTION, percent
-from imgaudit.render.text import human, safe, term
+from imgaudit.render.text import human, safe
 
 Row = tuple[str, Callable[[ImageColumn], str]]
 
@@ -36,6 +36,12 @@ ROWS: tuple[Row, ...] = (
      else c.entrypoint_verdict),
     ("findings", lambda c: f"{c.errors} errors, {c.warnings} warnings"),
 )
+
+
+def term(text: str) -> str:
+    """`safe` for text rich prints: markup from an image (`[/bin]`, `[link=…]`) is escaped too, so it can neither
+    style the terminal nor fail the run with a MarkupError (RELIABILITY.md #105)."""
+    return _markup(safe(text))
 
 
 def label(reference: str) -> str:

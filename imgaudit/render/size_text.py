@@ -6,15 +6,22 @@ Sizes are decimal SI units (1 MB = 1,000,000 bytes, as `docker images` prints th
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape as _markup
 from rich.table import Table
 
-from imgaudit.render.text import human, term
+from imgaudit.render.text import human, safe
 from imgaudit.report import Report, SizeInfo
 
 BAR_WIDTH = 20
 TOP = 5
 TOP_ALL = 20
 CONVENTION = "sizes in decimal SI units: 1 MB = 1,000,000 bytes"
+
+
+def term(text: str) -> str:
+    """`safe` for text rich prints: markup from an image (`[/bin]`, `[link=…]`) is escaped too, so it can neither
+    style the terminal nor fail the run with a MarkupError (RELIABILITY.md #105)."""
+    return _markup(safe(text))
 
 
 def bar(size: int, biggest: int, width: int = BAR_WIDTH) -> str:

@@ -6,12 +6,19 @@ import io
 import stat
 
 from rich.console import Console
+from rich.markup import escape as _markup
 
 from imgaudit.render.linkage_text import LINKAGE_RULES, print_linkage
 from imgaudit.render.size_text import print_size
-from imgaudit.render.text import safe, term
+from imgaudit.render.text import safe
 from imgaudit.report import Report
 from imgaudit.rootfs import Node
+
+
+def term(text: str) -> str:
+    """`safe` for text rich prints: markup from an image (`[/bin]`, `[link=…]`) is escaped too, so it can neither
+    style the terminal nor fail the run with a MarkupError (RELIABILITY.md #105)."""
+    return _markup(safe(text))
 
 
 def _console(buf: io.StringIO, color: bool) -> Console:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from rich.markup import escape as _markup
-
 from imgaudit.errors import escape
 
 UNITS = ("B", "kB", "MB", "GB", "TB")
@@ -24,9 +22,3 @@ def human(n: int | None) -> str:
 def safe(text: str) -> str:
     """Escapes control characters so names from an image cannot drive the terminal."""
     return escape(text)
-
-
-def term(text: str) -> str:
-    """`safe` for text printed through rich: markup (`[/bin]`, `[link=…]`) from an image is escaped too, so it
-    can neither style the output nor fail it with a MarkupError (RELIABILITY.md #105)."""
-    return _markup(escape(text))
