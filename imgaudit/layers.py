@@ -12,6 +12,7 @@ import posixpath
 import re
 import struct
 import tarfile
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -351,7 +352,6 @@ class _Offload:
 
     HASH_BATCH = 4 << 20
     HASH_INFLIGHT = 32 << 20
-    ELF_INFLIGHT = 32 << 20  # a bigger ELF waits for the parser to be idle before it is read
 
     def __init__(self) -> None:
         self._hash_pool: ThreadPoolExecutor | None = None
@@ -378,17 +378,27 @@ class _Offload:
         self._hashing.append((self._hash_pool.submit(_hash_batch, batch), size))
         _bound(self._hashing, self.HASH_INFLIGHT)
 
-    def reserve(self, size: int) -> None:
-        """Waits until `size` more bytes of ELF files fit the in-flight cap (or nothing is in flight)."""
-        while self._parsing and sum(n for _, n in self._parsing) + size > self.ELF_INFLIGHT:
-            self._parsing.popleft()[0].result()
+    @staticmethod
+    def reserve(size: int) -> None:
+        """Call before reading an ELF file of `size` bytes for `parse` (or `unreserve` if that fails)."""
+        _ELF_BUDGET.acquire(size)
+
+    @staticmethod
+    def unreserve(size: int) -> None:
+        _ELF_BUDGET.release(size)
 
     def parse(self, reader: ElfReader, path: str, data: bytes) -> Future[ElfFacts]:
-        if self._elf_pool is None:
-            self._elf_pool = ThreadPoolExecutor(1, thread_name_prefix="imgaudit-elf")
-        future = self._elf_pool.submit(reader, path, data)
-        self._parsing.append((future, len(data)))
-        _bound(self._parsing, self.ELF_INFLIGHT)
+        """Parses on the helper thread; the bytes reserved for `data` are released once it is done."""
+        size = len(data)
+        try:
+            if self._elf_pool is None:
+                self._elf_pool = ThreadPoolExecutor(1, thread_name_prefix="imgaudit-elf")
+            future = self._elf_pool.submit(reader, path, data)
+        except BaseException:
+            _ELF_BUDGET.release(size)
+            raise
+        future.add_done_callback(lambda _: _ELF_BUDGET.release(size))
+        self._parsing.append((future, size))
         return future
 
     def finish(self) -> None:
@@ -403,6 +413,33 @@ class _Offload:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._hash_pool = self._elf_pool = None
+
+
+class _ByteBudget:
+    """Bytes held at once across every scan of the process: above `cap`, a taker waits until the
+    others give back (one taker may always exceed it alone)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._cond:
+            while self.used and self.used + size > self.cap:
+                self._cond.wait()
+            self.used += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self.used -= size
+            self._cond.notify_all()
+
+
+# ELF files read for the parser and not yet parsed. Process-wide: layers scanned in parallel share one
+# LIEF worker, so holding more files than it can take buys nothing, and a bigger file waits until the
+# parser is idle before it is read (libxul is 184 MB; two of those at once would double the peak).
+_ELF_BUDGET = _ByteBudget(32 << 20)
 
 
 def _hash_batch(batch: list[tuple[hashlib._Hash, bytes | memoryview]]) -> None:
@@ -665,27 +702,32 @@ class _Walker:
         digest = None
         late_hash: hashlib._Hash | None = None
         late_elf: Future[ElfFacts] | None = None
-        if keep:
-            data = reader.read(size)
-            if len(data) != size:
-                raise tarfile.ReadError("unexpected end of data")
-            digest = hashlib.sha256(data).hexdigest()
-            self.files[digest] = data
-        elif whole:
-            self.offload.reserve(size)
-            data = _read_whole(reader, size)
-            if self.hash_content:
+        if whole:
+            self.offload.reserve(size)  # before reading: a big file waits for the parser to be idle
+        try:
+            if keep:
+                data = reader.read(size)
+                if len(data) != size:
+                    raise tarfile.ReadError("unexpected end of data")
+                digest = hashlib.sha256(data).hexdigest()
+                self.files[digest] = data
+            elif whole:
+                data = _read_whole(reader, size)
+                if self.hash_content:
+                    late_hash = hashlib.sha256()
+                    self.offload.update(late_hash, data)
+            elif size >= LATE_HASH_MIN and self.hash_content:
                 late_hash = hashlib.sha256()
-                self.offload.update(late_hash, data)
-        elif size >= LATE_HASH_MIN and self.hash_content:
-            late_hash = hashlib.sha256()
-            h = late_hash
-            if reader.consume(size, lambda view: self.offload.update(h, view)) != size:
-                raise tarfile.ReadError("unexpected end of data")
-        else:
-            digest = self._hash_rest(reader, size)
-        if whole and self.elf_reader is not None:
-            late_elf = self.offload.parse(self.elf_reader, path, data)
+                h = late_hash
+                if reader.consume(size, lambda view: self.offload.update(h, view)) != size:
+                    raise tarfile.ReadError("unexpected end of data")
+            else:
+                digest = self._hash_rest(reader, size)
+            if whole and self.elf_reader is not None:
+                late_elf = self.offload.parse(self.elf_reader, path, data)  # takes over the reservation
+        finally:
+            if whole and late_elf is None:
+                self.offload.unreserve(size)
         if late_hash is not None or late_elf is not None:
             self.late.append((len(self.entries), late_hash, late_elf))
         elf = None

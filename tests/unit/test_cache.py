@@ -355,3 +355,20 @@ def test_incomplete_reports_are_not_kept_and_foreign_pickles_are_refused(store: 
     store.report_path("k3").write_bytes(blob)
     assert store.get_report("k3") is None
     assert not store.report_path("k3").exists()
+
+
+def test_the_elf_budget_is_given_back_after_success_failure_and_truncation() -> None:
+    from imgaudit import layers
+
+    def reader(path: str, data: bytes) -> ElfFacts:
+        return ElfFacts(machine=path)
+
+    def failing(path: str, data: bytes) -> ElfFacts:
+        raise RuntimeError("parser gone")
+
+    scan_layer(io.BytesIO(gz(ELF_LAYER)), label="x", elf_reader=reader)
+    with pytest.raises(RuntimeError):
+        scan_layer(io.BytesIO(gz(ELF_LAYER)), label="x", elf_reader=failing)
+    with pytest.raises(Exception, match=r"truncated|unexpected end"):
+        scan_layer(io.BytesIO(ELF_LAYER[: len(ELF_LAYER) // 3]), label="x", elf_reader=reader)
+    assert layers._ELF_BUDGET.used == 0
