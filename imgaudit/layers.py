@@ -19,14 +19,28 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any, BinaryIO
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict
 
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
 
+_inflate_mod: ModuleType
 try:  # ISA-L inflates ~2.4x faster than zlib (DESIGN.md §3b); zlib is the fallback.
     from isal import isal_zlib as _inflate_mod
 except ImportError:  # pragma: no cover - isal is a declared dependency
-    _inflate_mod = zlib  # type: ignore[assignment]
+    _inflate_mod = zlib
+
+
+class _Decompressor(Protocol):
+    """What zlib/isal decompressobj and zstandard's decompressobj have in common."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes | memoryview, /) -> bytes: ...
 
 if TYPE_CHECKING:
     from imgaudit.elf import ElfFacts
@@ -123,20 +137,21 @@ class _Inflater:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.trailing = 0
-        self._obj = self._new()
+        if kind != "tar":  # plain tar passes through feed() untouched
+            self._obj = self._new()
         self._done = kind == "tar"
         self._input: memoryview = memoryview(b"")
         self._at = 0
         self._slice = _GZIP_SLICE if kind == "gzip" else _ZSTD_SLICE
 
-    def _new(self):  # type: ignore[no-untyped-def]
+    def _new(self) -> _Decompressor:
         if self.kind == "gzip":
-            return _inflate_mod.decompressobj(31)
-        if self.kind == "zstd":
-            import zstandard
+            obj: _Decompressor = _inflate_mod.decompressobj(31)
+            return obj
+        import zstandard
 
-            return zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
-        return None
+        zobj: _Decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
+        return zobj
 
     def feed(self, data: bytes) -> bytes:
         """Takes the next stored chunk (the last one must be used up) and returns the first plain piece."""
@@ -587,6 +602,12 @@ def _check_tar_end(stream: LayerStream, walker: _Walker, rest: bytes, label: str
     return sum(1 for b in remainder[512:] if b)
 
 
+class _Owner(TypedDict):
+    mode: int
+    uid: int
+    gid: int
+
+
 class _Walker:
     """Turns tar members into entries; keeps only compact facts (tarfile's member list is cleared)."""
 
@@ -665,7 +686,7 @@ class _Walker:
         self.entries.append(Entry(posixpath.join(parent, target), EntryType.WHITEOUT))
 
     def _entry(self, tar: tarfile.TarFile, m: tarfile.TarInfo, path: str) -> Entry | None:
-        common = {"mode": m.mode & 0o7777, "uid": m.uid, "gid": m.gid}
+        common: _Owner = {"mode": m.mode & 0o7777, "uid": m.uid, "gid": m.gid}
         if m.isdir():
             return Entry(path, EntryType.DIR, **common)
         if m.issym():
@@ -685,7 +706,7 @@ class _Walker:
         self.skipped.append(Skipped(f"{self.label} entry \"{escape(m.name)}\"", f"unsupported tar type {m.type!r}"))
         return None
 
-    def _file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, path: str, common: dict[str, int]) -> Entry:
+    def _file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, path: str, common: _Owner) -> Entry:
         size = m.size
         if size == 0:
             return Entry(path, EntryType.FILE, size=0, **common)

@@ -239,7 +239,7 @@ class TarStore:
         last = ""
         try:
             with self.path.open("rb") as raw, _HeaderBudget(raw, self.where) as capped, \
-                    tarfile.open(fileobj=capped, mode="r:") as tar:  # type: ignore[call-overload]
+                    tarfile.open(fileobj=capped, mode="r:") as tar:
                 for count, member in enumerate(_members(tar)):
                     tar.members = []  # type: ignore[attr-defined]  # the index below is all we keep (CPython gh-102120)
                     if count >= MAX_MEMBERS:
