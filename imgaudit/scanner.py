@@ -11,7 +11,7 @@ from typing import BinaryIO
 from imgaudit.cache import ScanCache
 from imgaudit.errors import CorruptImage
 from imgaudit.image import Image, Layer
-from imgaudit.layers import ElfReader, LayerScan, scan_layer, verify
+from imgaudit.layers import ElfReader, LayerScan, Skipped, scan_layer, verify
 from imgaudit.progress import CountingReader, ProgressFn
 
 
@@ -86,7 +86,7 @@ class Scanner:
 
     def blobs_intact(self, image: Image) -> bool:
         """Every layer blob hashes to the digest its manifest names (the check a cached report needs)."""
-        if not all(layer.digest and layer.open for layer in image.layers):
+        if not all(layer.digest and layer.open and not is_foreign(layer) for layer in image.layers):
             return False
         if self.trust_digests:
             return True
@@ -110,6 +110,8 @@ class Scanner:
             unique.setdefault(_key(layer), layer)
 
         def one(layer: Layer) -> LayerScan:
+            if is_foreign(layer):
+                return foreign_scan(layer, count)
             if self.trust_digests:  # no need to open (download) the blob to use its cached scan
                 cached = self.cached(layer, count, None)
                 if cached is not None:
@@ -125,6 +127,23 @@ class Scanner:
         else:
             done = {_key(x): one(x) for x in order}
         return tuple(done[_key(layer)] for layer in image.layers)
+
+
+FOREIGN_MARKERS = (".foreign.", ".nondistributable.")
+
+
+def is_foreign(layer: Layer) -> bool:
+    """Foreign (Windows base) and non-distributable layers live at their own URLs; nothing fetches them by
+    default, and no credentials go there (CVE-2020-15157, RELIABILITY.md #20)."""
+    return any(marker in layer.media_type for marker in FOREIGN_MARKERS)
+
+
+def foreign_scan(layer: Layer, count: int) -> LayerScan:
+    """An empty stand-in that keeps the layer's place and descriptor size and makes the report incomplete."""
+    label = layer_label(layer, count)
+    return LayerScan(digest=layer.digest or "", diff_id=layer.diff_id, compressed_size=layer.size or 0, size=0,
+                     compression="foreign", entries=(),
+                     skipped=(Skipped(label, "foreign layer: not fetched or analysed (size from its descriptor)"),))
 
 
 def blob_digest(raw: BinaryIO) -> tuple[str, int]:
