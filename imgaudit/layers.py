@@ -714,7 +714,8 @@ class _Walker:
             what = f"{self.label} entry \"{escape(m.name)}\""
             self.skipped.append(Skipped(what, f"sparse file of {size} bytes (apparent): content not read"))
             return Entry(path, EntryType.FILE, size=size, **common)
-        reader = _Content(tar, m) if m.issparse() or self.stream is None else self.stream
+        reader = self.stream
+        assert reader is not None  # _file runs only inside walk(), which sets the stream
         reader.seek(m.offset_data)  # a no-op for the stream: tar left it at the data
         head = reader.peek(min(size, 65536))
         is_elf = head.startswith(b"\x7fELF")
@@ -766,7 +767,7 @@ class _Walker:
                                           elf=facts.result() if facts else entry.elf)
         self.late.clear()
 
-    def _hash_rest(self, reader: LayerStream | _Content, size: int) -> str | None:
+    def _hash_rest(self, reader: LayerStream, size: int) -> str | None:
         """Hashes (or, without hash_content, skips) a member's data; tar would skip it anyway."""
         h = hashlib.sha256() if self.hash_content else None
         if reader.consume(size, h.update if h else None) != size:
@@ -774,7 +775,7 @@ class _Walker:
         return h.hexdigest() if h else None
 
 
-def _read_whole(reader: LayerStream | _Content, size: int) -> bytes:
+def _read_whole(reader: LayerStream, size: int) -> bytes:
     """A member's data in one buffer filled piece by piece (joining the pieces would hold it twice)."""
     buf = bytearray(size)
     view = memoryview(buf)
@@ -810,41 +811,6 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         except TAR_PARSE_ERRORS as err:
             raise _malformed(err) from err
         yield member
-
-
-class _Content:
-    """A member's data through tarfile (sparse members, whose data is not laid out as it reads)."""
-
-    def __init__(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        fobj = tar.extractfile(member)
-        assert fobj is not None  # isreg() members always have a file object
-        self._fobj = fobj
-        self._head = b""
-
-    def seek(self, pos: int) -> None:
-        return None
-
-    def peek(self, size: int) -> bytes:
-        self._head = self._fobj.read(size)
-        return self._head
-
-    def read(self, size: int) -> bytes:
-        head, self._head = self._head, b""
-        return head + self._fobj.read(size - len(head))
-
-    def consume(self, size: int, sink: Callable[[memoryview], object] | None = None) -> int:
-        head, self._head = self._head, b""
-        done = len(head)
-        if sink is not None and head:
-            sink(memoryview(head))
-        while done < size:
-            chunk = self._fobj.read(min(RAW_CHUNK, size - done))
-            if not chunk:
-                break
-            if sink is not None:
-                sink(memoryview(chunk))
-            done += len(chunk)
-        return done
 
 
 def verify(scan: LayerScan, *, label: str, digest: str | None, diff_id: str | None, size: int | None) -> None:
