@@ -221,12 +221,7 @@ class LayerStream:
     def _pull(self) -> bytes:
         """The next non-empty piece of plain bytes, b"" at the end of the blob."""
         while True:
-            try:
-                plain = self._inflater.more() if self.compression != "tar" else b""
-            except (zlib.error, OSError, ValueError) as err:
-                raise _StreamError(f"bad {self.compression} data at byte {self.stored_size}: {err}") from err
-            except Exception as err:  # zstandard raises its own ZstdError
-                raise _StreamError(f"bad {self.compression} data at byte {self.stored_size}: {err}") from err
+            plain = self._decode(None) if self.compression != "tar" else b""
             if plain:
                 return self._plain(plain)
             chunk = self._pending if self._pending is not None else self._raw.read(RAW_CHUNK)
@@ -235,14 +230,17 @@ class LayerStream:
                 return b""
             self._offload.update(self._stored_hash, chunk)
             self.stored_size += len(chunk)
-            try:
-                plain = self._inflater.feed(chunk)
-            except (zlib.error, OSError, ValueError) as err:
-                raise _StreamError(f"bad {self.compression} data at byte {self.stored_size}: {err}") from err
-            except Exception as err:  # zstandard raises its own ZstdError
-                raise _StreamError(f"bad {self.compression} data at byte {self.stored_size}: {err}") from err
+            plain = self._decode(chunk)
             if plain:
                 return self._plain(plain)
+
+    def _decode(self, chunk: bytes | None) -> bytes:
+        """Feeds a stored chunk (None: more from the last one); any decoder error is a corrupt stream
+        (zlib.error, OSError, ValueError, or zstandard's own ZstdError)."""
+        try:
+            return self._inflater.more() if chunk is None else self._inflater.feed(chunk)
+        except Exception as err:
+            raise _StreamError(f"bad {self.compression} data at byte {self.stored_size}: {err}") from err
 
     def _plain(self, plain: bytes) -> bytes:
         if len(self.head) < 8:
@@ -640,7 +638,7 @@ class _Walker:
         except TAR_PARSE_ERRORS as err:
             raise _malformed(err) from err
         with tar:
-            for member in _members(tar):
+            for member in tar_members(tar):
                 tar.members = []  # CPython gh-102120: the member list grows without bound
                 stream.budget = None  # reading content is bounded by the caps in _file
                 self._member(tar, member)
@@ -800,7 +798,7 @@ def _malformed(err: Exception) -> tarfile.ReadError:
     return tarfile.ReadError(f"malformed tar header ({type(err).__name__}: {escape(str(err))[:120]})")
 
 
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+def tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     """The members, with tarfile's stray exceptions on bad headers turned into ReadError (RELIABILITY.md #61)."""
     members = iter(tar)
     while True:

@@ -20,10 +20,10 @@ from imgaudit.image import Image, Layer, Platform
 from imgaudit.layers import (
     GZIP_MAGIC,
     MAX_HEADER_BYTES,
-    TAR_PARSE_ERRORS,
     ZSTD_MAGIC,
     ZSTD_MAX_WINDOW,
     LayerScan,
+    tar_members,
     verify,
 )
 from imgaudit.reference import Reference
@@ -240,7 +240,7 @@ class TarStore:
         try:
             with self.path.open("rb") as raw, _HeaderBudget(raw, self.where) as capped, \
                     tarfile.open(fileobj=capped, mode="r:") as tar:
-                for count, member in enumerate(_members(tar)):
+                for count, member in enumerate(tar_members(tar)):
                     tar.members = []  # type: ignore[attr-defined]  # the index below is all we keep (CPython gh-102120)
                     if count >= MAX_MEMBERS:
                         raise LimitExceeded(f"{self.where}: more than {MAX_MEMBERS} archive members")
@@ -328,7 +328,7 @@ class StreamStore:
         last = ""
         try:
             with _HeaderBudget(fobj, self.where) as capped, tarfile.open(fileobj=capped, mode="r|") as tar:
-                for count, member in enumerate(_members(tar)):
+                for count, member in enumerate(tar_members(tar)):
                     tar.members = []  # type: ignore[attr-defined]  # CPython gh-102120: the member list grows without bound
                     if count >= MAX_MEMBERS:
                         raise LimitExceeded(f"{self.where}: more than {MAX_MEMBERS} archive members")
@@ -420,19 +420,6 @@ class StreamStore:
 
 def _after(member: str) -> str:
     return f" inside or after member {escape(member)[:200]}" if member else ""
-
-
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """The archive's members; tarfile's stray exceptions on a bad header become ReadError (RELIABILITY.md #61)."""
-    members = iter(tar)
-    while True:
-        try:
-            member = next(members)
-        except StopIteration:
-            return
-        except TAR_PARSE_ERRORS as err:
-            raise tarfile.ReadError(f"malformed tar header ({type(err).__name__}: {escape(str(err))[:120]})") from err
-        yield member
 
 
 class _HeaderBudget(io.RawIOBase):
