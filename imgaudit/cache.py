@@ -27,9 +27,9 @@ import os
 import pickle
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from imgaudit import __version__
 from imgaudit.layers import Entry, EntryType, LayerScan, Skipped
@@ -44,6 +44,7 @@ DEFAULT_MAX_BYTES = 2 << 30
 STALE_TEMP_SECONDS = 3600
 SUFFIX = ".scan"
 _ENTRY_TYPES = {t.value: t for t in EntryType}
+T = TypeVar("T")
 
 
 def default_dir() -> Path:
@@ -136,20 +137,7 @@ class ScanCache:
         return None
 
     def _load(self, path: Path) -> LayerScan | None:
-        try:
-            with open(path, "rb") as f:
-                blob = f.read()
-        except OSError:
-            return None
-        try:
-            scan = decode(blob)
-        except Exception:  # torn, flipped or foreign entry: drop it (issue 7: verified on read)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # mtime is the LRU clock
-        return scan
+        return _read_entry(path, decode)
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -159,21 +147,8 @@ class ScanCache:
         return self.root / f"report-{key[:64]}.{self._code}{REPORT_SUFFIX}"
 
     def get_report(self, key: str) -> Any | None:
-        path = self.report_path(key)
-        try:
-            with open(path, "rb") as f:
-                blob = f.read()
-        except OSError:
-            return None
-        try:
-            report = _ReportUnpickler(io.BytesIO(_verified(blob, REPORT_MAGIC))).load()
-        except Exception:  # torn, flipped, foreign: drop it
-            with contextlib.suppress(OSError):
-                path.unlink()
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)
-        return report
+        return _read_entry(self.report_path(key),
+                           lambda blob: _ReportUnpickler(io.BytesIO(_verified(blob, REPORT_MAGIC))).load())
 
     def put_report(self, key: str, report: Any) -> None:
         if not report.complete:
@@ -266,6 +241,25 @@ def encode(scan: LayerScan, *, compress: bool = False) -> bytes:
 
         payload, codec = zstandard.ZstdCompressor(level=1).compress(payload), _CODEC_ZSTD
     return MAGIC + bytes((FORMAT_VERSION, codec)) + hashlib.sha256(payload).digest() + payload
+
+
+def _read_entry(path: Path, load: Callable[[bytes], T]) -> T | None:
+    """An entry's decoded payload; a torn, flipped or foreign entry is deleted and read as a miss (issue 7:
+    verified on read). A hit touches the mtime, the LRU clock."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    try:
+        value = load(blob)
+    except Exception:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    return value
 
 
 def decode(blob: bytes) -> LayerScan:
