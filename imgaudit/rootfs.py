@@ -228,6 +228,19 @@ class RootFS:
             return None
         return self.nodes.get(real) if real else None
 
+    def real_dirs(self, paths: list[str]) -> Iterator[tuple[str, str]]:
+        """(path, real path) of each existing path whose real path was not met before, in order: a search
+        list whose entries are links to each other (/lib -> usr/lib on merged-/usr) is walked once."""
+        seen: set[str] = set()
+        for path in paths:
+            try:
+                real = self.resolve(path)
+            except SymlinkLoop:
+                continue
+            if real is not None and real not in seen:
+                seen.add(real)
+                yield path, real
+
     def listdir(self, path: str) -> list[str]:
         return sorted(self._children.get(path, ()))
 

@@ -73,12 +73,7 @@ def _find(rootfs: RootFS, names: re.Pattern[str], machine: str) -> str | None:
     """The first regular file with a libc name in the library dirs (multiarch ones first)."""
     triplets = [t for (m, _), t in TRIPLETS.items() if m == machine]
     dirs = [f"{d}/{t}" for t in triplets for d in ("/lib", "/usr/lib")] + list(_LIB_DIRS)
-    seen: set[str] = set()
-    for directory in dirs:
-        real_dir = rootfs.resolve(directory) if rootfs.get(directory) else None
-        if real_dir is None or real_dir in seen:
-            continue
-        seen.add(real_dir)
+    for _, real_dir in rootfs.real_dirs(dirs):
         for name in rootfs.listdir(real_dir):
             if names.match(name):
                 real = real_file(rootfs, posixpath.join(real_dir, name))

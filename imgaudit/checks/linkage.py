@@ -210,12 +210,7 @@ def stale_cache(rootfs: RootFS, runtime: RuntimeFacts, machine: str = "x86_64") 
 
 def _uncached(rootfs: RootFS, dirs: list[str], known: set[str]) -> set[str]:
     out: set[str] = set()
-    seen: set[str] = set()
-    for directory in dirs:
-        real = rootfs.resolve(directory) if rootfs.get(directory) else None
-        if real is None or real in seen:
-            continue
-        seen.add(real)
+    for directory, real in rootfs.real_dirs(dirs):
         for name in rootfs.listdir(real):
             node = rootfs.nodes.get(posixpath.join(real, name))
             elf = node.entry.elf if node is not None else None
