@@ -6,9 +6,11 @@ stdlib `r|gz` fails on multi-member gzip and never checks the CRC (RELIABILITY.m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import posixpath
+import queue
 import re
 import struct
 import tarfile
@@ -55,8 +57,11 @@ ZSTD_MAX_WINDOW = 1 << 27
 # What tarfile itself may read between two members: extension headers (PAX, GNU long names) and sparse
 # maps. Go caps each at 1 MiB (CVE-2022-2879); CPython reads a declared size in one go (gh-151497).
 MAX_HEADER_BYTES = 8 << 20
-# Compressed input is fed in slices so one inflate call yields at most ~33 MiB (gzip) or 32 MiB (zstd).
-_GZIP_SLICE = 32 << 10
+# One inflate call yields at most _GZIP_OUT (gzip: zlib's max_length) or 32 MiB (zstd: 1 KiB slices, which
+# zstandard's decompressobj cannot cap otherwise). Big gzip calls matter: each call on the decoder thread
+# ends in a wait for the GIL, so a call must carry milliseconds of work, not microseconds.
+_GZIP_SLICE = RAW_CHUNK
+_GZIP_OUT = 4 << 20
 _ZSTD_SLICE = 1 << 10
 # A compression bomb: past 1 GiB of plain bytes, more than 100 plain bytes per stored byte. Real layers
 # compress 2-10x; gzip cannot pass ~1032x, so only zero-filled files of gigabytes come near (exit 3).
@@ -167,8 +172,14 @@ class _Inflater:
         """The next non-empty plain piece from the chunk fed last; b"" once it is used up."""
         while self._at < len(self._input):
             piece = self._input[self._at:self._at + self._slice]
-            out = self._obj.decompress(piece)
-            used = len(piece)
+            if self.kind == "gzip":
+                out = self._obj.decompress(piece, _GZIP_OUT)  # type: ignore[call-arg]  # zlib's max_length
+                # a capped call keeps its unused input in unconsumed_tail; output held back inside the
+                # decoder always has input after it (at least the member's 8-byte trailer), so it comes out
+                used = len(piece) - len(self._obj.unconsumed_tail)  # type: ignore[attr-defined]
+            else:
+                out = self._obj.decompress(piece)
+                used = len(piece)
             if self._obj.eof:
                 used -= len(self._obj.unused_data)
                 self._done = True
@@ -194,11 +205,16 @@ class LayerStream:
     """Forward-only file-like view of a layer's plain tar bytes; hashes the stored and the plain bytes
     as they pass. `tell`/`seek` (forward only) let tarfile read it in `r:` mode, which asks for what
     it needs (a header, a member's data) instead of `r|` mode's 10 KiB pieces (DESIGN.md §3b), and
-    `consume` passes file contents to a hash without copying them."""
+    `consume` passes file contents to a hash without copying them.
 
-    def __init__(self, raw: BinaryIO, offload: _Offload | None = None) -> None:
+    Reading, inflating and both digests run on a decoder thread a few pieces ahead of the tar walk
+    (each of them releases the GIL for milliseconds at a time), so they overlap the walk's Python work;
+    `close` stops the thread."""
+
+    AHEAD = 4  # plain pieces decoded ahead of the reader: at most ~16 MiB (gzip) or 128 MiB (zstd bomb)
+
+    def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self._offload = offload or _Offload()
         first = raw.read(RAW_CHUNK)
         self.compression = _sniff(first)
         unsupported = _unsupported(first)
@@ -217,9 +233,50 @@ class LayerStream:
         self._pending: bytes | None = first
         self.head = b""  # the first plain bytes, to tell a layer compressed twice
         self.budget: int | None = None  # bytes read() may still hand out (tarfile's header reads); None: no cap
+        self._ahead: queue.Queue[bytes | BaseException] = queue.Queue(self.AHEAD)
+        self._stop = threading.Event()
+        self._ended = False
+        self._decoder = threading.Thread(target=self._decode_ahead, name="imgaudit-decode", daemon=True)
+        self._decoder.start()
+
+    def _decode_ahead(self) -> None:
+        """The decoder thread: queues every plain piece, then b"" (the end) or the error that stopped it."""
+        item: bytes | BaseException
+        while not self._stop.is_set():
+            try:
+                item = self._produce()
+            except BaseException as err:  # handed to the reader, who raises it where the bytes were wanted
+                item = err
+            while not self._stop.is_set():
+                try:
+                    self._ahead.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
 
     def _pull(self) -> bytes:
         """The next non-empty piece of plain bytes, b"" at the end of the blob."""
+        if self._ended:
+            return b""
+        item = self._ahead.get()
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        self._ended = not item
+        return item
+
+    def close(self) -> None:
+        """Stops the decoder thread (it may be blocked on a full queue when the walk stopped early)."""
+        self._stop.set()
+        while self._decoder.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._ahead.get(timeout=0.05)
+        self._decoder.join()
+
+    def _produce(self) -> bytes:
+        """The next non-empty piece of plain bytes, b"" at the end of the blob (on the decoder thread)."""
         while True:
             plain = self._decode(None) if self.compression != "tar" else b""
             if plain:
@@ -228,7 +285,7 @@ class LayerStream:
             self._pending = None
             if not chunk:
                 return b""
-            self._offload.update(self._stored_hash, chunk)
+            self._stored_hash.update(chunk)
             self.stored_size += len(chunk)
             plain = self._decode(chunk)
             if plain:
@@ -246,7 +303,7 @@ class LayerStream:
         if len(self.head) < 8:
             self.head += plain[:8]
         if not self._plain_is_stored:
-            self._offload.update(self._plain_hash, plain)
+            self._plain_hash.update(plain)
         self.plain_size += len(plain)
         if self.plain_size > BOMB_FLOOR and self.plain_size > MAX_RATIO * self.stored_size:
             raise _OverCap(f"{self.compression} data expands more than {MAX_RATIO}:1 ({self.plain_size >> 20} MiB "
@@ -349,7 +406,7 @@ class LayerStream:
 
     @property
     def digest(self) -> str:
-        self._offload.finish()
+        """Complete once the stream has been drained (the decoder hashes a piece before queueing it)."""
         return "sha256:" + self._stored_hash.hexdigest()
 
     @property
@@ -416,9 +473,9 @@ class _Offload:
 
     def finish(self) -> None:
         self._flush()
-        for queue in (self._hashing, self._parsing):
-            while queue:
-                queue.popleft()[0].result()
+        for pending in (self._hashing, self._parsing):
+            while pending:
+                pending.popleft()[0].result()
 
     def close(self) -> None:
         """Stops the helper threads (after an error too: queued work is dropped)."""
@@ -541,9 +598,17 @@ def scan_layer(
 def _scan(raw: BinaryIO, offload: _Offload, *, label: str, elf_reader: ElfReader | None,
           hash_content: bool) -> LayerScan:
     try:
-        stream = LayerStream(raw, offload)
+        stream = LayerStream(raw)
     except _StreamError as err:
         raise CorruptImage(f"{label}: {err}") from err
+    try:
+        return _walk(stream, offload, label=label, elf_reader=elf_reader, hash_content=hash_content)
+    finally:
+        stream.close()
+
+
+def _walk(stream: LayerStream, offload: _Offload, *, label: str, elf_reader: ElfReader | None,
+          hash_content: bool) -> LayerScan:
     walker = _Walker(label, elf_reader, hash_content, offload)
     try:
         walker.walk(stream)

@@ -36,6 +36,16 @@ def test_multi_member_streams_decode_every_member(compress) -> None:  # type: ig
     assert len(result.entries) == 5
 
 
+def test_highly_compressible_members_decode_past_the_output_cap() -> None:
+    # 40 MiB of zeros per member come from a few KiB of gzip: every inflate call stops at its output
+    # cap with input left inside the decoder; two members make the cap meet a member boundary too.
+    big = make_layer([f("zeros", b"\0" * (40 << 20)), f("z2", b"\0" * (24 << 20) + b"end")])
+    half = len(big) // 2
+    result = scan(gz(big[:half]) + gz(big[half:]))
+    assert result.diff_id == sha(big)
+    assert [(e.path, e.size) for e in result.entries] == [("/zeros", 40 << 20), ("/z2", (24 << 20) + 3)]
+
+
 @pytest.mark.parametrize("blob", [b"", gz(b""), gz(b"\0" * 1024), b"\0" * 1024])
 def test_empty_layer_variants_are_empty_not_errors(blob: bytes) -> None:
     assert scan(blob).entries == ()
