@@ -361,7 +361,9 @@ class Fault:
     `fraction` of the body, then drop the connection), `ignore-range` (forward without the Range header,
     so a resume gets a 200), `shift-range` (forward a Range request as `bytes=0-`, so a resume gets a 206 of
     the wrong range), `flip` (flip the body's middle byte), `pad` (4 KiB more than the blob, honestly
-    declared), `redirect` (307 to `target` + path), `body` (answer 200 with `content_type` and `body`).
+    declared), `redirect` (307 to `target` + path), `body` (answer 200 with `content_type` and `body`),
+    `digest-header` (forward as is but for `digest`). `digest`, on any kind that forwards, replaces the
+    registry's `Docker-Content-Digest` (`""` leaves it out).
     """
 
     path: str
@@ -373,11 +375,13 @@ class Fault:
     target: str = ""
     content_type: str = "application/json"
     body: bytes = b""
+    digest: str | None = None
     hits: int = field(default=0)
 
 
 class _ProxyHandler(_Quiet):
     server: FaultProxy
+    entry: dict[str, Any]  # this request's record in the server's log
 
     def do_GET(self) -> None:
         self._handle()
@@ -386,7 +390,7 @@ class _ProxyHandler(_Quiet):
         self._handle()
 
     def _handle(self) -> None:
-        self.server.record(self)
+        self.entry = self.server.record(self)
         if not self._authorized():
             self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
                        {"WWW-Authenticate": 'Basic realm="imgaudit-proxy"', "Content-Type": "application/json"})
@@ -427,10 +431,15 @@ class _ProxyHandler(_Quiet):
             body += b"\0" * 4096
             declared = len(body)
         self.send_response(resp.status)
-        for name in ("Content-Type", "Content-Range", "Docker-Content-Digest", "Location", "WWW-Authenticate",
-                     "Docker-Distribution-Api-Version"):
-            if resp.getheader(name):
-                self.send_header(name, resp.getheader(name, ""))
+        forwarded = {name: resp.getheader(name, "") for name in (
+            "Content-Type", "Content-Range", "Docker-Content-Digest", "Location", "WWW-Authenticate",
+            "Docker-Distribution-Api-Version")}
+        if fault and fault.digest is not None:
+            forwarded["Docker-Content-Digest"] = fault.digest
+        self.entry["digest_sent"] = forwarded["Docker-Content-Digest"]  # what the client was told
+        for name, value in forwarded.items():
+            if value:
+                self.send_header(name, value)
         self.send_header("Content-Length", str(declared))
         self.end_headers()
         if self.command == "HEAD":
