@@ -8,6 +8,7 @@ are RELIABILITY.md §3 A. Only GET is ever sent to a registry (§2: inputs are n
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import io
 import json
 import logging
@@ -193,6 +194,18 @@ def redact_text(text: str) -> str:
     text = _QUERY_PARAM.sub(lambda m: m.group() if m.group(2) in REDACT_KEEP else f"{m.group(1)}{m.group(2)}=REDACTED",
                             text)
     return _AUTH.sub(lambda m: f"{m.group(1)} REDACTED", text)
+
+
+def content_digest_disagrees(header: str | None, body: bytes) -> bool:
+    """True when a `Docker-Content-Digest` header names other bytes than `body`. The header is advice, never
+    trusted: absent is fine and the digest is always computed from the bytes (go-containerregistry does not
+    check it for tags, "so many registries implement this incorrectly", kaniko#298)."""
+    if not header:
+        return False
+    algorithm, _, hexa = header.partition(":")
+    if algorithm == "sha512":  # OCI's other registered algorithm: not wrong, just not ours
+        return hexa != hashlib.sha512(body).hexdigest()
+    return header != sha256(body)
 
 
 def origin_of(url: str) -> str:
@@ -537,7 +550,8 @@ class RegistryClient:
         return self.exchange(self.url(path), headers, lambda r: read_reply(r, cap, what))
 
     def manifest(self, reference: str, where: str, *, digest: str | None) -> tuple[bytes, str]:
-        """The manifest or index `reference` (tag or digest) names, capped and, by digest, re-hashed."""
+        """The manifest or index `reference` (tag or digest) names, capped and, by digest, re-hashed: its
+        digest is always that of the bytes received, whatever `Docker-Content-Digest` says (RELIABILITY.md #12)."""
         reply = self.fetch(f"{self.repository}/manifests/{reference}", {"Accept": ACCEPT}, MAX_MANIFEST, "manifest")
         if reply.status == 404:
             raise self._missing(reference, where, reply)
@@ -545,6 +559,10 @@ class RegistryClient:
         got = sha256(reply.body)
         if digest and got != digest:
             raise CorruptImage(f"{where}: the registry sent manifest {got} when asked for {digest}")
+        header = reply.headers.get("Docker-Content-Digest")
+        if content_digest_disagrees(header, reply.body):
+            log.warning("%s: ignoring the registry's Docker-Content-Digest %s for manifest %s: the bytes it sent "
+                        "hash to %s", where, escape(header or "")[:150], reference, got)
         return reply.body, manifest_type(reply, where)
 
     def blob_bytes(self, desc: Descriptor, cap: int, what: str, where: str) -> bytes:

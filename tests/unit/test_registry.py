@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -258,6 +259,54 @@ def test_error_codes_and_tags_are_read_defensively() -> None:
     assert reg.error_codes(b"<html>") == [] and reg.error_codes(b'{"errors": 5}') == []
     assert reg.tag_list(b'{"tags": ["b", "a", 3]}') == ["a", "b"]
     assert reg.tag_list(b'{"tags": null}') == []
+
+
+# -- Docker-Content-Digest is advice (RELIABILITY.md #12) ---------------------------------------
+
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}).encode()
+DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+
+
+def test_content_digest_header_is_checked_against_the_bytes() -> None:
+    assert not reg.content_digest_disagrees(None, MANIFEST) and not reg.content_digest_disagrees("", MANIFEST)
+    assert not reg.content_digest_disagrees(DIGEST, MANIFEST)
+    assert not reg.content_digest_disagrees("sha512:" + hashlib.sha512(MANIFEST).hexdigest(), MANIFEST)
+    for wrong in ("sha256:" + hashlib.sha256(b"other").hexdigest(), DIGEST.upper(), "sha256:", "garbage",
+                  "sha512:" + "0" * 128, "md5:" + hashlib.md5(MANIFEST).hexdigest()):
+        assert reg.content_digest_disagrees(wrong, MANIFEST), wrong
+
+
+def _manifest_client(header: str | None, body: bytes = MANIFEST) -> reg.RegistryClient:
+    client = _client()
+    headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+    if header is not None:
+        headers["Docker-Content-Digest"] = header
+    reply = reg.Reply(200, requests.structures.CaseInsensitiveDict(headers), body)
+    client.fetch = lambda *_a, **_kw: reply  # type: ignore[method-assign]
+    return client
+
+
+@pytest.mark.parametrize("header", [None, DIGEST])
+def test_manifest_without_or_with_the_right_header_is_quiet(header: str | None,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    assert _manifest_client(header).manifest("v1", "w", digest=None) == (MANIFEST, reg.OCI_MANIFEST)
+    assert caplog.records == []
+
+
+def test_manifest_by_tag_with_a_wrong_header_warns_once_and_keeps_the_bytes(caplog: pytest.LogCaptureFixture) -> None:
+    body, _ = _manifest_client("sha256:\x1b[2Jbad").manifest("v1", "w", digest=None)
+    assert body == MANIFEST
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelname == "WARNING" and "\n" not in message and "\x1b" not in message
+    assert "Docker-Content-Digest" in message and "sha256:\\x1b[2Jbad" in message and DIGEST in message
+
+
+@pytest.mark.parametrize("header", [None, "sha256:" + "1" * 64, DIGEST])
+def test_manifest_by_digest_is_refused_when_the_bytes_differ_whatever_the_header(header: str | None) -> None:
+    wanted = "sha256:" + "1" * 64
+    with pytest.raises(CorruptImage, match=f"sent manifest {DIGEST} when asked for {wanted}"):
+        _manifest_client(header).manifest(wanted, "w", digest=wanted)
 
 
 def test_names_and_hosts() -> None:
