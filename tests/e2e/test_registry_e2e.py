@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -544,6 +545,88 @@ def test_pull_by_digest_rejects_another_manifest(world: World, proxy: rs.FaultPr
     proxy.faults.append(rs.Fault(r"/manifests/sha256:", "body", body=b'{"schemaVersion": 2}'))
     run = inspect_json(world, f"docker://{proxy.address}/team/app@{wanted}")
     assert_one_line_error(run, wanted, sha(b'{"schemaVersion": 2}'))
+
+
+# -- Docker-Content-Digest: the bytes decide (RELIABILITY.md #12) ---------------------------------
+
+MANIFEST_ACCEPT = ", ".join(("application/vnd.oci.image.index.v1+json",
+                             "application/vnd.docker.distribution.manifest.list.v2+json",
+                             "application/vnd.oci.image.manifest.v1+json",
+                             "application/vnd.docker.distribution.manifest.v2+json"))
+
+
+def _served_manifest(world: World, repository: str, reference: str) -> tuple[bytes, str]:
+    """The manifest bytes the registry itself serves for `reference`, and the Docker-Content-Digest it sends."""
+    request = urllib.request.Request(f"http://{world.plain.address}/v2/{repository}/manifests/{reference}",
+                                     headers={"Accept": MANIFEST_ACCEPT})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return resp.read(), resp.headers.get("Docker-Content-Digest", "")
+
+
+def _image_manifest_digest(world: World, repository: str, arch: str | None) -> str:
+    """sha256 of the image manifest `v1` resolves to (through the index for `arch`), checked against what the
+    honest registry says: the ground truth the faults below must not move."""
+    body, sent = _served_manifest(world, repository, "v1")
+    assert sent == sha(body)
+    if arch is None:
+        return sent
+    (digest,) = [m["digest"] for m in json.loads(body)["manifests"] if m["platform"]["architecture"] == arch]
+    body, sent = _served_manifest(world, repository, digest)
+    assert sent == sha(body) == digest
+    return digest
+
+
+# (repository, --platform, the archive whose report the pull must equal): a plain manifest by tag, and an
+# index by tag whose platform manifest is then fetched by digest
+BY_TAG = [("team/app", None, "app"), ("multi", "arm64", "arm64")]
+
+
+@pytest.mark.parametrize(("repository", "arch", "archive"), BY_TAG)
+def test_12_missing_content_digest_by_tag_is_computed(world: World, proxy: rs.FaultProxy, repository: str,
+                                                       arch: str | None, archive: str) -> None:
+    expected = _image_manifest_digest(world, repository, arch)
+    proxy.faults.append(rs.Fault(r"/manifests/", "digest-header", times=1000, digest=""))
+    run = inspect_json(world, f"docker://{proxy.address}/{repository}:v1",
+                       *(["--platform", f"linux/{arch}"] if arch else []))
+    assert_same_as_archive(world, run, archive)
+    assert run.json()["image"]["manifest_digest"] == expected
+    assert run.err == ""
+    manifests = proxy.requests_to(r"/manifests/")
+    assert len(manifests) == (2 if arch else 1) and all(e["digest_sent"] == "" for e in manifests)
+    assert {e["method"] for e in proxy.log} == {"GET"}
+
+
+@pytest.mark.parametrize("wrong", [sha(b"other bytes"), "sha256:\x1b[31mnot-a-digest"])
+@pytest.mark.parametrize(("repository", "arch", "archive"), BY_TAG)
+def test_12_wrong_content_digest_by_tag_warns_and_reports_the_computed_digest(
+        world: World, proxy: rs.FaultProxy, repository: str, arch: str | None, archive: str, wrong: str) -> None:
+    expected = _image_manifest_digest(world, repository, arch)
+    served, _ = _served_manifest(world, repository, "v1")
+    proxy.faults.append(rs.Fault(r"/manifests/v1$", "digest-header", times=1000, digest=wrong))
+    run = inspect_json(world, f"docker://{proxy.address}/{repository}:v1",
+                       *(["--platform", f"linux/{arch}"] if arch else []))
+    assert_same_as_archive(world, run, archive)
+    assert run.json()["image"]["manifest_digest"] == expected
+    lines = run.err.splitlines()
+    assert len(lines) == 1 and "\x1b" not in run.err, run.err
+    for needle in ("Docker-Content-Digest", "v1", sha(served), wrong.replace("\x1b", "\\x1b")):
+        assert needle in lines[0], lines[0]
+    assert [e["digest_sent"] for e in proxy.requests_to(r"/manifests/v1$")] == [wrong]
+
+
+@pytest.mark.parametrize("header", ["honest", "missing", "wrong"])
+def test_12_pull_by_digest_rejects_altered_bytes_whatever_the_header_says(world: World, proxy: rs.FaultProxy,
+                                                                           header: str) -> None:
+    wanted = _image_manifest_digest(world, "team/app", None)
+    served, _ = _served_manifest(world, "team/app", wanted)
+    flipped = bytearray(served)
+    flipped[len(served) // 2] ^= 0xFF  # what the proxy's `flip` sends
+    sent = {"honest": None, "missing": "", "wrong": sha(bytes(flipped))}[header]
+    proxy.faults.append(rs.Fault(r"/manifests/sha256:", "flip", digest=sent))
+    run = inspect_json(world, f"docker://{proxy.address}/team/app@{wanted}")
+    assert_one_line_error(run, wanted, sha(bytes(flipped)))
+    (get,) = proxy.requests_to(r"/manifests/")
+    assert get["digest_sent"] == (wanted if sent is None else sent)
 
 
 def test_schema1_manifest_is_refused_clearly(world: World, proxy: rs.FaultProxy) -> None:
