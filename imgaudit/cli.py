@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -237,7 +238,18 @@ def ls_command(reference: str, path: str, layer: int | None, fmt: str, platform:
         click.echo(render_listing(with_modestr(rows, loaded.rootfs)), nl=False)
 
 
+def _library_warnings_to_stderr() -> None:
+    """The library logs its warnings (it never prints, DESIGN.md §5); the CLI shows them as its own lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("imgaudit: warning: %(message)s"))
+    logger = logging.getLogger("imgaudit")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
 def run() -> None:
+    _library_warnings_to_stderr()
     try:
         main(standalone_mode=False)
     except click.exceptions.Abort:
