@@ -240,9 +240,11 @@ def ls_command(reference: str, path: str, layer: int | None, fmt: str, platform:
 
 def _library_warnings_to_stderr() -> None:
     """The library logs its warnings (it never prints, DESIGN.md §5); the CLI shows them as its own lines."""
+    logger = logging.getLogger("imgaudit")
+    if logger.handlers:  # run() called again in one process (tests)
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("imgaudit: warning: %(message)s"))
-    logger = logging.getLogger("imgaudit")
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
