@@ -850,7 +850,6 @@ class _Channel:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,  # LIEF and a dying interpreter write there
                 start_new_session=True,
-                env=_worker_env(),
             )
         finally:
             os.close(requests_r)
@@ -1137,17 +1136,6 @@ def _symbols(table: Sequence[tuple[str | None, bool]], side: tuple[str, int, byt
     if len(_SYMBOLS) > _SYMBOLS_CAP:
         _SYMBOLS.clear()
     return tuple(map(_SYMBOLS.setdefault, rows, rows))
-
-
-def _worker_env() -> dict[str, str]:
-    """The worker's environment: glibc's malloc asks for transparent huge pages where the kernel
-    leaves them to madvise (glibc >= 2.35; ignored elsewhere). LIEF copies each file into one
-    buffer, and faulting that in 4 KiB pages cost a third of its parse."""
-    env = dict(os.environ)
-    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-    if not any(t.startswith("glibc.malloc.hugetlb=") for t in tunables):
-        env["GLIBC_TUNABLES"] = ":".join([*tunables, "glibc.malloc.hugetlb=1"])
-    return env
 
 
 _WORKER_SCRIPT = str(Path(__file__).resolve())
