@@ -15,7 +15,9 @@ import atexit
 import contextlib
 import gc
 import io
+import itertools
 import mmap
+import operator
 import os
 import pickle
 import re
@@ -38,6 +40,7 @@ Linking = Literal["static", "static-pie", "dynamic"]
 Endian = Literal["little", "big", ""]
 
 ELF_MAGIC = b"\x7fELF"
+_Bytes = bytes | bytearray | mmap.mmap  # a file's content, or a map of the slot holding it
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MEMORY_LIMIT = 4 << 30
 DEFAULT_MAX_BYTES = 1 << 30
@@ -121,11 +124,11 @@ _LD_SCRIPT = re.compile(rb"\s*(?:/\*.*?\*/\s*)*(?:GROUP|INPUT|OUTPUT_FORMAT|SEAR
 _MACHINES = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 243: "riscv", 21: "ppc64", 22: "s390"}
 
 
-def is_elf(head: bytes) -> bool:
+def is_elf(head: _Bytes) -> bool:
     return head[:4] == ELF_MAGIC
 
 
-def is_ld_script(head: bytes) -> bool:
+def is_ld_script(head: _Bytes) -> bool:
     """A GNU ld script (`libc.so` on Debian): the linker reads it, the loader never does."""
     return b"GNU ld script" in head[:256] or _LD_SCRIPT.match(head[:4096]) is not None
 
@@ -143,7 +146,7 @@ def machine_name(e_machine: int, elf_class: int, endian: str, fallback: str = ""
     return name or fallback or f"em_{e_machine}"
 
 
-def _ident(data: bytes) -> tuple[int, Endian, str]:
+def _ident(data: _Bytes) -> tuple[int, Endian, str]:
     """Class, byte order and machine from e_ident and e_machine, even when LIEF cannot parse."""
     if len(data) < 20 or data[4] not in (1, 2) or data[5] not in (1, 2):
         return 0, "", ""
@@ -153,7 +156,7 @@ def _ident(data: bytes) -> tuple[int, Endian, str]:
     return elf_class, endian, machine_name(e_machine, elf_class, endian)
 
 
-def _precheck(data: bytes, max_bytes: int) -> str | None:
+def _precheck(data: _Bytes, max_bytes: int) -> str | None:
     """The reason `data` is not worth a parse, or None."""
     if not is_elf(data):
         return "GNU ld script" if is_ld_script(data) else "not a valid ELF (no ELF magic)"
@@ -170,7 +173,7 @@ def _precheck(data: bytes, max_bytes: int) -> str | None:
     return _truncation(data)
 
 
-def _truncation(data: bytes) -> str | None:
+def _truncation(data: _Bytes) -> str | None:
     """LIEF parses a cut-off file without complaint and silently loses what lies past the cut (the
     dynamic section sits near the end), so check that the header tables and every segment fit."""
     order = "<" if data[5] == 1 else ">"
@@ -189,7 +192,7 @@ def _truncation(data: bytes) -> str | None:
     return None
 
 
-def _error_facts(data: bytes, error: str) -> ElfFacts:
+def _error_facts(data: _Bytes, error: str) -> ElfFacts:
     elf_class, endian, machine = _ident(data)
     return ElfFacts(elf_class=elf_class, endian=endian, machine=machine, error=error)
 
@@ -200,9 +203,8 @@ def _error_facts(data: bytes, error: str) -> ElfFacts:
 # ABORT and HANG exist to test the fault paths; PARSE_ALL to compare our ParserConfig with a full parse.
 _OP_PARSE, _OP_ABORT, _OP_HANG, _OP_PARSE_ALL = 0, 1, 2, 3
 _OP_PARSE_DYNSYM = 4  # internal: a re-parse with LIEF reading .dynsym
-_Dynsym = tuple[int, int, int, int, int]  # .dynsym offset, size, entry size; its string table offset, size
-_DynsymRow = tuple[int, str, int, int]  # index, name, binding, st_shndx
-_REQUEST = struct.Struct("<QB")
+_DynsymAt = tuple[int, int, int, int, int]  # .dynsym offset, size, entry size; its string table offset, size
+_REQUEST = struct.Struct("<QBB")  # size, op, slot
 _LENGTH = struct.Struct("<I")
 _ET_NAMES: dict[int, ElfType] = {1: "rel", 2: "exec", 4: "core"}
 _ET_DYN = 3
@@ -225,12 +227,12 @@ _MUSL_VERSION = re.compile(rb"\0(\d+\.\d+\.\d+(?:[-_][0-9A-Za-z._+-]*)?)\0")
 
 
 class _Parser:
-    """Turns the memfd's current content into plain tuples (picklable, LIEF-free)."""
+    """Turns a slot's current content (a memfd) into plain tuples (picklable, LIEF-free)."""
 
-    def __init__(self, lief: Any, memfd: int) -> None:
+    def __init__(self, lief: Any, memfds: Sequence[int]) -> None:
         self.lief = lief
-        self.memfd = memfd
-        self.path = f"/proc/self/fd/{memfd}"
+        self.memfds = memfds
+        self.path = ""
         self.configs = {
             _OP_PARSE: _parser_config(lief, dynsym=False),
             _OP_PARSE_ALL: lief.ELF.ParserConfig.all,
@@ -243,9 +245,11 @@ class _Parser:
         self.binary: Any = None
         self.data: mmap.mmap | None = None
 
-    def parse(self, size: int, op: int = _OP_PARSE) -> tuple[str, Any]:
+    def parse(self, size: int, op: int = _OP_PARSE, slot: int = 0) -> tuple[str, Any]:
         self.release()
-        self.data = mmap.mmap(self.memfd, size, prot=mmap.PROT_READ)
+        memfd = self.memfds[slot]
+        self.path = f"/proc/self/fd/{memfd}"
+        self.data = mmap.mmap(memfd, size, prot=mmap.PROT_READ)
         self.binary = self.lief.ELF.parse(self.path, self.configs[op])
         if self.binary is None:
             return "error", "not a valid ELF (LIEF could not parse it)"
@@ -264,11 +268,13 @@ class _Parser:
         facts.update(self.versions(binary))
         facts.update(self.header(binary, facts))
         comment, rodata, dynsym = self.sections(binary, facts)
-        rows, count = self.dynsym_rows(binary, data, dynsym, facts, op)
-        facts.update(self.symbols(binary, rows, count, facts))
-        facts["static_pie"] = _static_pie(binary.header, facts)
-        facts.update(_libc_facts(facts, data, rodata))
+        table = self.dynsym_table(binary, data, dynsym, facts, op)
+        versym = self.versym(binary, facts.pop("versym"), len(table.info), facts["endian"])
+        imported, exported = _split_symbols(table, versym, frozenset(facts["version_defs"]))
+        facts["static_pie"] = _static_pie(binary.header, facts, exported.names)
+        facts.update(_libc_facts(facts, data, rodata, exported.names))
         facts["rust"] = _rust_facts(comment, data, rodata, facts)
+        facts["symbols"] = _symbols_wire(imported, exported, facts.pop("version_names"))
         return facts
 
     def header(self, binary: Any, facts: dict[str, Any]) -> dict[str, Any]:
@@ -332,42 +338,28 @@ class _Parser:
         self.binary = self.lief.ELF.parse(self.path, self.configs[op])
         return self.binary
 
-    def dynsym_rows(
-        self, binary: Any, data: mmap.mmap, dynsym: _Dynsym | None, facts: dict[str, Any], op: int
-    ) -> tuple[Iterator[_DynsymRow], int]:
-        """The .dynsym rows and how many entries there are: unpacked by us from the section, or read
-        by LIEF when asked to, or when no usable section header says where the table is (LIEF then
-        finds it through DT_SYMTAB and counts it with the hash tables)."""
-        rows = _read_dynsym(data, dynsym, facts) if op == _OP_PARSE else None
-        if rows is not None and dynsym is not None:
-            return rows, dynsym[1] // dynsym[2]
+    def dynsym_table(
+        self, binary: Any, data: mmap.mmap, dynsym: _DynsymAt | None, facts: dict[str, Any], op: int
+    ) -> _DynsymTable:
+        """The .dynsym columns: unpacked by us from the section, or read by LIEF when asked to, or
+        when no usable section header says where the table is (LIEF then finds it through
+        DT_SYMTAB and counts it with the hash tables)."""
+        table = _read_dynsym(data, dynsym, facts) if op == _OP_PARSE else None
+        if table is not None:
+            return table
         if op == _OP_PARSE:
             binary = self.reparse(_OP_PARSE_DYNSYM)
         if binary is None:
-            return iter(()), 0
-        return self.lief_dynsym(binary), len(binary.dynamic_symbols)
+            return _DynsymTable((), b"", (), _Names(b""))
+        return self.lief_dynsym(binary)
 
-    def lief_dynsym(self, binary: Any) -> Iterator[_DynsymRow]:
-        """The non-local .dynsym entries as LIEF reads them (it also counts them without sections)."""
-        for index, sym in enumerate(binary.dynamic_symbols):
-            bind = int(sym.binding)
-            if bind != _STB_LOCAL:
-                yield index, _str_attr(sym, "name"), bind, sym.shndx
-
-    def symbols(self, binary: Any, rows: Iterator[_DynsymRow], count: int, facts: dict[str, Any]) -> dict[str, Any]:
-        """Split into imports (undefined) and exports (defined), each with its version."""
-        names, defs = facts.pop("version_names"), frozenset(facts["version_defs"])
-        versym = self.versym(binary, facts.pop("versym"), count, facts["endian"])
-        imported: list[tuple[str, str | None, bool, bool]] = []
-        exported: list[tuple[str, str | None, bool, bool]] = []
-        for index, name, bind, shndx in rows:
-            value = versym[index] if index < len(versym) else 0
-            version = names.get(value & 0x7FFF)  # 0 and 1 (local, global) are never in names
-            if shndx == _SHN_UNDEF:
-                imported.append((name, version, bind == _STB_WEAK, False))
-            elif not (shndx == _SHN_ABS and name in defs):  # skip the ABS symbol naming each version
-                exported.append((name, version, bind == _STB_WEAK, bool(value & _VERSYM_HIDDEN)))
-        return {"imported_symbols": tuple(imported), "exported_symbols": tuple(exported)}
+    def lief_dynsym(self, binary: Any) -> _DynsymTable:
+        """The .dynsym entries as LIEF reads them (it also counts them without sections); a
+        symbol's "string table offset" is then its index in LIEF's list of names."""
+        symbols = binary.dynamic_symbols
+        names = [_str_attr(sym, "name") for sym in symbols]
+        info = bytes(min(int(sym.binding), 15) << 4 for sym in symbols)
+        return _DynsymTable(range(len(names)), info, [sym.shndx for sym in symbols], _Names(b"", names))
 
     def versym(self, binary: Any, address: int, count: int, endian: str) -> Sequence[int]:
         """The .gnu.version array, one entry per dynamic symbol. Read in bulk through DT_VERSYM:
@@ -380,7 +372,7 @@ class _Parser:
             table.byteswap()
         return table
 
-    def sections(self, binary: Any, facts: dict[str, Any]) -> tuple[bytes, tuple[int, int] | None, _Dynsym | None]:
+    def sections(self, binary: Any, facts: dict[str, Any]) -> tuple[bytes, tuple[int, int] | None, _DynsymAt | None]:
         """Fill debug_bytes and stripped; return `.comment`, `.rodata` (offset, size) and where
         .dynsym and its string table lie."""
         debug, symtab, comment, rodata, dynsym = 0, False, b"", None, None
@@ -416,28 +408,124 @@ def _parser_config(lief: Any, dynsym: bool) -> Any:
     return config
 
 
-def _read_dynsym(data: mmap.mmap, dynsym: _Dynsym | None, facts: dict[str, Any]) -> Iterator[_DynsymRow] | None:
-    """(index, name, binding, st_shndx) of each non-local .dynsym entry, unpacked in bulk from the
-    table the section headers point at; None (LIEF then reads it) when they are absent or odd."""
+class _Names:
+    """Symbol names by string table offset. An ASCII table (nearly all) is decoded once and split at
+    its NULs, so each name is a dict lookup; other offsets (a suffix of another name, or past the
+    end) and other tables take the slow path, one find and one decode per name."""
+
+    def __init__(self, strtab: bytes, by_index: list[str] | None = None) -> None:
+        self.strtab = strtab
+        self.by_index = by_index
+        self.starts: dict[int, str] | None = None
+
+    def __call__(self, offsets: list[int]) -> list[str]:
+        if self.by_index is not None:
+            return list(map(self.by_index.__getitem__, offsets))
+        if not self.strtab.isascii():
+            return [self.slow(offset) for offset in offsets]
+        if self.starts is None:
+            parts = self.strtab.decode("ascii").split("\0")
+            # a part starts after the parts before it and one NUL each
+            starts = map(operator.add, itertools.accumulate(map(len, parts), initial=0), itertools.count())
+            self.starts = dict(zip(starts, parts, strict=False))  # count() never ends
+        names = list(map(self.starts.get, offsets))
+        if None in names:
+            for at, name in enumerate(names):
+                if name is None:
+                    names[at] = self.slow(offsets[at])
+        return names  # type: ignore[return-value]  # every None was replaced
+
+    def slow(self, offset: int) -> str:
+        end = self.strtab.find(b"\0", offset)
+        return self.strtab[offset : end if end >= 0 else None].decode("utf-8", "surrogateescape")
+
+
+class _DynsymTable(NamedTuple):
+    """.dynsym as columns: st_name, st_info (one byte each), st_shndx, and the names' resolver."""
+
+    st_name: Sequence[int]
+    info: bytes
+    shndx: Sequence[int]
+    names: _Names
+
+
+class _Picked(NamedTuple):
+    """One side (imports or exports) of .dynsym: names, .gnu.version values, weak flags (0/1 bytes)."""
+
+    names: list[str]
+    versym: list[int]
+    weak: bytes
+
+
+# st_info byte -> 1 when the binding is not STB_LOCAL / is STB_WEAK
+_NONLOCAL = bytes(int(info >> 4 != _STB_LOCAL) for info in range(256))
+_WEAK = bytes(int(info >> 4 == _STB_WEAK) for info in range(256))
+
+
+def _read_dynsym(data: mmap.mmap, dynsym: _DynsymAt | None, facts: dict[str, Any]) -> _DynsymTable | None:
+    """The columns of .dynsym, sliced in bulk from the table the section headers point at (an
+    object per symbol would cost more than the rest of the parse); None (LIEF then reads it) when
+    they are absent or odd."""
     if dynsym is None:
         return None
     offset, size, entsize, str_offset, str_size = dynsym
-    is64, order = facts["elf_class"] == 64, "<" if facts["endian"] == "little" else ">"
-    entry = struct.Struct(order + ("IBxH16x" if is64 else "I8xBxH"))  # st_name, st_info, st_shndx
-    if entsize != entry.size or size % entsize or offset + size > len(data) or str_offset + str_size > len(data):
+    is64 = facts["elf_class"] == 64
+    if entsize != (24 if is64 else 16) or size % entsize:
         return None
-    return _unpack_dynsym(entry.iter_unpack(data[offset : offset + size]), data[str_offset : str_offset + str_size])
+    if offset + size > len(data) or str_offset + str_size > len(data):
+        return None
+    raw = data[offset : offset + size]
+    words, halves = array.array("I", raw), array.array("H", raw)
+    if facts["endian"] != sys.byteorder:
+        words.byteswap()
+        halves.byteswap()
+    strtab = _Names(data[str_offset : str_offset + str_size])
+    if is64:  # Elf64_Sym: st_name u32 @0, st_info u8 @4, st_shndx u16 @6, 24 bytes
+        return _DynsymTable(words[0::6], raw[4::24], halves[3::12], strtab)
+    return _DynsymTable(words[0::4], raw[12::16], halves[7::8], strtab)  # Elf32_Sym: @0, @12, @14, 16 bytes
 
 
-def _unpack_dynsym(entries: Iterator[tuple[int, int, int]], strtab: bytes) -> Iterator[_DynsymRow]:
-    find = strtab.find
-    for index, (st_name, st_info, shndx) in enumerate(entries):
-        bind = st_info >> 4
-        if bind == _STB_LOCAL:  # the null entry at index 0 is local too
-            continue
-        end = find(b"\0", st_name)
-        name = strtab[st_name : end if end >= 0 else None]
-        yield index, name.decode("utf-8", "surrogateescape"), bind, shndx
+def _split_symbols(table: _DynsymTable, versym: Sequence[int], defs: frozenset[str]) -> tuple[_Picked, _Picked]:
+    """Non-local symbols split into imports (undefined) and exports (defined), in table order,
+    without the ABS symbol naming each version definition. Column-wise, with C loops only."""
+    count = len(table.info)
+    keep = table.info.translate(_NONLOCAL)
+    undefined = bytes(map(operator.not_, table.shndx))  # st_shndx == SHN_UNDEF
+    imports = bytes(map(operator.and_, keep, undefined))
+    exports = bytearray(map(operator.gt, keep, undefined))
+    if defs:
+        at = -1
+        with contextlib.suppress(ValueError):
+            while True:
+                at = table.shndx.index(_SHN_ABS, at + 1)
+                if exports[at] and table.names([table.st_name[at]])[0] in defs:
+                    exports[at] = 0
+    if len(versym) != count:  # a short .gnu.version reads as 0 (VER_NDX_LOCAL) past its end
+        versym = list(itertools.islice(itertools.chain(versym, itertools.repeat(0)), count))
+    weak = table.info.translate(_WEAK)
+    return _pick(table, versym, weak, imports), _pick(table, versym, weak, exports)
+
+
+def _pick(table: _DynsymTable, versym: Sequence[int], weak: bytes, selector: bytes | bytearray) -> _Picked:
+    offsets = list(itertools.compress(table.st_name, selector))
+    return _Picked(table.names(offsets), list(itertools.compress(versym, selector)),
+                   bytes(itertools.compress(weak, selector)))
+
+
+def _symbols_wire(imported: _Picked, exported: _Picked, names: dict[int, str]) -> tuple[Any, ...]:
+    """Both sides for the caller as a few flat objects, not a tuple per symbol (pickling and
+    unpickling those was a third of the ELF work): a table of the (version, hidden) pairs in use,
+    and per side the names joined by NUL (never inside a name), each symbol's slot in that table
+    (array "I" bytes) and its weak flag."""
+    values = sorted(set(imported.versym).union(exported.versym))
+    slots = {value: slot for slot, value in enumerate(values)}
+    table = tuple((names.get(value & 0x7FFF), bool(value & _VERSYM_HIDDEN)) for value in values)
+
+    def side(picked: _Picked) -> tuple[str, int, bytes, bytes]:
+        positions = array.array("I", map(slots.__getitem__, picked.versym)).tobytes()
+        return "\0".join(picked.names), len(picked.names), positions, picked.weak
+
+    return table, side(imported), side(exported)
 
 
 def _str_attr(obj: Any, attr: str) -> str:
@@ -458,17 +546,19 @@ def _elf_type(e_type: int, interpreter: str | None, pie_flag: bool, soname: str 
     return _ET_NAMES.get(e_type, "other")
 
 
-def _static_pie(header: Any, facts: dict[str, Any]) -> bool:
+def _static_pie(header: Any, facts: dict[str, Any], exported: list[str]) -> bool:
     """ET_DYN that runs without a loader: DF_1_PIE says so (binutils >= 2.35); before that, an entry
     point, no soname and no exports (Debian's musl libc.so has the first two: it is its own loader)."""
     pie_flag = facts.pop("pie_flag")
     if int(header.file_type) != _ET_DYN or facts["interpreter"] is not None or facts["needed"]:
         return False
-    return pie_flag or (facts["soname"] is None and header.entrypoint != 0 and not facts["exported_symbols"])
+    return pie_flag or (facts["soname"] is None and header.entrypoint != 0 and not exported)
 
 
-def _libc_facts(facts: dict[str, Any], data: mmap.mmap, rodata: tuple[int, int] | None) -> dict[str, Any]:
-    libc = _libc_family(facts, data, rodata)
+def _libc_facts(
+    facts: dict[str, Any], data: mmap.mmap, rodata: tuple[int, int] | None, exported: list[str]
+) -> dict[str, Any]:
+    libc = _libc_family(facts, data, rodata, exported)
     banner, version = None, None
     if libc == "glibc" and facts["soname"] == "libc.so.6":
         banner, version = _glibc_banner(data, facts["version_defs"])
@@ -477,7 +567,7 @@ def _libc_facts(facts: dict[str, Any], data: mmap.mmap, rodata: tuple[int, int] 
     return {"libc": libc, "banner": banner, "libc_version": version}
 
 
-def _libc_family(facts: dict[str, Any], data: mmap.mmap, rodata: tuple[int, int] | None) -> Libc:
+def _libc_family(facts: dict[str, Any], data: mmap.mmap, rodata: tuple[int, int] | None, exported: list[str]) -> Libc:
     """Which libc the file is built for, from the loader it names, then what it needs, then markers
     left in static programs and in libc itself."""
     interp, needed, soname = facts["interpreter"] or "", facts["needed"], facts["soname"] or ""
@@ -489,7 +579,7 @@ def _libc_family(facts: dict[str, Any], data: mmap.mmap, rodata: tuple[int, int]
         return "glibc"
     if interp or needed:
         return "unknown"
-    if facts["elf_type"] == "dyn" and not any(s[0] == "__libc_start_main" for s in facts["exported_symbols"]):
+    if facts["elf_type"] == "dyn" and "__libc_start_main" not in exported:
         return "none"  # a library that needs nothing (libicudata) and is no libc: not worth a search
     return _static_libc(data, rodata)
 
@@ -588,11 +678,11 @@ def _rust_target(facts: dict[str, Any]) -> RustTarget | None:
 
 
 def _serve(argv: list[str]) -> None:
-    """Worker main loop: one request (size, op) in, one length-prefixed pickle out."""
+    """Worker main loop: one request (size, op, slot) in, one length-prefixed pickle out."""
     import resource
     import signal
 
-    requests, results, memfd, memory_limit = (int(arg) for arg in argv)
+    requests, results, memfd0, memfd1, memory_limit = (int(arg) for arg in argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     gc.disable()  # tuples by the hundred thousand, no cycles: collections only cost (see _serve_requests)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash must not write a core file
@@ -600,7 +690,7 @@ def _serve(argv: list[str]) -> None:
         import lief
 
         lief.logging.disable()  # "Can't access the content of section #N" (RELIABILITY item 94)
-        parser = _Parser(lief, memfd)
+        parser = _Parser(lief, (memfd0, memfd1))
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         limit = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))  # a blow-up fails here, not the host
@@ -614,21 +704,21 @@ def _serve(argv: list[str]) -> None:
 def _serve_requests(parser: _Parser, requests: int, results: int, memory_limit: int) -> None:
     served = 0
     while head := _read_exact_fd(requests, _REQUEST.size):
-        size, op = _REQUEST.unpack(head)
+        size, op, slot = _REQUEST.unpack(head)
         if op == _OP_ABORT:
             os.abort()
         while op == _OP_HANG:
             time.sleep(3600)
-        _send(results, _parse_guarded(parser, size, op, memory_limit))
+        _send(results, _parse_guarded(parser, size, op, slot, memory_limit))
         parser.release()
         served += 1
         if served % 1000 == 0:
             gc.collect()  # in case a LIEF binding ever leaves a cycle behind
 
 
-def _parse_guarded(parser: _Parser, size: int, op: int, memory_limit: int) -> tuple[str, Any]:
+def _parse_guarded(parser: _Parser, size: int, op: int, slot: int, memory_limit: int) -> tuple[str, Any]:
     try:
-        return parser.parse(size, op)
+        return parser.parse(size, op, slot & 1)
     except MemoryError:
         return "error", f"parser ran out of memory (limit {memory_limit >> 20} MiB)"
     except Exception as err:  # LIEF raises many kinds on hostile input
@@ -695,23 +785,30 @@ class _Worker:
 
 
 class _Channel:
-    """The worker process, the memfd it reads, and their lifecycle. Kept apart from ElfReader so
-    that the reader's finalizer can stop it without keeping the reader alive."""
+    """The worker process, the two memfds ("slots") it reads files from, and their lifecycle. Kept
+    apart from ElfReader so that the reader's finalizer can stop it without keeping the reader
+    alive. Two slots, so that the next file can be written while the worker parses the last one."""
 
     def __init__(self, timeout: float, memory_limit: int) -> None:
         self.timeout = timeout
         self.memory_limit = memory_limit
         self.worker: _Worker | None = None
-        self.memfd = -1
+        self.memfds: tuple[int, int] | None = None
         self.pid = os.getpid()
         self.crashes = 0  # crashes and timeouts in a row
 
-    def exchange(self, data: bytes, op: int) -> tuple[str, Any]:
-        """Send one file, return the worker's (status, payload); a dead or stuck worker becomes an
-        ("error", why) answer and is replaced on the next call."""
+    def slot(self, slot: int) -> int:
+        """The memfd of a slot, which the worker parses as /proc/self/fd/N."""
         self.check_owner()
-        self.load(data)
-        worker = self.send_request(len(data), op)
+        if self.memfds is None:
+            self.memfds = (os.memfd_create("imgaudit-elf"), os.memfd_create("imgaudit-elf"))
+        return self.memfds[slot]
+
+    def exchange(self, size: int, op: int, slot: int) -> tuple[str, Any]:
+        """Have the file in `slot` parsed, return the worker's (status, payload); a dead or stuck
+        worker becomes an ("error", why) answer and is replaced on the next call."""
+        self.check_owner()
+        worker = self.send_request(size, op, slot)
         try:
             reply = _receive(worker.results, time.monotonic() + self.timeout)
         except _WorkerTimeout:
@@ -728,12 +825,12 @@ class _Channel:
         self.crashes += 1
         return "error", why
 
-    def send_request(self, size: int, op: int) -> _Worker:
+    def send_request(self, size: int, op: int, slot: int) -> _Worker:
         """Send to the live worker; one that died after its last answer is replaced, once."""
         for attempt in (1, 2):
             worker = self.worker or self.spawn()
             try:
-                os.write(worker.requests, _REQUEST.pack(size, op))
+                os.write(worker.requests, _REQUEST.pack(size, op, slot))
                 return worker
             except OSError:
                 self.drop_worker()
@@ -741,20 +838,10 @@ class _Channel:
                     raise
         raise AssertionError("unreachable")
 
-    def load(self, data: bytes) -> None:
-        """Put the bytes in the memfd the worker parses as /proc/self/fd/N."""
-        if self.memfd < 0:
-            self.memfd = os.memfd_create("imgaudit-elf")
-        os.ftruncate(self.memfd, len(data))
-        view = memoryview(data)
-        offset = 0
-        while offset < len(view):  # pwrite moves at most ~2 GiB per call
-            offset += os.pwrite(self.memfd, view[offset:], offset)
-
     def spawn(self) -> _Worker:
         requests_r, requests_w = os.pipe()
         results_r, results_w = os.pipe()
-        fds = (requests_r, results_w, self.memfd)
+        fds = (requests_r, results_w, self.slot(0), self.slot(1))
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, _WORKER_SCRIPT, *map(str, (*fds, self.memory_limit))],
@@ -791,9 +878,13 @@ class _Channel:
         if self.pid != os.getpid():
             return  # a forked child's copy: the worker belongs to the parent
         self.drop_worker()
-        if self.memfd >= 0:
-            os.close(self.memfd)
-            self.memfd = -1
+        self.close_slots()
+
+    def close_slots(self) -> None:
+        if self.memfds is not None:
+            for fd in self.memfds:
+                os.close(fd)
+            self.memfds = None
 
     def check_owner(self) -> None:
         """After fork the child must not share (or kill) the parent's worker: close its copies of
@@ -802,9 +893,8 @@ class _Channel:
             return
         if self.worker is not None:
             self.worker.forget()
-        if self.memfd >= 0:
-            os.close(self.memfd)
-        self.pid, self.worker, self.memfd = os.getpid(), None, -1
+        self.close_slots()
+        self.pid, self.worker = os.getpid(), None
 
 
 class ElfReader:
@@ -841,19 +931,126 @@ class ElfReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def session(self) -> ElfSession:
+        """Uploads straight into this reader's slots (see ElfSession); one session at a time, and
+        no read() while it is open."""
+        return ElfSession(self)
+
     def _read_op(self, data: bytes, op: int) -> ElfFacts:
+        return self._parse(data, op, 0, load=True)
+
+    def _parse(self, data: _Bytes, op: int, slot: int, *, load: bool) -> ElfFacts:
+        """Facts of the file in `slot` (first written there from `data` when `load`); `data` also
+        serves the error facts."""
         with self._lock:
             if self._channel.crashes >= MAX_CONSECUTIVE_CRASHES:
                 return _error_facts(data, f"parser disabled after {MAX_CONSECUTIVE_CRASHES} failures in a row")
             try:
-                status, payload = self._channel.exchange(data, op)
+                if load:
+                    _write_slot(self._channel.slot(slot), data)
+                status, payload = self._channel.exchange(len(data), op, slot)
             except BaseException:
-                self._channel.stop()  # interrupted mid-request: the worker's state is unknown
+                # interrupted mid-request: the worker's state is unknown (the slots stay: a
+                # session may be writing the other one)
+                self._channel.drop_worker()
                 raise
         if status == "ok" and isinstance(payload, dict):
             with _gc_paused():
                 return _facts_from_plain(data, payload)
         return _error_facts(data, str(payload))
+
+
+# A slot that held a file this big is emptied once it is parsed, rather than holding its memory until
+# the next file; smaller ones keep their pages, which the next file reuses.
+_SLOT_KEEP = 16 << 20
+
+
+def _write_slot(fd: int, data: _Bytes) -> None:
+    os.ftruncate(fd, len(data))
+    view = memoryview(data)
+    offset = 0
+    while offset < len(view):  # pwrite moves at most ~2 GiB per call
+        offset += os.pwrite(fd, view[offset:], offset)
+
+
+class ElfSession:
+    """Files streamed into a reader's two slots as they are read (from a tar, say), with no copy of
+    their bytes in this process: the worker parses one slot while the next file fills the other.
+    `upload` waits for a free slot; the upload's `facts` (from any thread) frees it again."""
+
+    def __init__(self, reader: ElfReader) -> None:
+        self.reader = reader
+        self._free = [1, 0]
+        self._cond = threading.Condition()
+
+    def upload(self, size: int) -> ElfUpload:
+        """A slot sized for a file of `size` bytes (at least 1), to fill with ElfUpload.write."""
+        if size <= 0:
+            raise ValueError("an upload holds at least one byte")
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            slot = self._free.pop()
+        try:
+            fd = self.reader._channel.slot(slot)
+            os.ftruncate(fd, size)
+        except BaseException:
+            self.release(slot, 0)
+            raise
+        return ElfUpload(self, slot, fd, size)
+
+    def release(self, slot: int, size: int) -> None:
+        if size > _SLOT_KEEP:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.reader._channel.slot(slot), 0)
+        with self._cond:
+            self._free.append(slot)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Give the reader back to the shared pool (when it came from there), and forget the
+        symbols seen: the interning table costs more than what it would share with the next
+        scan (bench image: main-process peak 221 -> 200 MB)."""
+        _give_back(self.reader)
+        _SYMBOLS.clear()
+
+
+class ElfUpload:
+    """One file in a slot: `write` its bytes in order, then `facts()` once (or `discard()`)."""
+
+    def __init__(self, session: ElfSession, slot: int, fd: int, size: int) -> None:
+        self.session = session
+        self.slot = slot
+        self.fd = fd
+        self.size = size
+        self.written = 0
+        self._released = False
+
+    def write(self, piece: bytes | memoryview) -> None:
+        view = memoryview(piece)
+        while view:
+            done = os.pwrite(self.fd, view, self.written)
+            self.written += done
+            view = view[done:]
+
+    def facts(self) -> ElfFacts:
+        """The file's facts, as ElfReader.read gives them; frees the slot."""
+        try:
+            if self.written != self.size:
+                raise ValueError(f"upload of {self.size} bytes got {self.written}")
+            reader = self.session.reader
+            with mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ) as data:  # only the headers are touched here
+                error = _precheck(data, reader.max_bytes)
+                if error is not None:
+                    return _error_facts(data, error)
+                return reader._parse(data, _OP_PARSE, self.slot, load=False)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if not self._released:
+            self._released = True
+            self.session.release(self.slot, self.size)
 
 
 @contextlib.contextmanager
@@ -905,20 +1102,43 @@ def _death_message(status: int | None) -> str:
     return f"parser exited unexpectedly (status {status})"
 
 
-def _facts_from_plain(data: bytes, plain: dict[str, Any]) -> ElfFacts:
+def _facts_from_plain(data: _Bytes, plain: dict[str, Any]) -> ElfFacts:
     try:
         plain["version_needs"] = tuple(VersionNeed(*need) for need in plain["version_needs"])
-        plain["imported_symbols"] = _symbols(plain["imported_symbols"])
-        plain["exported_symbols"] = _symbols(plain["exported_symbols"])
+        table, imported, exported = plain.pop("symbols")
+        plain["imported_symbols"] = _symbols(table, imported, exported=False)
+        plain["exported_symbols"] = _symbols(table, exported, exported=True)
         if plain["rust"] is not None:
             plain["rust"] = RustFacts(*plain["rust"])
         return ElfFacts(**plain)
-    except (TypeError, KeyError) as err:  # a worker running another version of this file
+    except (TypeError, KeyError, ValueError, IndexError) as err:  # a worker running another version of this file
         return _error_facts(data, f"parser reply malformed ({err})")
 
 
-def _symbols(rows: tuple[tuple[str, str | None, bool, bool], ...]) -> tuple[Symbol, ...]:
-    return tuple(map(Symbol._make, rows))
+# Every Symbol read so far, so that equal ones are one object: an image repeats about half of its
+# symbols (every program imports the same libc ones; copies of a library export the same set).
+# Cleared when a session (a layer scan) ends, by close(), and when it grows past _SYMBOLS_CAP.
+_SYMBOLS: dict[Symbol, Symbol] = {}
+_SYMBOLS_CAP = 1_000_000
+_BOOLS = (False, True)
+
+
+def _symbols(table: Sequence[tuple[str | None, bool]], side: tuple[str, int, bytes, bytes], *, exported: bool
+             ) -> tuple[Symbol, ...]:
+    """Symbols from one side of _symbols_wire, built by C loops (map, zip) and interned."""
+    joined, count, positions, weak = side
+    if not count:
+        return ()
+    names, slots = joined.split("\0"), array.array("I", positions)
+    if not len(names) == len(slots) == len(weak) == count:
+        raise ValueError("symbol columns of different lengths")
+    versions = map([version for version, _ in table].__getitem__, slots)
+    hidden = map([flag for _, flag in table].__getitem__, slots) if exported else itertools.repeat(False)
+    columns = zip(names, versions, map(_BOOLS.__getitem__, weak), hidden, strict=False)  # lengths checked above
+    rows = list(map(tuple.__new__, itertools.repeat(Symbol), columns))
+    if len(_SYMBOLS) > _SYMBOLS_CAP:
+        _SYMBOLS.clear()
+    return tuple(map(_SYMBOLS.setdefault, rows, rows))
 
 
 _WORKER_SCRIPT = str(Path(__file__).resolve())
@@ -929,18 +1149,35 @@ _idle: list[ElfReader] = []  # one reader per concurrent caller, kept for the ne
 _idle_lock = threading.Lock()
 
 
-def read_elf(path: str, data: bytes) -> ElfFacts:
-    """Facts of one ELF file's bytes; never raises for bad input. Concurrent callers (a layer scan
-    per thread) each get a reader, so their files are parsed in parallel, one worker each."""
+class _SharedReaders:
+    """`read_elf`: readers kept for the next call, one per concurrent caller (a layer scan per
+    thread), so their files are parsed in parallel, one worker each."""
+
+    def __call__(self, path: str, data: bytes) -> ElfFacts:
+        """Facts of one ELF file's bytes; never raises for bad input."""
+        reader = _take()
+        try:
+            return reader.read(path, data)
+        finally:
+            _give_back(reader)
+
+    def session(self) -> ElfSession:
+        """A session on a reader of its own until it is closed (see ElfSession)."""
+        return _take().session()
+
+
+def _take() -> ElfReader:
     with _idle_lock:
         reader = _idle.pop() if _idle else None
-    if reader is None:
-        reader = ElfReader()
-    try:
-        return reader.read(path, data)
-    finally:
-        with _idle_lock:
-            _idle.append(reader)
+    return reader if reader is not None else ElfReader()
+
+
+def _give_back(reader: ElfReader) -> None:
+    with _idle_lock:
+        _idle.append(reader)
+
+
+read_elf = _SharedReaders()
 
 
 def close() -> None:
@@ -950,6 +1187,7 @@ def close() -> None:
         _idle.clear()
     for reader in readers:
         reader.close()
+    _SYMBOLS.clear()
 
 
 atexit.register(close)

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict, runtime_checkable
 
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
 
@@ -45,7 +45,7 @@ class _Decompressor(Protocol):
     def decompress(self, data: bytes | memoryview, /) -> bytes: ...
 
 if TYPE_CHECKING:
-    from imgaudit.elf import ElfFacts
+    from imgaudit.elf import ElfFacts, ElfSession, ElfUpload
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -132,6 +132,16 @@ class LayerScan:
 
 
 ElfReader = Callable[[str, bytes], "ElfFacts"]
+
+
+@runtime_checkable
+class StreamingElfReader(Protocol):
+    """An ElfReader that also takes a file as it is read (elf.read_elf): the scan writes each ELF
+    member straight into the parser's shared memory instead of holding it whole."""
+
+    def __call__(self, path: str, data: bytes, /) -> ElfFacts: ...
+
+    def session(self) -> ElfSession: ...
 
 
 class _Inflater:
@@ -426,6 +436,7 @@ class _Offload:
     def __init__(self) -> None:
         self._hash_pool: ThreadPoolExecutor | None = None
         self._elf_pool: ThreadPoolExecutor | None = None
+        self._elf_session: ElfSession | None = None
         self._batch: list[tuple[hashlib._Hash, bytes | memoryview]] = []
         self._batch_bytes = 0
         self._hashing: deque[tuple[Future[None], int]] = deque()
@@ -459,14 +470,29 @@ class _Offload:
 
     def parse(self, reader: ElfReader, path: str, data: bytes) -> Future[ElfFacts]:
         """Parses on the helper thread; the bytes reserved for `data` are released once it is done."""
-        size = len(data)
+        return self._submit(len(data), reader, path, data)
+
+    def upload(self, reader: StreamingElfReader, size: int) -> ElfUpload:
+        """A slot of the scan's parser session to write a file of `size` bytes into (waits while
+        the parser holds both); hand it to `parse_upload`, or `discard` it."""
+        if self._elf_session is None:
+            self._elf_session = reader.session()
+        return self._elf_session.upload(size)
+
+    def parse_upload(self, upload: ElfUpload) -> Future[ElfFacts]:
+        """Like parse, for a filled upload (its slot is freed once it is parsed)."""
         try:
-            if self._elf_pool is None:
-                self._elf_pool = ThreadPoolExecutor(1, thread_name_prefix="imgaudit-elf")
-            future = self._elf_pool.submit(reader, path, data)
+            return self._submit(upload.size, upload.facts)
         except BaseException:
-            _ELF_BUDGET.release(size)
+            upload.discard()
             raise
+
+    def _submit(self, size: int, fn: Callable[..., ElfFacts], *args: Any) -> Future[ElfFacts]:
+        """Runs fn(*args) on the helper thread; once it has started, the reservation is the
+        future's to release (if it cannot be started, it stays the caller's)."""
+        if self._elf_pool is None:
+            self._elf_pool = ThreadPoolExecutor(1, thread_name_prefix="imgaudit-elf")
+        future = self._elf_pool.submit(fn, *args)
         future.add_done_callback(lambda _: _ELF_BUDGET.release(size))
         self._parsing.append((future, size))
         return future
@@ -483,6 +509,9 @@ class _Offload:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._hash_pool = self._elf_pool = None
+        if self._elf_session is not None:  # after the pool: no parse is running any more
+            self._elf_session.close()
+            self._elf_session = None
 
 
 class _ByteBudget:
@@ -788,31 +817,16 @@ class _Walker:
         late_hash: hashlib._Hash | None = None
         late_elf: Future[ElfFacts] | None = None
         if whole:
-            self.offload.reserve(size)  # before reading: a big file waits for the parser to be idle
-        try:
-            if keep:
-                data = reader.read(size)
-                if len(data) != size:
-                    raise tarfile.ReadError("unexpected end of data")
-                digest = hashlib.sha256(data).hexdigest()
-                self.files[digest] = data
-            elif whole:
-                data = _read_whole(reader, size)
-                if self.hash_content:
-                    late_hash = hashlib.sha256()
-                    self.offload.update(late_hash, data)
-            elif size >= LATE_HASH_MIN and self.hash_content:
-                late_hash = hashlib.sha256()
-                h = late_hash
-                if reader.consume(size, lambda view: self.offload.update(h, view)) != size:
-                    raise tarfile.ReadError("unexpected end of data")
-            else:
-                digest = self._hash_rest(reader, size)
-            if whole and self.elf_reader is not None:
-                late_elf = self.offload.parse(self.elf_reader, path, data)  # takes over the reservation
-        finally:
-            if whole and late_elf is None:
-                self.offload.unreserve(size)
+            late_hash, late_elf, digest = self._elf_file(reader, path, size, keep)
+        elif keep:
+            digest = self._keep(reader, size)
+        elif size >= LATE_HASH_MIN and self.hash_content:
+            late_hash = hashlib.sha256()
+            h = late_hash
+            if reader.consume(size, lambda view: self.offload.update(h, view)) != size:
+                raise tarfile.ReadError("unexpected end of data")
+        else:
+            digest = self._hash_rest(reader, size)
         if late_hash is not None or late_elf is not None:
             self.late.append((len(self.entries), late_hash, late_elf))
         elf = None
@@ -820,6 +834,60 @@ class _Walker:
             cap = MAX_ELF_BYTES >> 20
             self.skipped.append(Skipped(path, f"ELF file of {size} bytes is over the {cap} MiB parse cap"))
         return Entry(path, EntryType.FILE, size=size, head=head[:HEAD_BYTES], digest=digest, elf=elf, **common)
+
+    def _keep(self, reader: LayerStream, size: int) -> str:
+        """Keeps a small file the analysers read; returns its digest."""
+        data = reader.read(size)
+        if len(data) != size:
+            raise tarfile.ReadError("unexpected end of data")
+        digest = hashlib.sha256(data).hexdigest()
+        self.files[digest] = data
+        return digest
+
+    def _elf_file(self, reader: LayerStream, path: str, size: int, keep: bool
+                  ) -> tuple[hashlib._Hash | None, Future[ElfFacts], str | None]:
+        """Sends an ELF member to the parser: streamed into its slot, or read whole for a plain
+        reader (and when it is also a small file kept). Returns its late hash, its facts, its digest."""
+        elf_reader = self.elf_reader
+        assert elf_reader is not None  # only called with a reader
+        self.offload.reserve(size)  # before reading: a big file waits for the parser to be idle
+        late_hash = digest = None
+        try:
+            if not keep and isinstance(elf_reader, StreamingElfReader):
+                late_hash = hashlib.sha256() if self.hash_content else None
+                return late_hash, self._stream_elf(reader, elf_reader, size, late_hash), None
+            if keep:
+                digest = self._keep(reader, size)
+                data = self.files[digest]
+            else:
+                data = _read_whole(reader, size)
+                if self.hash_content:
+                    late_hash = hashlib.sha256()
+                    self.offload.update(late_hash, data)
+            return late_hash, self.offload.parse(elf_reader, path, data), digest  # takes over the reservation
+        except BaseException:
+            self.offload.unreserve(size)
+            raise
+
+    def _stream_elf(self, reader: LayerStream, elf_reader: StreamingElfReader, size: int,
+                    h: hashlib._Hash | None) -> Future[ElfFacts]:
+        """Writes a member into a parser slot as it is inflated (the process never holds it whole),
+        hashing the same pieces; the parse then takes over the slot and the budget reservation."""
+        upload = self.offload.upload(elf_reader, size)
+        offload = self.offload
+
+        def sink(view: memoryview) -> None:
+            upload.write(view)
+            if h is not None:
+                offload.update(h, view)
+
+        try:
+            if reader.consume(size, sink) != size:
+                raise tarfile.ReadError("unexpected end of data")
+        except BaseException:
+            upload.discard()
+            raise
+        return self.offload.parse_upload(upload)
 
     def finish(self) -> None:
         """Fills in the digests and ELF facts the helper threads produced."""
