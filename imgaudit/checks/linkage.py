@@ -19,6 +19,7 @@ from imgaudit.loader import (
     MuslLoader,
     Resolution,
     glibc_required,
+    is_musl_loader,
     real_file,
     resolve,
 )
@@ -70,7 +71,7 @@ def binaries(loaded: Loaded, report: Report, ep: entrypoint.Verdict, runtime: Ru
     rootfs, config = loaded.rootfs, loaded.image.config
     env = LoaderEnv.from_env(config.env, config.working_dir)
     entry_real = _real(rootfs, ep.program)
-    loaders: dict[tuple[str, int, str], Loader] = {}
+    loaders: dict[tuple[str, int, bool], Loader] = {}
     machine = _machine(config)
     for node in _elf_nodes(rootfs):
         facts = node.entry.elf
@@ -105,21 +106,31 @@ def _runs_on(facts: ElfFacts, machine: str) -> bool:
 
 
 def _resolve(rootfs: RootFS, node: Node, facts: ElfFacts, env: LoaderEnv, runtime: RuntimeFacts,
-             loaders: dict[tuple[str, int, str], Loader], machine: str) -> Resolution | None:
+             loaders: dict[tuple[str, int, bool], Loader], machine: str) -> Resolution | None:
     """Executables as the kernel would start them; libraries with the image's own loader, and no
-    symbol checks (the program that loads a library provides part of its scope)."""
+    symbol checks (the program that loads a library provides part of its scope). One loader per
+    flavour, machine and class serves every binary, so what it learns of a file is learnt once."""
     if facts.interpreter is not None:
         # The kernel checks come first: a foreign machine or a missing interpreter never reach a loader.
-        if not _runs_on(facts, machine) or real_file(rootfs, facts.interpreter) is None:
+        interp_real = real_file(rootfs, facts.interpreter)
+        if not _runs_on(facts, machine) or interp_real is None:
             return None
-        return resolve(rootfs, node.path, env)
+        musl = is_musl_loader(rootfs, facts, interp_real)
+        return resolve(rootfs, node.path, env, loader=_loader(rootfs, env, facts, musl, loaders))
     if not facts.needed or runtime.libc.family not in ("glibc", "musl"):
         return None
-    key = (facts.machine, facts.elf_class, runtime.libc.family)
-    if key not in loaders:
-        cls = GlibcLoader if runtime.libc.family == "glibc" else MuslLoader
-        loaders[key] = cls(rootfs, env, facts.machine, facts.elf_class)
-    return resolve(rootfs, node.path, env, loader=loaders[key], as_library=True)
+    loader = _loader(rootfs, env, facts, runtime.libc.family == "musl", loaders)
+    return resolve(rootfs, node.path, env, loader=loader, as_library=True)
+
+
+def _loader(rootfs: RootFS, env: LoaderEnv, facts: ElfFacts, musl: bool,
+            loaders: dict[tuple[str, int, bool], Loader]) -> Loader:
+    key = (facts.machine, facts.elf_class, musl)
+    loader = loaders.get(key)
+    if loader is None:
+        cls = MuslLoader if musl else GlibcLoader
+        loader = loaders[key] = cls(rootfs, env, facts.machine, facts.elf_class)
+    return loader
 
 
 def _binary_info(node: Node, facts: ElfFacts, role: str, res: Resolution | None, machine: str) -> BinaryInfo:
