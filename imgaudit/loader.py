@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from imgaudit import ldcache
 from imgaudit.elf import ElfFacts, Symbol
@@ -66,9 +67,11 @@ class Candidate:
     outcome: str
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
-    """One DT_NEEDED edge: `path` is the name the loader gives the object (`l_name`), None if not found."""
+class Link(NamedTuple):
+    """One DT_NEEDED edge: `path` is the name the loader gives the object (`l_name`), None if not found.
+
+    A NamedTuple like elf.Symbol, not a frozen dataclass: an image's resolutions make ~60k of them, and
+    a frozen dataclass builds ~4x slower."""
 
     name: str
     needed_by: str
@@ -565,10 +568,12 @@ class _Walk:
         self.links: list[Link] = []
         self.problems: list[Problem] = []
         self.rtld: LoadedObject | None = None
+        self.rtld_loaded = False  # the interpreter is in `objects`: something needed it
         self._append(self.program)
 
     def _append(self, obj: LoadedObject) -> None:
         self.objects.append(obj)
+        self.rtld_loaded = self.rtld_loaded or obj is self.rtld
         if obj.real_path:
             self.by_real[obj.real_path] = obj
         self.by_name.setdefault(obj.name, obj)
@@ -577,8 +582,6 @@ class _Walk:
         if not self.musl and obj.soname:
             self.by_match.setdefault(obj.soname, obj)
 
-    def _loaded(self, obj: LoadedObject) -> bool:
-        return any(o is obj for o in self.objects)
 
     def run(self, interp_real: str | None) -> Resolution:
         facts = self.program.facts
@@ -643,7 +646,7 @@ class _Walk:
         same = self.by_real.get(real) or (self.rtld if self.rtld and self.rtld.real_path == real else None)
         if same is not None:  # the same file under another name (glibc: same inode)
             same.names.add(name)
-            if same is not self.rtld or self._loaded(same):
+            if same is not self.rtld or self.rtld_loaded:
                 self.by_match.setdefault(name, same)
             return self._reuse(name, requester, same, step, path)
         obj = LoadedObject(path, real, facts_of(self.rootfs, real), requester.depth + 1, requester.name, {name, path})
@@ -661,7 +664,7 @@ class _Walk:
                path: str | None = None) -> LoadedObject | None:
         if obj is None:  # musl reserved name but no interpreter object (cannot happen for a dynamic ELF)
             return None
-        first = obj is self.rtld and not self._loaded(obj)
+        first = obj is self.rtld and not self.rtld_loaded
         self._record(Link(name, requester.name, path or obj.name, obj.real_path, step, new=first), requester)
         if first:
             obj.depth, obj.needed_by = requester.depth + 1, requester.name
@@ -725,19 +728,20 @@ class _Walk:
     # -- relocation (dl-lookup.c / musl do_relocs) ------------------------------------------------
     def _scope(self) -> list[LoadedObject]:
         scope = list(self.objects)
-        if self.rtld is not None and not self._loaded(self.rtld):
+        if self.rtld is not None and not self.rtld_loaded:
             scope.append(self.rtld)
         return scope
 
     def _check_symbols(self) -> None:
         if self.as_library:
             return  # a library's scope depends on the program that loads it
-        scope = [(_key(o), o.facts) for o in self._scope() if o.facts]
+        scope = {_key(o): o.facts for o in self._scope() if o.facts}
         order = self.objects[1:] + self.objects[:1]  # libraries are relocated before the program
         for obj in order:
             if obj is self.rtld or not obj.facts:
                 continue
-            unbound = self.loader.bindings.unbound(_key(obj), obj.facts, scope)
+            needed = {link.real_path for link in obj.links if link.real_path}
+            unbound = self.loader.bindings.unbound(_key(obj), obj.facts, scope, needed)
             if unbound:
                 lazy = not (self.musl or obj.facts.bind_now or self.env.bind_now)
                 absent = self._absent_version_files(obj)

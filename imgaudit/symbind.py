@@ -10,20 +10,23 @@ import and any provider in the scope will do, so the order of the scope does not
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import TypeVar
 
 from imgaudit.elf import ElfFacts, Symbol
 
 _NAME = itemgetter(0)
 _HIDDEN = itemgetter(3)
 _NAME_VERSION = itemgetter(0, 1)
+_K = TypeVar("_K")
 
 
 @dataclass
 class _Provider:
-    """An object's exported definitions, as the sets a reference is matched against."""
+    """An object's exported definitions, as the sets references are matched against."""
 
     names: frozenset[str]  # every defined name
     default: frozenset[str]  # names with a default (not `name@V`) definition
@@ -39,46 +42,76 @@ class _Provider:
         default = frozenset(s.name for s in exports if not s.hidden) if hidden else names
         return cls(names, default, bool(facts.version_defs), exports)
 
-    def binds(self, sym: Symbol, use_versions: bool) -> bool:
-        """`check_match`: a versioned reference binds only to that version in an object with versions
-        (to any definition in one without); an unversioned one to a default definition. musl ignores
-        versions altogether."""
-        if sym.name not in self.names:
-            return False
-        if not use_versions:
-            return True
-        if sym.version is None:
-            return sym.name in self.default
-        if not self.versioned:
-            return True
+    @property
+    def pairs(self) -> frozenset[tuple[str, str | None]]:
+        """(name, version) of every definition, hidden ones included."""
         if self._pairs is None:
             self._pairs = frozenset(map(_NAME_VERSION, self.exports))
-        return (sym.name, sym.version) in self._pairs
+        return self._pairs
 
 
 @dataclass
 class _Consumer:
     """An object's strong imports, bit i of an int standing for `symbols[i]`; `masks[provider]` =
-    the bits that provider binds."""
+    the bits that provider binds. The indexes map what a definition must match to the bits of the
+    imports it binds (ints, not lists: these live as long as the image, and the garbage collector
+    does not walk ints)."""
 
     symbols: tuple[Symbol, ...]
-    by_name: dict[str, list[int]]  # name → indexes into `symbols`
-    names: frozenset[str]
+    by_name: dict[str, int]  # every import
+    plain: dict[str, int]  # unversioned imports
+    by_version: dict[tuple[str, str | None], int]  # versioned imports, by (name, version)
+    versioned_names: dict[str, int]  # versioned imports, by name
     full: int
-    masks: dict[str, int] = field(default_factory=dict)
+    masks: dict[str, int] = field(default_factory=dict)  # every provider matched so far
+    useful: dict[str, int] = field(default_factory=dict)  # those that bind something
 
     @classmethod
     def of(cls, facts: ElfFacts) -> _Consumer:
         symbols = tuple(s for s in facts.imported_symbols if not s.weak)  # a weak reference may stay unbound
-        by_name: dict[str, list[int]] = {}
-        for i, sym in enumerate(symbols):
-            by_name.setdefault(sym.name, []).append(i)
-        return cls(symbols, by_name, frozenset(by_name), (1 << len(symbols)) - 1)
+        by_name: dict[str, int] = {}
+        plain: dict[str, int] = {}
+        by_version: dict[tuple[str, str | None], int] = {}
+        versioned_names: dict[str, int] = {}
+        for i, (name, version, _, _) in enumerate(symbols):
+            bit = 1 << i
+            by_name[name] = by_name.get(name, 0) | bit
+            if version is None:
+                plain[name] = plain.get(name, 0) | bit
+            else:
+                by_version[name, version] = by_version.get((name, version), 0) | bit
+                versioned_names[name] = versioned_names.get(name, 0) | bit
+        return cls(symbols, by_name, plain, by_version, versioned_names, (1 << len(symbols)) - 1)
+
+    def bound_by(self, provider: _Provider, use_versions: bool) -> int:
+        """glibc's `check_match`: a versioned reference binds only to that version in an object with
+        versions (to any definition of the name in one without); an unversioned one to a default
+        definition. musl ignores versions altogether."""
+        mask = 0
+        if not use_versions:
+            for name in _common(self.by_name, provider.names):
+                mask |= self.by_name[name]
+            return mask
+        for name in _common(self.plain, provider.default):
+            mask |= self.plain[name]
+        if self.by_version and provider.versioned:
+            for pair in _common(self.by_version, provider.pairs):
+                mask |= self.by_version[pair]
+        elif self.by_version:
+            for name in _common(self.versioned_names, provider.names):
+                mask |= self.versioned_names[name]
+        return mask
 
     def pick(self, bits: int) -> list[Symbol]:
         # One pass over the binary digits: testing `bits >> i & 1` per symbol is quadratic.
         digits = f"{bits:0{len(self.symbols)}b}"[::-1]  # `bits` is within `full`: no more digits than symbols
         return [sym for sym, digit in zip(self.symbols, digits, strict=True) if digit == "1"]
+
+
+def _common(index: dict[_K, int], keys: frozenset[_K]) -> AbstractSet[_K]:
+    """The keys of `index` in `keys`, walking the smaller of the two (`frozenset.intersection(dict)`
+    walks the dict, `dict.keys() & frozenset` the frozenset)."""
+    return index.keys() & keys if len(keys) < len(index) else keys.intersection(index)
 
 
 class Bindings:
@@ -90,40 +123,36 @@ class Bindings:
         self._providers: dict[str, _Provider] = {}
         self._consumers: dict[str, _Consumer] = {}
 
-    def unbound(self, key: str, facts: ElfFacts, scope: Sequence[tuple[str, ElfFacts]]) -> list[Symbol]:
-        """The strong imports of the object `key` that no object of `scope` defines, in import order."""
+    def unbound(self, key: str, facts: ElfFacts, scope: Mapping[str, ElfFacts],
+                needed: Collection[str] = ()) -> list[Symbol]:
+        """The strong imports of the object `key` that no object of `scope` (key → facts) defines, in
+        import order. `needed`: the objects its DT_NEEDED entries loaded, the likely providers."""
         consumer = self._consumers.get(key)
         if consumer is None:
             consumer = self._consumers[key] = _Consumer.of(facts)
         left = consumer.full
-        masks = consumer.masks
-        fresh = []
-        for other, _ in scope:
-            mask = masks.get(other)
-            if mask is None:
-                fresh.append(other)
-            else:
-                left &= ~mask
-        if left and fresh:
-            facts_of = dict(scope)
-            for other in fresh:
-                mask = masks[other] = self._mask(consumer, other, facts_of[other])
+        # The providers that bound something before usually bind everything again.
+        for other, mask in consumer.useful.items():
+            if other in scope:
                 left &= ~mask
                 if not left:
-                    break
+                    return []
+        masks = consumer.masks
+        fresh = sorted((other for other in scope if other not in masks), key=lambda other: other not in needed)
+        for other in fresh:
+            if not left:
+                return []
+            mask = masks[other] = self._mask(consumer, other, scope[other])
+            if mask:
+                consumer.useful[other] = mask
+                left &= ~mask
         return consumer.pick(left) if left else []
 
     def _mask(self, consumer: _Consumer, key: str, facts: ElfFacts) -> int:
         provider = self._providers.get(key)
         if provider is None:
             provider = self._providers[key] = _Provider.of(facts)
-        bitmap = bytearray((len(consumer.symbols) + 7) // 8)
-        symbols = consumer.symbols
-        for name in consumer.names & provider.names:
-            for i in consumer.by_name[name]:
-                if provider.binds(symbols[i], self.use_versions):
-                    bitmap[i >> 3] |= 1 << (i & 7)
-        return int.from_bytes(bitmap, "little")
+        return consumer.bound_by(provider, self.use_versions)
 
 
 class Versions:
