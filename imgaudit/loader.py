@@ -11,6 +11,7 @@ assumed.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import struct
@@ -222,6 +223,7 @@ def _split_dirs(value: str, seps: str) -> list[str]:
     return out
 
 
+@functools.cache  # a few dozen GLIBC_2.x versions, compared for every binary of an image
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else -1 for p in version.replace("-", ".").split("."))
 
@@ -565,6 +567,7 @@ class _Walk:
         # object: what `_dl_name_match_p` over the namespace list and `l_loader` would find.
         self.by_match: dict[str, LoadedObject] = {}
         self.by_name: dict[str, LoadedObject] = {}
+        self.chains: dict[int, list[LoadedObject]] = {}  # by id() of the requester
         self.links: list[Link] = []
         self.problems: list[Problem] = []
         self.rtld: LoadedObject | None = None
@@ -603,8 +606,12 @@ class _Walk:
         self.rtld = LoadedObject(interp, real, facts, 1, needed_by=None, names=names)
 
     def _chain(self, obj: LoadedObject) -> list[LoadedObject]:
-        """The requesting object, the one that loaded it, … up to the program (`l_loader`)."""
-        chain: list[LoadedObject] = []
+        """The requesting object, the one that loaded it, … up to the program (`l_loader`); the same
+        for each of its DT_NEEDED entries."""
+        chain = self.chains.get(id(obj))
+        if chain is not None:
+            return chain
+        chain = self.chains[id(obj)] = []
         cur: LoadedObject | None = obj
         while cur is not None and not any(c is cur for c in chain):
             chain.append(cur)
@@ -698,18 +705,22 @@ class _Walk:
         if not isinstance(self.loader, GlibcLoader):
             return  # musl ignores symbol versions
         versions = self.loader.versions
+        providers: dict[str, tuple[str, ElfFacts] | None] = {}  # the namespace is complete now
+
+        def find(file: str) -> tuple[str, ElfFacts] | None:
+            if file not in providers:
+                found = self._find_loaded(file)
+                providers[file] = (_key(found), found.facts) if found is not None and found.facts else None
+            return providers[file]
+
         for obj in self.objects:
-            if obj.facts is None or versions.all_met(_key(obj), obj.facts, self._provider):
+            if obj.facts is None or not obj.facts.version_needs or versions.all_met(_key(obj), obj.facts, find):
                 continue
             for need in obj.facts.version_needs:
                 provider = self._find_loaded(need.file)
                 if provider is None or provider.facts is None or provider.facts.error:
                     continue  # not loaded: already a missing-library problem
                 self._match_version(obj, provider, need.version, need.weak)
-
-    def _provider(self, file: str) -> tuple[str, ElfFacts] | None:
-        provider = self._find_loaded(file)
-        return (_key(provider), provider.facts) if provider is not None and provider.facts is not None else None
 
     def _match_version(self, obj: LoadedObject, provider: LoadedObject, version: str, weak: bool) -> None:
         assert provider.facts is not None

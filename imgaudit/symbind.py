@@ -58,30 +58,43 @@ class _Consumer:
     does not walk ints)."""
 
     symbols: tuple[Symbol, ...]
-    by_name: dict[str, int]  # every import
     plain: dict[str, int]  # unversioned imports
     by_version: dict[tuple[str, str | None], int]  # versioned imports, by (name, version)
-    versioned_names: dict[str, int]  # versioned imports, by name
     full: int
     masks: dict[str, int] = field(default_factory=dict)  # every provider matched so far
     useful: dict[str, int] = field(default_factory=dict)  # those that bind something
+    _versioned_names: dict[str, int] | None = None
+    _by_name: dict[str, int] | None = None
 
     @classmethod
     def of(cls, facts: ElfFacts) -> _Consumer:
         symbols = tuple(s for s in facts.imported_symbols if not s.weak)  # a weak reference may stay unbound
-        by_name: dict[str, int] = {}
         plain: dict[str, int] = {}
         by_version: dict[tuple[str, str | None], int] = {}
-        versioned_names: dict[str, int] = {}
         for i, (name, version, _, _) in enumerate(symbols):
-            bit = 1 << i
-            by_name[name] = by_name.get(name, 0) | bit
             if version is None:
-                plain[name] = plain.get(name, 0) | bit
+                plain[name] = plain.get(name, 0) | 1 << i
             else:
-                by_version[name, version] = by_version.get((name, version), 0) | bit
-                versioned_names[name] = versioned_names.get(name, 0) | bit
-        return cls(symbols, by_name, plain, by_version, versioned_names, (1 << len(symbols)) - 1)
+                by_version[name, version] = by_version.get((name, version), 0) | 1 << i
+        return cls(symbols, plain, by_version, (1 << len(symbols)) - 1)
+
+    @property
+    def versioned_names(self) -> dict[str, int]:
+        """Versioned imports by name, for a provider without versions (any definition binds)."""
+        if self._versioned_names is None:
+            self._versioned_names = {}
+            for (name, _), bits in self.by_version.items():
+                self._versioned_names[name] = self._versioned_names.get(name, 0) | bits
+        return self._versioned_names
+
+    @property
+    def by_name(self) -> dict[str, int]:
+        """Every import by name, for musl."""
+        if self._by_name is None:
+            self._by_name = dict(self.plain)
+            for name, bits in self.versioned_names.items():
+                self._by_name[name] = self._by_name.get(name, 0) | bits
+        return self._by_name
 
     def bound_by(self, provider: _Provider, use_versions: bool) -> int:
         """glibc's `check_match`: a versioned reference binds only to that version in an object with
@@ -89,8 +102,9 @@ class _Consumer:
         definition. musl ignores versions altogether."""
         mask = 0
         if not use_versions:
-            for name in _common(self.by_name, provider.names):
-                mask |= self.by_name[name]
+            by_name = self.by_name
+            for name in _common(by_name, provider.names):
+                mask |= by_name[name]
             return mask
         for name in _common(self.plain, provider.default):
             mask |= self.plain[name]
@@ -98,8 +112,9 @@ class _Consumer:
             for pair in _common(self.by_version, provider.pairs):
                 mask |= self.by_version[pair]
         elif self.by_version:
-            for name in _common(self.versioned_names, provider.names):
-                mask |= self.versioned_names[name]
+            versioned_names = self.versioned_names
+            for name in _common(versioned_names, provider.names):
+                mask |= versioned_names[name]
         return mask
 
     def pick(self, bits: int) -> list[Symbol]:

@@ -6,6 +6,7 @@ findings of issue 3 §7 (`missing-interpreter` … `not-executable` as errors; `
 from __future__ import annotations
 
 import posixpath
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from imgaudit import entrypoint, ldconf
@@ -91,7 +92,10 @@ def binaries(loaded: Loaded, report: Report, ep: entrypoint.Verdict, runtime: Ru
 
 
 def _elf_nodes(rootfs: RootFS) -> list[Node]:
-    return [n for n in rootfs.walk() if n.type is EntryType.FILE and n.entry.elf is not None and not n.hardlink_of]
+    """In `walk()` order (by path), but only the ELF files are sorted."""
+    found = [(path, node) for path, node in rootfs.nodes.items()
+             if node.entry.elf is not None and node.entry.type is EntryType.FILE and not node.hardlink_of]
+    return [node for _, node in sorted(found, key=itemgetter(0))]
 
 
 def _real(rootfs: RootFS, path: str | None) -> str | None:
