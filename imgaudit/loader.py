@@ -672,7 +672,9 @@ class _Walk:
         if obj is None:  # musl reserved name but no interpreter object (cannot happen for a dynamic ELF)
             return None
         first = obj is self.rtld and not self.rtld_loaded
-        self._record(Link(name, requester.name, path or obj.name, obj.real_path, step, new=first), requester)
+        link = Link(name, requester.name, path or obj.name, obj.real_path, step, None, (), first)
+        self.links.append(link)  # _record, inline: the hottest edge of the walk
+        requester.links.append(link)
         if first:
             obj.depth, obj.needed_by = requester.depth + 1, requester.name
             self._append(obj)
