@@ -11,18 +11,21 @@ assumed.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from imgaudit import ldcache
 from imgaudit.elf import ElfFacts, Symbol
 from imgaudit.layers import EntryType
 from imgaudit.rootfs import RootFS, SymlinkLoop
+from imgaudit.symbind import Bindings, Versions
 
 # (machine, ELF class) → Debian multiarch triplet, the dirs `ld.so` searches after the cache there.
 TRIPLETS = {
@@ -65,9 +68,11 @@ class Candidate:
     outcome: str
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
-    """One DT_NEEDED edge: `path` is the name the loader gives the object (`l_name`), None if not found."""
+class Link(NamedTuple):
+    """One DT_NEEDED edge: `path` is the name the loader gives the object (`l_name`), None if not found.
+
+    A NamedTuple like elf.Symbol, not a frozen dataclass: an image's resolutions make ~60k of them, and
+    a frozen dataclass builds ~4x slower."""
 
     name: str
     needed_by: str
@@ -195,6 +200,22 @@ def _check(rootfs: RootFS, path: str, want: tuple[int, str]) -> tuple[str, str |
     return ("ok" if got[1] == want[1] else "wrong-machine"), real
 
 
+class _Checks:
+    """`_check` of one loader, remembered by path: the root does not change while it is analysed, and
+    the same candidate paths come up for program after program."""
+
+    def __init__(self, rootfs: RootFS, want: tuple[int, str]) -> None:
+        self.rootfs = rootfs
+        self.want = want
+        self._done: dict[str, tuple[str, str | None]] = {}
+
+    def __call__(self, path: str) -> tuple[str, str | None]:
+        done = self._done.get(path)
+        if done is None:
+            done = self._done[path] = _check(self.rootfs, path, self.want)
+        return done
+
+
 def _split_dirs(value: str, seps: str) -> list[str]:
     out = [value]
     for sep in seps:
@@ -202,6 +223,7 @@ def _split_dirs(value: str, seps: str) -> list[str]:
     return out
 
 
+@functools.cache  # a few dozen GLIBC_2.x versions, compared for every binary of an image
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else -1 for p in version.replace("-", ".").split("."))
 
@@ -210,38 +232,6 @@ def glibc_required(facts: ElfFacts) -> str | None:
     """The highest GLIBC_2.x version the object needs (report `glibc_required`)."""
     versions = [n.version[6:] for n in facts.version_needs if n.version.startswith("GLIBC_2")]
     return max(versions, key=_version_key, default=None)
-
-
-# ------------------------------------------------------------------------------------------------
-# Symbol scope, shared by both loaders.
-
-
-class _Exports:
-    """Per real path: exported name → definitions (cached across resolutions)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, dict[str, list[Symbol]]] = {}
-
-    def of(self, obj: LoadedObject) -> dict[str, list[Symbol]]:
-        key = obj.real_path or obj.name
-        index = self._cache.get(key)
-        if index is None:
-            index = {}
-            for sym in obj.facts.exported_symbols if obj.facts else ():
-                index.setdefault(sym.name, []).append(sym)
-            self._cache[key] = index
-        return index
-
-
-def _binds(defs: list[Symbol], version: str | None, provider_versioned: bool, use_versions: bool) -> bool:
-    """glibc `check_match`: a versioned reference binds only to that version in an object with
-    versions (to anything in one without); an unversioned one to a default (non-hidden) definition.
-    musl ignores versions altogether."""
-    if not use_versions:
-        return True
-    if version is None:
-        return any(not d.hidden for d in defs)
-    return not provider_versioned or any(d.version == version for d in defs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,6 +247,10 @@ class _Search:
     bad: tuple[str, str] | None = None  # (path, errstring) of a fatal open_verify error
 
 
+# The dirs a search tries before its fixed last steps, each with the step that tries them.
+_Plan = tuple[tuple[Step, tuple[str, ...]], ...]
+
+
 class GlibcLoader:
     """One `ld.so` of one image; reusable across programs of that image (caches the ld.so.cache)."""
 
@@ -266,11 +260,16 @@ class GlibcLoader:
         self.rootfs = rootfs
         self.env = env
         self.want = (elf_class, machine)
+        self.check = _Checks(rootfs, self.want)
         self.default_dirs = default_dirs(rootfs, machine, elf_class)
         self.cache = load_cache(rootfs)
-        self.exports = _Exports()
+        self.bindings = Bindings(use_versions=True)
+        self.versions = Versions()
         self.lib = posixpath.basename(self.default_dirs[0]) if self.default_dirs else "lib"
         self.platform = machine
+        self.library_path = tuple(_split_dirs(env.library_path or "", ":;"))
+        self._expanded: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
+        self._searches: dict[tuple[str, _Plan], _Search] = {}
 
     # -- DSTs (elf/dl-load.c `_dl_dst_substitute`) ------------------------------------------
     def expand(self, text: str, origin: str) -> str:
@@ -278,47 +277,68 @@ class GlibcLoader:
         values = {"ORIGIN": origin, "LIB": self.lib, "PLATFORM": self.platform}
         return _DST.sub(lambda m: values[m.group(1) or m.group(2)], text)
 
-    def _dirs(self, entries: Iterable[str], origin: str) -> list[str]:
+    def _dirs(self, entries: tuple[str, ...], origin: str) -> tuple[str, ...]:
         """`fillin_rpath`: expand DSTs, drop trailing slashes; an empty element is the cwd."""
-        out = []
-        for entry in entries:
-            expanded = self.expand(entry, origin)
-            out.append(expanded.rstrip("/") or ("/" if expanded else self.env.cwd))
-        return out
+        key = (entries, origin)
+        dirs = self._expanded.get(key)
+        if dirs is None:
+            out = []
+            for entry in entries:
+                expanded = self.expand(entry, origin)
+                out.append(expanded.rstrip("/") or ("/" if expanded else self.env.cwd))
+            dirs = self._expanded[key] = tuple(out)
+        return dirs
 
     # -- the search (`_dl_map_object`) --------------------------------------------------------
     def search(self, name: str, loader: LoadedObject, chain: list[LoadedObject]) -> _Search:
-        s = _Search(name)
+        """The outcome depends only on the name and the dirs each step would try, so it is shared by
+        every requester whose RPATH/RUNPATH/$ORIGIN give the same dirs (the result is not modified)."""
+        key = (name, self._plan(name, loader, chain))
+        s = self._searches.get(key)
+        if s is None:
+            s = self._searches[key] = self._run(*key)
+        return s
+
+    def _plan(self, name: str, loader: LoadedObject, chain: list[LoadedObject]) -> _Plan:
+        """The steps before ld.so.cache, with their dirs expanded."""
         if "/" in name:
             path = self.expand(name, _origin(loader))
-            self._try(s, [path if path.startswith("/") else posixpath.join(self.env.cwd, path)], Step.PATH, "")
-            return s
+            return ((Step.PATH, (path if path.startswith("/") else posixpath.join(self.env.cwd, path),)),)
+        plan = []
         runpath = loader.facts.runpath if loader.facts else ()
         if not runpath:
             # DT_RPATH of the requesting object, then of the objects that loaded it, up to the program
             # (ignored for an object with DT_RUNPATH: get-dynamic-info.h drops RPATH then).
             for obj in chain:
                 rpath = obj.facts.rpath if obj.facts and not obj.facts.runpath else ()
-                if rpath and self._try(s, self._dirs(rpath, _origin(obj)), Step.RPATH, name):
-                    return s
-        if self.env.library_path and self._try(
-            s, self._dirs(_split_dirs(self.env.library_path, ":;"), _origin(chain[-1])), Step.LD_LIBRARY_PATH, name
-        ):
+                if rpath:
+                    plan.append((Step.RPATH, self._dirs(rpath, _origin(obj))))
+        if self.env.library_path:
+            plan.append((Step.LD_LIBRARY_PATH, self._dirs(self.library_path, _origin(chain[-1]))))
+        if runpath:
+            plan.append((Step.RUNPATH, self._dirs(runpath, _origin(loader))))
+        return tuple(plan)
+
+    def _run(self, name: str, plan: _Plan) -> _Search:
+        s = _Search(name)
+        if "/" in name:
+            self._try(s, plan[0][1], Step.PATH, "")
             return s
-        if runpath and self._try(s, self._dirs(runpath, _origin(loader)), Step.RUNPATH, name):
-            return s
+        for step, dirs in plan:
+            if self._try(s, dirs, step, name):
+                return s
         if self.cache is not None:
             entry = self.cache.lookup(name, self.want[1])
             # A cache entry whose file is gone or unfit is skipped; the default dirs come next.
-            if entry is not None and self._try(s, [entry.path], Step.LD_CACHE, ""):
+            if entry is not None and self._try(s, (entry.path,), Step.LD_CACHE, ""):
                 return s
         self._try(s, self.default_dirs, Step.DEFAULT, name)
         return s
 
-    def _try(self, s: _Search, dirs: list[str], step: Step, name: str) -> bool:
+    def _try(self, s: _Search, dirs: Sequence[str], step: Step, name: str) -> bool:
         for directory in dirs:
             path = posixpath.join(directory, name) if name else directory
-            outcome, real = _check(self.rootfs, path, self.want)
+            outcome, real = self.check(path)
             s.tried.append(Candidate(path, step, outcome))
             if outcome == "ok" and real is not None:
                 s.found = (path, real, step)
@@ -394,9 +414,12 @@ class MuslLoader:
         self.rootfs = rootfs
         self.env = env
         self.want = (elf_class, machine)
-        self.exports = _Exports()
+        self.check = _Checks(rootfs, self.want)
+        self.bindings = Bindings(use_versions=False)
         self.path_file = f"/etc/ld-musl-{MUSL_ARCH.get(machine, machine)}.path"
         self.sys_path, self.sys_step = self._sys_path()
+        self.library_path = tuple(_split_dirs(env.library_path or "", ":\n"))
+        self._searches: dict[tuple[str, _Plan], _Search] = {}
 
     def _sys_path(self) -> tuple[list[str], Step]:
         data = self.rootfs.read(self.path_file)
@@ -412,18 +435,33 @@ class MuslLoader:
         return any(name[3:].startswith(r + ".") for r in MUSL_RESERVED)
 
     def search(self, name: str, loader: LoadedObject, chain: list[LoadedObject]) -> _Search:
-        s = _Search(name)
+        """Shared by every requester whose search dirs are the same, as in `GlibcLoader.search`."""
+        key = (name, self._plan(name, chain))
+        s = self._searches.get(key)
+        if s is None:
+            s = self._searches[key] = self._run(*key)
+        return s
+
+    def _plan(self, name: str, chain: list[LoadedObject]) -> _Plan:
+        """The steps before the system path, with their dirs."""
         if "/" in name:
-            self._try(s, [name], Step.PATH, "")
-            return s
-        env_path = _split_dirs(self.env.library_path or "", ":\n")
-        if self.env.library_path and self._try(s, env_path, Step.LD_LIBRARY_PATH, name):
-            return s
+            return ((Step.PATH, (name,)),)
+        plan = [(Step.LD_LIBRARY_PATH, self.library_path)] if self.env.library_path else []
         for obj in chain:
             dirs = self._rpath(obj)
             if dirs is None:
                 break  # fixup_rpath failed: "Inhibit further search"
-            if dirs and self._try(s, dirs, Step.RUNPATH if obj.facts and obj.facts.runpath else Step.RPATH, name):
+            if dirs:
+                plan.append((Step.RUNPATH if obj.facts and obj.facts.runpath else Step.RPATH, tuple(dirs)))
+        return tuple(plan)
+
+    def _run(self, name: str, plan: _Plan) -> _Search:
+        s = _Search(name)
+        if "/" in name:
+            self._try(s, plan[0][1], Step.PATH, "")
+            return s
+        for step, dirs in plan:
+            if self._try(s, dirs, step, name):
                 return s
         self._try(s, self.sys_path, self.sys_step, name)
         return s
@@ -440,10 +478,10 @@ class MuslLoader:
         out = text.replace("${ORIGIN}", origin).replace("$ORIGIN", origin)
         return [] if "$" in out else [d for d in out.split(":") if d]
 
-    def _try(self, s: _Search, dirs: list[str], step: Step, name: str) -> bool:
+    def _try(self, s: _Search, dirs: Sequence[str], step: Step, name: str) -> bool:
         for directory in dirs:
             path = f"{directory}/{name}" if name else directory
-            outcome, real = _check(self.rootfs, path, self.want)
+            outcome, real = self.check(path)
             s.tried.append(Candidate(path, step, outcome))
             if outcome == "missing":
                 continue
@@ -521,16 +559,32 @@ class _Walk:
         self.env = env
         self.argv0 = argv0
         self.as_library = as_library
+        self.musl = isinstance(loader, MuslLoader)
         self.program = LoadedObject(path, real, facts, 0, names={path})
-        self.objects: list[LoadedObject] = [self.program]
-        self.by_real: dict[str, LoadedObject] = {real: self.program} if real else {}
+        self.objects: list[LoadedObject] = []
+        self.by_real: dict[str, LoadedObject] = {}
+        # The first object of `objects` each name (or, for glibc, DT_SONAME) matches, and each l_name's
+        # object: what `_dl_name_match_p` over the namespace list and `l_loader` would find.
+        self.by_match: dict[str, LoadedObject] = {}
+        self.by_name: dict[str, LoadedObject] = {}
+        self.chains: dict[int, list[LoadedObject]] = {}  # by id() of the requester
         self.links: list[Link] = []
         self.problems: list[Problem] = []
         self.rtld: LoadedObject | None = None
+        self.rtld_loaded = False  # the interpreter is in `objects`: something needed it
+        self._append(self.program)
 
-    @property
-    def musl(self) -> bool:
-        return isinstance(self.loader, MuslLoader)
+    def _append(self, obj: LoadedObject) -> None:
+        self.objects.append(obj)
+        self.rtld_loaded = self.rtld_loaded or obj is self.rtld
+        if obj.real_path:
+            self.by_real[obj.real_path] = obj
+        self.by_name.setdefault(obj.name, obj)
+        for name in obj.names:
+            self.by_match.setdefault(name, obj)
+        if not self.musl and obj.soname:
+            self.by_match.setdefault(obj.soname, obj)
+
 
     def run(self, interp_real: str | None) -> Resolution:
         facts = self.program.facts
@@ -552,13 +606,17 @@ class _Walk:
         self.rtld = LoadedObject(interp, real, facts, 1, needed_by=None, names=names)
 
     def _chain(self, obj: LoadedObject) -> list[LoadedObject]:
-        """The requesting object, the one that loaded it, … up to the program (`l_loader`)."""
-        chain: list[LoadedObject] = []
+        """The requesting object, the one that loaded it, … up to the program (`l_loader`); the same
+        for each of its DT_NEEDED entries."""
+        chain = self.chains.get(id(obj))
+        if chain is not None:
+            return chain
+        chain = self.chains[id(obj)] = []
         cur: LoadedObject | None = obj
-        while cur is not None and cur not in chain:
+        while cur is not None and not any(c is cur for c in chain):
             chain.append(cur)
             parent = cur.needed_by
-            cur = next((o for o in self.objects if o.name == parent), None) if parent else None
+            cur = self.by_name.get(parent) if parent else None
         return chain
 
     def _map_all(self) -> None:
@@ -572,9 +630,12 @@ class _Walk:
 
     def _find_loaded(self, name: str) -> LoadedObject | None:
         """`_dl_name_match_p` then DT_SONAME (glibc); musl matches the short name it searched for."""
-        for obj in [*self.objects, *([self.rtld] if self.rtld else [])]:
-            if name in obj.names or (not self.musl and obj.soname == name):
-                return obj
+        known = self.by_match.get(name)
+        if known is not None:
+            return known
+        rtld = self.rtld  # last when not yet in the namespace list
+        if rtld is not None and (name in rtld.names or (not self.musl and rtld.soname == name)):
+            return rtld
         return None
 
     def _map(self, name: str, requester: LoadedObject) -> LoadedObject | None:
@@ -592,11 +653,12 @@ class _Walk:
         same = self.by_real.get(real) or (self.rtld if self.rtld and self.rtld.real_path == real else None)
         if same is not None:  # the same file under another name (glibc: same inode)
             same.names.add(name)
+            if same is not self.rtld or self.rtld_loaded:
+                self.by_match.setdefault(name, same)
             return self._reuse(name, requester, same, step, path)
         obj = LoadedObject(path, real, facts_of(self.rootfs, real), requester.depth + 1, requester.name, {name, path})
         self._record(Link(name, requester.name, path, real, step, None, tuple(s.tried)), requester)
-        self.objects.append(obj)
-        self.by_real[real] = obj
+        self._append(obj)
         if obj.facts is None or obj.facts.error:
             self.problems.append(Problem("unknown", False, path, f"{path}: no ELF facts (not analysed)"))
         return obj
@@ -609,13 +671,13 @@ class _Walk:
                path: str | None = None) -> LoadedObject | None:
         if obj is None:  # musl reserved name but no interpreter object (cannot happen for a dynamic ELF)
             return None
-        first = obj is self.rtld and obj not in self.objects
-        self._record(Link(name, requester.name, path or obj.name, obj.real_path, step, new=first), requester)
+        first = obj is self.rtld and not self.rtld_loaded
+        link = Link(name, requester.name, path or obj.name, obj.real_path, step, None, (), first)
+        self.links.append(link)  # _record, inline: the hottest edge of the walk
+        requester.links.append(link)
         if first:
             obj.depth, obj.needed_by = requester.depth + 1, requester.name
-            self.objects.append(obj)
-            if obj.real_path:
-                self.by_real[obj.real_path] = obj
+            self._append(obj)
             return obj
         return None
 
@@ -642,10 +704,21 @@ class _Walk:
 
     # -- dl-version.c ----------------------------------------------------------------------------
     def _check_versions(self) -> None:
-        if self.musl:
+        if not isinstance(self.loader, GlibcLoader):
             return  # musl ignores symbol versions
+        versions = self.loader.versions
+        providers: dict[str, tuple[str, ElfFacts] | None] = {}  # the namespace is complete now
+
+        def find(file: str) -> tuple[str, ElfFacts] | None:
+            if file not in providers:
+                found = self._find_loaded(file)
+                providers[file] = (_key(found), found.facts) if found is not None and found.facts else None
+            return providers[file]
+
         for obj in self.objects:
-            for need in obj.facts.version_needs if obj.facts else ():
+            if obj.facts is None or not obj.facts.version_needs or versions.all_met(_key(obj), obj.facts, find):
+                continue
+            for need in obj.facts.version_needs:
                 provider = self._find_loaded(need.file)
                 if provider is None or provider.facts is None or provider.facts.error:
                     continue  # not loaded: already a missing-library problem
@@ -668,29 +741,25 @@ class _Walk:
     # -- relocation (dl-lookup.c / musl do_relocs) ------------------------------------------------
     def _scope(self) -> list[LoadedObject]:
         scope = list(self.objects)
-        if self.rtld is not None and self.rtld not in scope:
+        if self.rtld is not None and not self.rtld_loaded:
             scope.append(self.rtld)
         return scope
 
     def _check_symbols(self) -> None:
         if self.as_library:
             return  # a library's scope depends on the program that loads it
-        scope = [(o, self.loader.exports.of(o)) for o in self._scope() if o.facts]
+        scope = {_key(o): o.facts for o in self._scope() if o.facts}
         order = self.objects[1:] + self.objects[:1]  # libraries are relocated before the program
         for obj in order:
             if obj is self.rtld or not obj.facts:
                 continue
-            self._check_object(obj, scope)
-
-    def _check_object(self, obj: LoadedObject, scope: list[tuple[LoadedObject, dict[str, list[Symbol]]]]) -> None:
-        assert obj.facts is not None
-        lazy = not (self.musl or obj.facts.bind_now or self.env.bind_now)
-        use_versions = not self.musl
-        absent = self._absent_version_files(obj)
-        for sym in obj.facts.imported_symbols:
-            if sym.weak or sym.version in absent or self._bound(sym, scope, use_versions):
-                continue
-            self.problems.append(self._symbol_problem(obj, sym, lazy))
+            needed = {link.real_path for link in obj.links if link.real_path}
+            unbound = self.loader.bindings.unbound(_key(obj), obj.facts, scope, needed)
+            if unbound:
+                lazy = not (self.musl or obj.facts.bind_now or self.env.bind_now)
+                absent = self._absent_version_files(obj)
+                self.problems.extend(self._symbol_problem(obj, sym, lazy) for sym in unbound
+                                     if sym.version not in absent)
 
     def _absent_version_files(self, obj: LoadedObject) -> set[str | None]:
         """glibc: versions of a library that was not loaded; that library's error already stops
@@ -700,15 +769,6 @@ class _Walk:
             return set()
         return {n.version for n in obj.facts.version_needs if self._find_loaded(n.file) is None}
 
-    @staticmethod
-    def _bound(sym: Symbol, scope: list[tuple[LoadedObject, dict[str, list[Symbol]]]], use_versions: bool) -> bool:
-        for other, exports in scope:
-            defs = exports.get(sym.name)
-            versioned = bool(other.facts and other.facts.version_defs)
-            if defs and _binds(defs, sym.version, versioned, use_versions):
-                return True
-        return False
-
     def _symbol_problem(self, obj: LoadedObject, sym: Symbol, lazy: bool) -> Problem:
         if self.musl:
             message = f"Error relocating {obj.name}: {sym.name}: symbol not found"
@@ -717,6 +777,11 @@ class _Walk:
             message = (f"{self.argv0}: symbol lookup error: {self._glibc_name(obj)}: "
                        f"undefined symbol: {sym.name}{version}")
         return Problem("missing-symbol", not lazy, obj.name, message, version=sym.version, symbol=sym.name)
+
+
+def _key(obj: LoadedObject) -> str:
+    """What a loaded object's facts are cached under across resolutions of one image."""
+    return obj.real_path or obj.name
 
 
 def to_dict(res: Resolution) -> dict[str, object]:

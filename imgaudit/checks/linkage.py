@@ -6,6 +6,7 @@ findings of issue 3 §7 (`missing-interpreter` … `not-executable` as errors; `
 from __future__ import annotations
 
 import posixpath
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from imgaudit import entrypoint, ldconf
@@ -19,6 +20,7 @@ from imgaudit.loader import (
     MuslLoader,
     Resolution,
     glibc_required,
+    is_musl_loader,
     real_file,
     resolve,
 )
@@ -70,7 +72,7 @@ def binaries(loaded: Loaded, report: Report, ep: entrypoint.Verdict, runtime: Ru
     rootfs, config = loaded.rootfs, loaded.image.config
     env = LoaderEnv.from_env(config.env, config.working_dir)
     entry_real = _real(rootfs, ep.program)
-    loaders: dict[tuple[str, int, str], Loader] = {}
+    loaders: dict[tuple[str, int, bool], Loader] = {}
     machine = _machine(config)
     for node in _elf_nodes(rootfs):
         facts = node.entry.elf
@@ -90,7 +92,10 @@ def binaries(loaded: Loaded, report: Report, ep: entrypoint.Verdict, runtime: Ru
 
 
 def _elf_nodes(rootfs: RootFS) -> list[Node]:
-    return [n for n in rootfs.walk() if n.type is EntryType.FILE and n.entry.elf is not None and not n.hardlink_of]
+    """In `walk()` order (by path), but only the ELF files are sorted."""
+    found = [(path, node) for path, node in rootfs.nodes.items()
+             if node.entry.elf is not None and node.entry.type is EntryType.FILE and not node.hardlink_of]
+    return [node for _, node in sorted(found, key=itemgetter(0))]
 
 
 def _real(rootfs: RootFS, path: str | None) -> str | None:
@@ -105,21 +110,31 @@ def _runs_on(facts: ElfFacts, machine: str) -> bool:
 
 
 def _resolve(rootfs: RootFS, node: Node, facts: ElfFacts, env: LoaderEnv, runtime: RuntimeFacts,
-             loaders: dict[tuple[str, int, str], Loader], machine: str) -> Resolution | None:
+             loaders: dict[tuple[str, int, bool], Loader], machine: str) -> Resolution | None:
     """Executables as the kernel would start them; libraries with the image's own loader, and no
-    symbol checks (the program that loads a library provides part of its scope)."""
+    symbol checks (the program that loads a library provides part of its scope). One loader per
+    flavour, machine and class serves every binary, so what it learns of a file is learnt once."""
     if facts.interpreter is not None:
         # The kernel checks come first: a foreign machine or a missing interpreter never reach a loader.
-        if not _runs_on(facts, machine) or real_file(rootfs, facts.interpreter) is None:
+        interp_real = real_file(rootfs, facts.interpreter)
+        if not _runs_on(facts, machine) or interp_real is None:
             return None
-        return resolve(rootfs, node.path, env)
+        musl = is_musl_loader(rootfs, facts, interp_real)
+        return resolve(rootfs, node.path, env, loader=_loader(rootfs, env, facts, musl, loaders))
     if not facts.needed or runtime.libc.family not in ("glibc", "musl"):
         return None
-    key = (facts.machine, facts.elf_class, runtime.libc.family)
-    if key not in loaders:
-        cls = GlibcLoader if runtime.libc.family == "glibc" else MuslLoader
-        loaders[key] = cls(rootfs, env, facts.machine, facts.elf_class)
-    return resolve(rootfs, node.path, env, loader=loaders[key], as_library=True)
+    loader = _loader(rootfs, env, facts, runtime.libc.family == "musl", loaders)
+    return resolve(rootfs, node.path, env, loader=loader, as_library=True)
+
+
+def _loader(rootfs: RootFS, env: LoaderEnv, facts: ElfFacts, musl: bool,
+            loaders: dict[tuple[str, int, bool], Loader]) -> Loader:
+    key = (facts.machine, facts.elf_class, musl)
+    loader = loaders.get(key)
+    if loader is None:
+        cls = MuslLoader if musl else GlibcLoader
+        loader = loaders[key] = cls(rootfs, env, facts.machine, facts.elf_class)
+    return loader
 
 
 def _binary_info(node: Node, facts: ElfFacts, role: str, res: Resolution | None, machine: str) -> BinaryInfo:

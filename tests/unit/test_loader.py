@@ -149,3 +149,31 @@ def test_to_dict_is_plain_json() -> None:
     assert res is not None
     body = json.loads(json.dumps(loader.to_dict(res)))
     assert body["needed"][0]["via"] == "runpath" and body["verdict"] == "fail"
+
+
+def test_one_loader_shared_by_programs_keeps_each_programs_search_path_and_scope() -> None:
+    """linkage.py resolves every binary of an image with one loader, whose caches (searches by name and
+    expanded dirs, open_verify by path, exports and bindings by real path) must give each program what
+    a loader of its own would: the same soname found by $ORIGIN RUNPATH or RPATH, or LD_LIBRARY_PATH
+    with $ORIGIN, is a different file for programs in different dirs."""
+    items = [exe("a/bin/greet-app", "greet/bin/greet-app"), f("a/lib/libgreet.so.1", fx("greet/lib/libgreet.so.1")),
+             exe("b/bin/greet-app", "greet/bin/greet-app"),
+             f("b/lib/libgreet.so.1", fx("greet/lib-missing/libgreet.so.1")),
+             exe("c/bin/greet-app-rpath", "greet/bin/greet-app-rpath"),
+             f("c/lib/libgreet.so.1", fx("greet/lib-old/libgreet.so.1")),
+             exe("d/bin/greet-app-rpath", "greet/bin/greet-app-rpath"),
+             f("d/lib/libgreet.so.1", fx("greet/lib/libgreet.so.1"))]
+    fs = image(items)
+    programs = ["/a/bin/greet-app", "/b/bin/greet-app", "/c/bin/greet-app-rpath", "/d/bin/greet-app-rpath"]
+    for env in (LoaderEnv(), LoaderEnv.from_env(["LD_LIBRARY_PATH=$ORIGIN/../lib"])):
+        shared = loader.GlibcLoader(fs, env, "x86_64", 64)
+        for program in programs + programs[::-1]:
+            alone, with_shared = loader.resolve(fs, program, env), loader.resolve(fs, program, env, loader=shared)
+            assert alone is not None and with_shared is not None
+            assert loader.to_dict(with_shared) == loader.to_dict(alone)
+            assert with_shared.objects[1].real_path == program.split("/bin/")[0] + "/lib/libgreet.so.1"
+        resolved = {p: loader.resolve(fs, p, env, loader=shared) for p in programs}
+        kinds = {p: {q.kind for q in res.problems} for p, res in resolved.items() if res is not None}
+        assert "missing-symbol" in kinds["/b/bin/greet-app"] and "missing-symbol" not in kinds["/a/bin/greet-app"]
+        assert "glibc-version" in kinds["/c/bin/greet-app-rpath"]
+        assert "glibc-version" not in kinds["/d/bin/greet-app-rpath"]
