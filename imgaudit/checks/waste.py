@@ -15,7 +15,8 @@ of the same layer), i.e. Σ all layers' regular files − what `docker export` o
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from imgaudit.layers import Entry, EntryType, LayerScan
@@ -63,60 +64,100 @@ class _DNode:
         self.is_dir = is_dir
         self.children: dict[str, _DNode] = {}
 
-    def copy(self) -> _DNode:
-        twin = _DNode(self.size, self.is_dir)
-        stack = [(self, twin)]
+
+class _Tree:
+    """A dive FileTree, its nodes also indexed by path ("/a/b"): adding a path costs a lookup, not a walk
+    from the root. Nodes are created parents first, so the index lists every parent before its children."""
+
+    __slots__ = ("index", "root", "whiteouts")
+
+    def __init__(self) -> None:
+        self.root = _DNode()
+        self.index: dict[str, _DNode] = {}
+        self.whiteouts = False  # a name starting `.wh.`: stacking this tree must follow dive's order
+
+    def add(self, path: str, size: int, is_dir: bool) -> None:
+        """dive's `FileTree.AddPath`: missing parents get an empty payload (so they are *not* directories),
+        a name starting `.wh..wh..` stops the walk, the payload replaces the last node's, children stay."""
+        node = self.index.get(path)
+        if node is not None:
+            node.size, node.is_dir = size, is_dir
+            return
+        head, _, name = path.rpartition("/")
+        parent = self.index.get(head) if head else self.root
+        if parent is not None and not name.startswith(WHITEOUT_PREFIX):  # the common case: one new node
+            parent.children[name] = self.index[path] = _DNode(size, is_dir)
+            return
+        node = self._create(path)
+        if node is not None:
+            node.size, node.is_dir = size, is_dir
+
+    def _create(self, path: str) -> _DNode | None:
+        chain = [path]  # the missing paths, deepest first
+        head = path.rpartition("/")[0]
+        while head and head not in self.index:
+            chain.append(head)
+            head = head.rpartition("/")[0]
+        node = self.index[head] if head else self.root
+        for missing in reversed(chain):
+            name = missing.rpartition("/")[2]
+            if name.startswith(OPAQUE_PREFIX):
+                return None
+            if name.startswith(WHITEOUT_PREFIX):
+                self.whiteouts = True
+            node.children[name] = node = self.index[missing] = _DNode()
+        return node
+
+    def get(self, path: str) -> _DNode | None:
+        return self.index.get(path)
+
+    def remove(self, path: str) -> None:
+        """Drops `path` and its subtree (nothing when it is not there)."""
+        node = self.index.pop(path, None)
+        if node is None:
+            return
+        head, _, name = path.rpartition("/")
+        del (self.index[head] if head else self.root).children[name]
+        stack = [(path, node)]
         while stack:
-            src, dst = stack.pop()
-            for name, child in src.children.items():
-                dst.children[name] = _DNode(child.size, child.is_dir)
-                stack.append((child, dst.children[name]))
+            top, cur = stack.pop()
+            for name, child in cur.children.items():
+                below = f"{top}/{name}"
+                del self.index[below]
+                stack.append((below, child))
+
+    def copy(self) -> _Tree:
+        twin = _Tree()
+        twin.whiteouts = self.whiteouts
+        for path, node in self.index.items():
+            head, _, name = path.rpartition("/")
+            parent = twin.index[head] if head else twin.root
+            parent.children[name] = twin.index[path] = _DNode(node.size, node.is_dir)
         return twin
 
 
-def _add_path(root: _DNode, parts: Sequence[str], size: int, is_dir: bool) -> None:
-    """dive's `FileTree.AddPath`: missing parents get an empty payload (so they are *not* directories),
-    a name starting `.wh..wh..` stops the walk, the payload replaces the last node's, children stay."""
-    node = root
-    for name in parts:
-        child = node.children.get(name)
-        if child is None:
-            if name.startswith(OPAQUE_PREFIX):
-                return
-            child = node.children[name] = _DNode()
-        node = child
-    if parts:
-        node.size, node.is_dir = size, is_dir
+def _key(path: str) -> str:
+    """The tree path of an entry: its non-empty parts under "/" (the scan's paths are already so)."""
+    if path[:1] == "/" and "//" not in path and path[-1:] != "/":
+        return path
+    return "/" + "/".join(p for p in path.split("/") if p)
 
 
-def _get(root: _DNode, parts: Sequence[str]) -> _DNode | None:
-    node = root
-    for name in parts:
-        child = node.children.get(name)
-        if child is None:
-            return None
-        node = child
-    return node
-
-
-def _parts(path: str) -> list[str]:
-    return [p for p in path.split("/") if p]
-
-
-def layer_tree(scan: LayerScan) -> _DNode:
+def layer_tree(scan: LayerScan) -> _Tree:
     """One layer as dive's tree: every tar entry in order; a whiteout stays a `.wh.NAME` leaf."""
-    root = _DNode()
+    tree = _Tree()
     for entry in scan.entries:
-        parts = _parts(entry.path)
-        if not parts:
+        path = _key(entry.path)
+        if path == "/":
             continue  # "/" or "./": dive's AddPath never attaches a payload to its root
         if entry.type is EntryType.WHITEOUT:
-            _add_path(root, [*parts[:-1], WHITEOUT_PREFIX + parts[-1]], entry.size, False)
+            head, _, name = path.rpartition("/")
+            tree.add(f"{head}/{WHITEOUT_PREFIX}{name}", entry.size, False)
         elif entry.type is EntryType.OPAQUE:
-            _add_path(root, [*parts, OPAQUE_PREFIX + "opq"], 0, False)
+            tree.add(f"{path}/{OPAQUE_PREFIX}opq", 0, False)
         else:
-            _add_path(root, parts, entry.size, entry.type is EntryType.DIR)
-    return root
+            tree.add(path, entry.size, entry.type is EntryType.DIR)
+    return tree
 
 
 def _go_order(name: str) -> bytes:
@@ -124,32 +165,35 @@ def _go_order(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def _walk(root: _DNode, leaves_only: bool) -> Iterator[tuple[list[str], _DNode]]:
+def _walk(tree: _Tree, leaves_only: bool) -> Iterator[tuple[str, _DNode]]:
     """Depth-first, children sorted as Go sorts them. With `leaves_only`, leaves in the order dive's
     `VisitDepthChildFirst` visits them; otherwise every node, children before their parent."""
-    stack: list[tuple[list[str], _DNode, bool]] = [([], root, False)]
+    stack: list[tuple[str, _DNode, bool]] = [("", tree.root, False)]
     while stack:
-        parts, node, expanded = stack.pop()
+        path, node, expanded = stack.pop()
         if not node.children or expanded:
-            if parts and (not leaves_only or not node.children):
-                yield parts, node
+            if path and (not leaves_only or not node.children):
+                yield path, node
             continue
-        stack.append((parts, node, True))
+        stack.append((path, node, True))
         for name in sorted(node.children, key=_go_order, reverse=True):
-            stack.append(([*parts, name], node.children[name], False))
+            stack.append((f"{path}/{name}", node.children[name], False))
 
 
-def _stack(lower: _DNode, upper: _DNode) -> None:
+def _stack(lower: _Tree, upper: _Tree) -> None:
     """dive's `FileTree.Stack`: a whiteout removes its path (a miss is logged and ignored), anything
     else is added with its payload; opaque markers were never in the tree, so they do nothing."""
-    for parts, node in _walk(upper, leaves_only=False):
-        if parts[-1].startswith(WHITEOUT_PREFIX):
-            target = [*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):]]
-            parent = _get(lower, target[:-1])
-            if parent is not None:
-                parent.children.pop(target[-1], None)
+    if not upper.whiteouts:
+        # Without a removal the order of the additions does not matter: each path ends with its payload.
+        for path, node in upper.index.items():
+            lower.add(path, node.size, node.is_dir)
+        return
+    for path, node in _walk(upper, leaves_only=False):
+        target = _whited_out(path)
+        if target is not None:
+            lower.remove(target)
         else:
-            _add_path(lower, parts, node.size, node.is_dir)
+            lower.add(path, node.size, node.is_dir)
 
 
 def _subtree_bytes(node: _DNode) -> int:
@@ -161,30 +205,51 @@ def _subtree_bytes(node: _DNode) -> int:
     return total
 
 
-@dataclass
 class _PathStat:
-    cumulative: int = 0
-    minimum: int = -1  # dive's minDiscoveredSize starts at -1 and stays so if the path errors out
-    count: int = 0
+    __slots__ = ("count", "cumulative", "minimum")
+
+    def __init__(self) -> None:
+        self.cumulative = 0
+        self.minimum = -1  # dive's minDiscoveredSize starts at -1 and stays so if the path errors out
+        self.count = 0
 
 
-def _whiteout_bytes(stacked: _DNode, parts: list[str]) -> int | None:
-    """Bytes dive charges a whiteout: the lower directory's subtree, 0 for anything that is not a
-    directory, None when the path is not in the lower layers (dive's GetNode error)."""
-    target = _get(stacked, parts)
+def _whited_out(path: str) -> str | None:
+    """The path a `.wh.NAME` node names (dive's FileNode.Path(): the prefix is fictitious), else None."""
+    head, _, name = path.rpartition("/")
+    return f"{head}/{name[len(WHITEOUT_PREFIX):]}" if name.startswith(WHITEOUT_PREFIX) else None
+
+
+def _leaf(stacked: _Tree, path: str, node: _DNode) -> tuple[str, int | None]:
+    """(dive's path, bytes) of a leaf: a whiteout counts as the path it removes, for the lower directory's
+    subtree bytes, 0 for anything that is not a directory, None when the path is not in the lower layers
+    (dive's GetNode error)."""
+    target_path = _whited_out(path)
+    if target_path is None:
+        return path, node.size
+    target = stacked.get(target_path)
     if target is None:
-        return None
-    return _subtree_bytes(target) if target.is_dir else 0
+        return target_path, None
+    return target_path, _subtree_bytes(target) if target.is_dir else 0
 
 
-def _visit_layer(tree: _DNode, stacked: _DNode, stats: dict[str, _PathStat], order: list[str]) -> None:
-    for names, node in _walk(tree, leaves_only=True):
-        whiteout = names[-1].startswith(WHITEOUT_PREFIX)
-        # dive's FileNode.Path(): a whiteout prefix is fictitious on the leaf, so `.wh.x` counts as `x`
-        parts = [*names[:-1], names[-1][len(WHITEOUT_PREFIX):]] if whiteout else names
-        path = "/" + "/".join(parts)
-        stat = stats.setdefault(path, _PathStat())
-        size = _whiteout_bytes(stacked, parts) if whiteout else node.size
+def _leaves(tree: _Tree, stacked: _Tree) -> Iterable[tuple[str, _DNode]]:
+    """The leaves dive visits. Its visitor stops the layer at the first whiteout of a path the lower layers
+    lack, so only then does the visiting order matter."""
+    leaves = [(path, node) for path, node in tree.index.items() if not node.children]
+    if tree.whiteouts:
+        targets = (_whited_out(path) for path, _ in leaves)
+        if any(t is not None and stacked.get(t) is None for t in targets):
+            return _walk(tree, leaves_only=True)
+    return leaves
+
+
+def _visit_layer(tree: _Tree, stacked: _Tree, stats: dict[str, _PathStat], order: list[str]) -> None:
+    for leaf_path, node in _leaves(tree, stacked):
+        path, size = _leaf(stacked, leaf_path, node)
+        stat = stats.get(path)
+        if stat is None:
+            stat = stats[path] = _PathStat()
         if size is None:
             return  # dive's visitor returns the error: the rest of this layer is never visited
         stat.cumulative += size
@@ -196,13 +261,14 @@ def _visit_layer(tree: _DNode, stacked: _DNode, stats: dict[str, _PathStat], ord
 
 def dive_score(scans: Sequence[LayerScan]) -> DiveScore:
     """Efficiency, wasted bytes and the user share exactly as dive's `image.Analyze` computes them."""
-    trees = [layer_tree(scan) for scan in scans]
     stats: dict[str, _PathStat] = {}
     order: list[str] = []
     # dive stacks layers 0..k-1 onto a copy of layer 0 for each whiteout of layer k; stacking once
     # per layer gives the same trees (for layer 0: the copy of layer 0 itself, unstacked).
-    stacked = trees[0].copy() if trees else _DNode()
-    for tree in trees:
+    stacked: _Tree | None = None
+    for scan in scans:
+        tree = layer_tree(scan)  # one layer's tree at a time
+        stacked = tree.copy() if stacked is None else stacked
         _visit_layer(tree, stacked, stats, order)
         _stack(stacked, tree)
     wasted = sum(stats[p].cumulative for p in order)
@@ -279,19 +345,22 @@ def _link_origin(fs: RootFS, node: Node, file_layers: dict[str, list[int]]) -> t
     return (layers[-1], target) if layers else None
 
 
-def visible_origins(fs: RootFS, scans: Sequence[LayerScan]) -> set[tuple[int, str]]:
-    """(layer, path) of every layer entry whose bytes the final filesystem shows, each inode once."""
-    file_layers = _file_layers(scans)
-    out: set[tuple[int, str]] = set()
+def visible_origins(fs: RootFS, scans: Sequence[LayerScan]) -> defaultdict[int, set[str]]:
+    """Layer → paths of its entries whose bytes the final filesystem shows, each inode once."""
+    out: defaultdict[int, set[str]] = defaultdict(set)
+    links: list[Node] = []
     for node in fs.nodes.values():
-        if node.type is not EntryType.FILE:
+        if node.entry.type is not EntryType.FILE:
             continue
         if node.hardlink_of is None:
-            out.add((node.layer, node.path))
-            continue
+            out[node.layer].add(node.path)
+        else:
+            links.append(node)
+    file_layers = _file_layers(scans) if links else {}
+    for node in links:
         origin = _link_origin(fs, node, file_layers)
         if origin is not None:
-            out.add(origin)
+            out[origin[0]].add(origin[1])
     return out
 
 
@@ -348,6 +417,7 @@ def hidden_files(fs: RootFS, scans: Sequence[LayerScan]) -> list[Hidden]:
     out: list[Hidden] = []
     for index, scan in enumerate(scans):
         later: set[str] = set()  # paths a later entry of the same layer writes again
+        shown = visible.get(index, set())
         for entry in reversed(scan.entries):
             if entry.type in (EntryType.WHITEOUT, EntryType.OPAQUE):
                 continue  # they only affect lower layers (OCI image-spec, "Whiteouts")
@@ -358,7 +428,7 @@ def hidden_files(fs: RootFS, scans: Sequence[LayerScan]) -> list[Hidden]:
             if duplicate:  # the last entry of a layer wins (RELIABILITY.md #55)
                 out.append(Hidden(entry.path, entry.size, index, index, "duplicate-entry", entry.path))
                 continue
-            if (index, entry.path) in visible or _shown_elsewhere(fs, index, entry):
+            if entry.path in shown or _shown_elsewhere(fs, index, entry):
                 continue
             hider = _hider(fs, entry.path, index)
             hider_layer, change = hider if hider is not None else (index, Change.REMOVED)
