@@ -246,7 +246,7 @@ def _leaves(tree: _Tree, stacked: _Tree) -> Iterable[tuple[str, _DNode]]:
 
 def _visit_layer(tree: _Tree, stacked: _Tree, stats: dict[str, _PathStat], order: list[str]) -> None:
     for leaf_path, node in _leaves(tree, stacked):
-        path, size = _leaf(stacked, leaf_path, node)
+        path, size = _leaf(stacked, leaf_path, node) if tree.whiteouts else (leaf_path, node.size)
         stat = stats.get(path)
         if stat is None:
             stat = stats[path] = _PathStat()
@@ -319,18 +319,20 @@ class Reclaimable:
     contributors: tuple[Contributor, ...]
 
 
-def _file_layers(scans: Sequence[LayerScan]) -> dict[str, list[int]]:
-    """Path → layers (ascending) with a regular-file entry there."""
+def _file_layers(scans: Sequence[LayerScan], paths: set[str]) -> dict[str, list[int]]:
+    """Path (of `paths`) → layers (ascending) with a regular-file entry there."""
     out: dict[str, list[int]] = {}
     for index, scan in enumerate(scans):
         for entry in scan.entries:
-            if entry.type is EntryType.FILE and (not out.get(entry.path) or out[entry.path][-1] != index):
-                out.setdefault(entry.path, []).append(index)
+            if entry.type is EntryType.FILE and entry.path in paths:
+                layers = out.setdefault(entry.path, [])
+                if not layers or layers[-1] != index:
+                    layers.append(index)
     return out
 
 
-def _link_origin(fs: RootFS, node: Node, file_layers: dict[str, list[int]]) -> tuple[int, str] | None:
-    """The layer entry whose bytes a hard link shows: the file its target was when the link was made."""
+def _link_target(fs: RootFS, node: Node) -> str | None:
+    """The path whose file a hard link shows: its target's target while that was a link when this one was made."""
     target = node.hardlink_of
     seen: set[str] = set()
     while target is not None and target not in seen:
@@ -339,8 +341,11 @@ def _link_origin(fs: RootFS, node: Node, file_layers: dict[str, list[int]]) -> t
         if lower is None or lower.hardlink_of is None or lower.layer > node.layer:
             break
         target = lower.hardlink_of
-    if target is None:
-        return None
+    return target
+
+
+def _link_origin(node: Node, target: str, file_layers: dict[str, list[int]]) -> tuple[int, str] | None:
+    """The layer entry whose bytes a hard link shows: the file its target was when the link was made."""
     layers = [i for i in file_layers.get(target, ()) if i <= node.layer]
     return (layers[-1], target) if layers else None
 
@@ -356,9 +361,10 @@ def visible_origins(fs: RootFS, scans: Sequence[LayerScan]) -> defaultdict[int, 
             out[node.layer].add(node.path)
         else:
             links.append(node)
-    file_layers = _file_layers(scans) if links else {}
-    for node in links:
-        origin = _link_origin(fs, node, file_layers)
+    targets = [(node, _link_target(fs, node)) for node in links]
+    file_layers = _file_layers(scans, {t for _, t in targets if t is not None}) if links else {}
+    for node, target in targets:
+        origin = _link_origin(node, target, file_layers) if target is not None else None
         if origin is not None:
             out[origin[0]].add(origin[1])
     return out
