@@ -55,14 +55,25 @@ class DiveScore:
 
 
 class _DNode:
-    """A node of a dive FileTree: a name, a tar header's size and type flag, children by name."""
+    """A node of a dive FileTree: a name, a tar header's size and type flag, children by name (None
+    until the first child: most nodes are leaves)."""
 
     __slots__ = ("children", "is_dir", "size")
 
     def __init__(self, size: int = 0, is_dir: bool = False) -> None:
         self.size = size
         self.is_dir = is_dir
-        self.children: dict[str, _DNode] = {}
+        self.children: dict[str, _DNode] | None = None
+
+    def attach(self, name: str, child: _DNode) -> _DNode:
+        if self.children is None:
+            self.children = {}
+        self.children[name] = child
+        return child
+
+    def detach(self, name: str) -> None:
+        if self.children is not None:
+            del self.children[name]
 
 
 class _Tree:
@@ -86,7 +97,7 @@ class _Tree:
         head, _, name = path.rpartition("/")
         parent = self.index.get(head) if head else self.root
         if parent is not None and not name.startswith(WHITEOUT_PREFIX):  # the common case: one new node
-            parent.children[name] = self.index[path] = _DNode(size, is_dir)
+            self.index[path] = parent.attach(name, _DNode(size, is_dir))
             return
         node = self._create(path)
         if node is not None:
@@ -105,7 +116,7 @@ class _Tree:
                 return None
             if name.startswith(WHITEOUT_PREFIX):
                 self.whiteouts = True
-            node.children[name] = node = self.index[missing] = _DNode()
+            node = self.index[missing] = node.attach(name, _DNode())
         return node
 
     def get(self, path: str) -> _DNode | None:
@@ -117,11 +128,11 @@ class _Tree:
         if node is None:
             return
         head, _, name = path.rpartition("/")
-        del (self.index[head] if head else self.root).children[name]
+        (self.index[head] if head else self.root).detach(name)
         stack = [(path, node)]
         while stack:
             top, cur = stack.pop()
-            for name, child in cur.children.items():
+            for name, child in (cur.children or {}).items():
                 below = f"{top}/{name}"
                 del self.index[below]
                 stack.append((below, child))
@@ -132,7 +143,7 @@ class _Tree:
         for path, node in self.index.items():
             head, _, name = path.rpartition("/")
             parent = twin.index[head] if head else twin.root
-            parent.children[name] = twin.index[path] = _DNode(node.size, node.is_dir)
+            twin.index[path] = parent.attach(name, _DNode(node.size, node.is_dir))
         return twin
 
 
@@ -201,17 +212,22 @@ def _subtree_bytes(node: _DNode) -> int:
     while stack:
         cur = stack.pop()
         total += cur.size
-        stack.extend(cur.children.values())
+        stack.extend((cur.children or {}).values())
     return total
 
 
 class _PathStat:
+    """dive's per-path sums once a path is seen twice (or errors out); a path seen once is just its size."""
+
     __slots__ = ("count", "cumulative", "minimum")
 
-    def __init__(self) -> None:
-        self.cumulative = 0
-        self.minimum = -1  # dive's minDiscoveredSize starts at -1 and stays so if the path errors out
-        self.count = 0
+    def __init__(self, cumulative: int = 0, minimum: int = -1, count: int = 0) -> None:
+        self.cumulative = cumulative
+        self.minimum = minimum  # dive's minDiscoveredSize starts at -1 and stays so if the path errors out
+        self.count = count
+
+
+Stats = dict[str, "int | _PathStat"]  # a plain int: seen once, that many bytes (its sum and its minimum)
 
 
 def _whited_out(path: str) -> str | None:
@@ -236,52 +252,70 @@ def _leaf(stacked: _Tree, path: str, node: _DNode) -> tuple[str, int | None]:
 def _leaves(tree: _Tree, stacked: _Tree) -> Iterable[tuple[str, _DNode]]:
     """The leaves dive visits. Its visitor stops the layer at the first whiteout of a path the lower layers
     lack, so only then does the visiting order matter."""
-    leaves = [(path, node) for path, node in tree.index.items() if not node.children]
-    if tree.whiteouts:
-        targets = (_whited_out(path) for path, _ in leaves)
-        if any(t is not None and stacked.get(t) is None for t in targets):
-            return _walk(tree, leaves_only=True)
-    return leaves
+    leaves = ((path, node) for path, node in tree.index.items() if not node.children)
+    if not tree.whiteouts:
+        return leaves
+    listed = list(leaves)
+    if any(t is not None and stacked.get(t) is None for t in (_whited_out(path) for path, _ in listed)):
+        return _walk(tree, leaves_only=True)
+    return listed
 
 
-def _visit_layer(tree: _Tree, stacked: _Tree, stats: dict[str, _PathStat], order: list[str]) -> None:
+def _visit_layer(tree: _Tree, stacked: _Tree, stats: Stats, order: list[str]) -> None:
     for leaf_path, node in _leaves(tree, stacked):
         path, size = _leaf(stacked, leaf_path, node) if tree.whiteouts else (leaf_path, node.size)
         stat = stats.get(path)
-        if stat is None:
-            stat = stats[path] = _PathStat()
         if size is None:
+            if stat is None:
+                stats[path] = _PathStat()
             return  # dive's visitor returns the error: the rest of this layer is never visited
-        stat.cumulative += size
-        stat.minimum = size if stat.minimum < 0 else min(stat.minimum, size)
-        stat.count += 1
-        if stat.count == 2:
+        if stat is None:
+            stats[path] = size
+        elif isinstance(stat, int):
+            stats[path] = _PathStat(stat + size, min(stat, size), 2)
             order.append(path)
+        else:
+            stat.cumulative += size
+            stat.minimum = size if stat.minimum < 0 else min(stat.minimum, size)
+            stat.count += 1
+            if stat.count == 2:
+                order.append(path)
+
+
+def _repeated(stats: Stats, path: str) -> _PathStat:
+    stat = stats[path]
+    assert isinstance(stat, _PathStat)  # `order` lists paths seen twice
+    return stat
 
 
 def dive_score(scans: Sequence[LayerScan]) -> DiveScore:
     """Efficiency, wasted bytes and the user share exactly as dive's `image.Analyze` computes them."""
-    stats: dict[str, _PathStat] = {}
+    stats: Stats = {}
     order: list[str] = []
     # dive stacks layers 0..k-1 onto a copy of layer 0 for each whiteout of layer k; stacking once
-    # per layer gives the same trees (for layer 0: the copy of layer 0 itself, unstacked).
+    # per layer gives the same trees (for layer 0: the copy of layer 0 itself, unstacked). Without
+    # whiteouts stacking layer 0 onto its copy changes nothing, so the tree itself serves; the top
+    # layer is never stacked, as nothing reads the result.
     stacked: _Tree | None = None
-    for scan in scans:
+    for index, scan in enumerate(scans):
         tree = layer_tree(scan)  # one layer's tree at a time
-        stacked = tree.copy() if stacked is None else stacked
+        if stacked is None:
+            stacked = tree.copy() if tree.whiteouts else tree
         _visit_layer(tree, stacked, stats, order)
-        _stack(stacked, tree)
-    wasted = sum(stats[p].cumulative for p in order)
-    total = sum(s.cumulative for s in stats.values())
-    smallest = sum(s.minimum for s in stats.values())
+        if stacked is not tree and index < len(scans) - 1:
+            _stack(stacked, tree)
+    wasted = sum(_repeated(stats, p).cumulative for p in order)
+    total = sum(s if isinstance(s, int) else s.cumulative for s in stats.values())
+    smallest = sum(s if isinstance(s, int) else s.minimum for s in stats.values())
     sizes = [sum(e.size for e in scan.entries) for scan in scans]
-    worst = sorted(order, key=lambda p: (-stats[p].cumulative, p))[:TOP_INEFFICIENT]
+    worst = sorted(order, key=lambda p: (-_repeated(stats, p).cumulative, p))[:TOP_INEFFICIENT]
     return DiveScore(
         efficiency=max(0.0, smallest / total) if total else 1.0,
         wasted_bytes=wasted,
         size_bytes=sum(sizes),
         user_size_bytes=sum(sizes[1:]),
-        inefficiencies=tuple(Inefficiency(p, stats[p].count, stats[p].cumulative) for p in worst),
+        inefficiencies=tuple(Inefficiency(p, _repeated(stats, p).count, _repeated(stats, p).cumulative)
+                             for p in worst),
     )
 
 
