@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from imgaudit.cache import ScanCache, report_key
@@ -51,7 +53,24 @@ def load(reference: str, options: Options | None = None) -> Loaded:
         close = getattr(options.progress, "close", None)
         if close is not None:
             close()
-    return Loaded(image, scans, RootFS.build(scans))
+    with settled_heap():
+        return Loaded(image, scans, RootFS.build(scans))
+
+
+@contextmanager
+def settled_heap() -> Iterator[None]:
+    """Keeps the objects alive on entry out of the cyclic GC until exit. A loaded image is ~1 million long-lived
+    objects that are never garbage, and each full collection walks them all (~0.3 s on the benchmark image),
+    triggered again whenever the analysers' own objects pile up. Skipped if the caller froze objects itself
+    (say before forking): unfreezing theirs is not ours to do."""
+    if gc.get_freeze_count() or not gc.isenabled():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _elf_reader() -> ElfReader:
@@ -69,8 +88,9 @@ def audit(reference: str | Loaded, options: Options | None = None) -> Report:
     loaded = reference if isinstance(reference, Loaded) else load(reference, options)
     report = Report(image=image_info(loaded.image))
     report.incomplete.extend(incomplete(loaded))
-    for analyse in _analysers():
-        analyse(loaded, report)
+    with settled_heap():
+        for analyse in _analysers():
+            analyse(loaded, report)
     if cache is not None:
         cache.put_report(report_key(loaded.image), report)
     return report

@@ -6,7 +6,7 @@ is the same contract as a JSON Schema and every test report is validated against
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -232,22 +232,36 @@ class Report:
         return Summary(counts[Severity.ERROR], counts[Severity.WARNING], counts[Severity.INFO])
 
     def to_dict(self) -> dict[str, Any]:
-        body = asdict(self)
+        body = _plain(self)
         body.pop("tool_version")
         return {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "imgaudit", "version": self.tool_version},
-            **_plain(body),
-            "summary": asdict(self.summary),
+            **body,
+            "summary": _plain(self.summary),
             "complete": self.complete,
         }
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_FIELDS: dict[type, tuple[str, ...]] = {}  # a dataclass's field names, looked up once per class
+
+
 def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    """Dataclasses as dicts in field order, enums as their values, tuples as lists: what `dataclasses.asdict`
+    and a second pass over its result gave, at a fraction of the cost (asdict deep-copies every leaf)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    names = _FIELDS.get(kind)
+    if names is None:
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, dict):
+            return {k: _plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [_plain(v) for v in value]
+        if not is_dataclass(value) or isinstance(value, type):
+            return value
+        names = _FIELDS[kind] = tuple(f.name for f in fields(value))
+    return {name: _plain(getattr(value, name)) for name in names}

@@ -47,6 +47,31 @@ class SymlinkLoop(Exception):
 
 
 _ROOT = Node(Entry("/", EntryType.DIR, mode=0o755), -1)
+_DIR, _SYMLINK, _HARDLINK = EntryType.DIR, EntryType.SYMLINK, EntryType.HARDLINK
+Event = tuple[int, Change]
+
+
+def split(path: str) -> tuple[str, str]:
+    """posixpath.split, without its generality on the normalised paths the scan gives (no doubled or
+    trailing slash): this runs for every entry and every parent."""
+    head, sep, tail = path.rpartition("/")
+    if head and head[-1] != "/":
+        return head, tail
+    if sep and not head:
+        return "/", tail
+    return posixpath.split(path)
+
+
+def join(parent: str, name: str) -> str:
+    """posixpath.join of a real directory path (never empty) and one name."""
+    return parent + name if parent[-1] == "/" else f"{parent}/{name}"
+
+
+def _canonical(path: str) -> bool:
+    """Absolute, with no empty, `.` or `..` part: such a path that is a key of `RootFS.nodes` is its own
+    real path, since every key's parents are directories (a replaced directory takes its subtree along)."""
+    tail = path + "/"
+    return path[:1] == "/" and ("//" not in tail or path == "/") and "/./" not in tail and "/../" not in tail
 
 
 class RootFS:
@@ -54,8 +79,12 @@ class RootFS:
 
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {"/": _ROOT}
+        # Children by their full path: the very string objects the node keys are, so a child costs a set slot
+        # and no name string of its own.
         self._children: dict[str, set[str]] = {"/": set()}
-        self.history: dict[str, list[tuple[int, Change]]] = {}
+        # Most paths change once: their history is one shared 1-tuple per (layer, change), not a list each.
+        self.history: dict[str, tuple[Event, ...]] = {}
+        self._events: dict[Event, tuple[Event]] = {}
         self.skipped: list[Skipped] = []
         self.layer_count = 0
         self.contents: dict[str, bytes] = {}
@@ -84,7 +113,7 @@ class RootFS:
             node = self.nodes.get(path) if path is not None else None
             if path is not None and node is not None and node.is_dir:  # a marker in a symlink hides nothing
                 for child in list(self._children.get(path, ())):
-                    self._remove(posixpath.join(path, child), layer)
+                    self._remove(child, layer)
         for entry in scan.entries:
             if entry.type is EntryType.OPAQUE:
                 self._ensure_dir(entry.path, layer)
@@ -96,32 +125,36 @@ class RootFS:
         moby's UnpackLayer (in a chroot) and containerd's fs.RootPath do; `docker export` is the oracle."""
         if path == "/":
             return path
+        head, name = split(path)
         try:
-            parent = self.resolve(posixpath.dirname(path))
+            parent = self.resolve(head)
         except SymlinkLoop:
             return None
-        return posixpath.join(parent, posixpath.basename(path)) if parent else None
+        return join(parent, name) if parent else None
 
     def _add(self, entry: Entry, layer: int) -> None:
         if entry.path == "/":
             self.nodes["/"] = Node(replace(entry, path="/"), layer)
             return
-        parent = self._ensure_dir(posixpath.dirname(entry.path), layer)
+        head, name = split(entry.path)
+        parent = self._ensure_dir(head, layer)
         if parent is None:
             self.skipped.append(Skipped(entry.path, f"layer {layer}: parent is not a directory"))
             return
-        path = posixpath.join(parent, posixpath.basename(entry.path))
-        if path != entry.path:
+        path = join(parent, name)
+        if path == entry.path:
+            path = entry.path  # the scan's string: keys, children and history all share it
+        else:
             entry = replace(entry, path=path)
         hardlink_of = None
-        if entry.type is EntryType.HARDLINK:
+        if entry.type is _HARDLINK:
             bound = self._bind_hardlink(entry, layer)
             if bound is None:
                 return
             entry, hardlink_of = bound
         existing = self.nodes.get(path)
         if existing is not None:
-            if existing.is_dir and entry.type is EntryType.DIR:
+            if existing.entry.type is _DIR and entry.type is _DIR:
                 self.nodes[path] = Node(entry, layer)
                 self._record(path, layer, Change.MODIFIED)
                 return
@@ -134,8 +167,9 @@ class RootFS:
     def _bind_hardlink(self, entry: Entry, layer: int) -> tuple[Entry, str] | None:
         """A hard link shares the target's content as it is when the link is read (moby os.Link)."""
         assert entry.link is not None
-        parent = self.resolve(posixpath.dirname(entry.link))
-        target = self.nodes.get(posixpath.join(parent, posixpath.basename(entry.link))) if parent else None
+        head, name = split(entry.link)
+        parent = self.resolve(head)
+        target = self.nodes.get(join(parent, name)) if parent else None
         if target is None or target.is_dir:
             why = "a directory" if target is not None else "missing"
             self.skipped.append(Skipped(entry.path, f"layer {layer}: hard link target {entry.link} is {why}"))
@@ -144,26 +178,30 @@ class RootFS:
         return shared, target.path
 
     def _insert(self, node: Node, layer: int, change: Change) -> None:
-        self.nodes[node.path] = node
-        self._children[posixpath.dirname(node.path)].add(posixpath.basename(node.path))
-        if node.is_dir:
-            self._children.setdefault(node.path, set())
-        self._record(node.path, layer, change)
+        path = node.path
+        self.nodes[path] = node
+        self._children[split(path)[0]].add(path)
+        if node.entry.type is _DIR:
+            self._children.setdefault(path, set())
+        self._record(path, layer, change)
 
     def _ensure_dir(self, path: str, layer: int) -> str | None:
         """Returns the real path of directory `path`, creating missing parts and following symlinks."""
+        node = self.nodes.get(path)
+        if node is not None and node.entry.type is _DIR and _canonical(path):
+            return path  # the common case: an existing directory, no part to create or follow
         cur = "/"
         for name in [p for p in path.split("/") if p]:
-            cand = posixpath.join(cur, name)
+            cand = join(cur, name)
             node = self.nodes.get(cand)
             if node is None:
-                self._insert(Node(Entry(cand, EntryType.DIR, mode=0o755), layer), layer, Change.ADDED)
-            elif node.type is EntryType.SYMLINK:
+                self._insert(Node(Entry(cand, _DIR, mode=0o755), layer), layer, Change.ADDED)
+            elif node.entry.type is _SYMLINK:
                 resolved = self.resolve(cand)
                 if resolved is None or not self.nodes[resolved].is_dir:
                     return None
                 cand = resolved
-            elif not node.is_dir:
+            elif node.entry.type is not _DIR:
                 return None
             cur = cand
         return cur
@@ -181,18 +219,24 @@ class RootFS:
                 continue
             if not (keep_top and cur == path):
                 self._record(cur, layer, Change.REMOVED)
-            for child in self._children.pop(cur, ()):
-                stack.append(posixpath.join(cur, child))
-        self._children[posixpath.dirname(path)].discard(posixpath.basename(path))
+            stack.extend(self._children.pop(cur, ()))
+        self._children[split(path)[0]].discard(path)
 
     def _record(self, path: str, layer: int, change: Change) -> None:
-        self.history.setdefault(path, []).append((layer, change))
+        event = self._events.get((layer, change))
+        if event is None:
+            event = self._events[layer, change] = ((layer, change),)
+        past = self.history.get(path)
+        self.history[path] = past + event if past else event
 
     # -- lookups -------------------------------------------------------------------------------
 
     def resolve(self, path: str, *, follow_last: bool = True) -> str | None:
         """Real path of an existing node, or None. Absolute link targets start at the image root and
         `..` never climbs above it (chroot semantics). Raises SymlinkLoop past MAXSYMLINKS hops."""
+        node = self.nodes.get(path)
+        if node is not None and (node.entry.type is not _SYMLINK or not follow_last) and _canonical(path):
+            return path  # the common case: a real path already, nothing to follow
         pending = [p for p in path.split("/") if p][::-1]
         cur = "/"
         hops = 0
@@ -201,13 +245,13 @@ class RootFS:
             if name == ".":
                 continue
             if name == "..":
-                cur = posixpath.dirname(cur)
+                cur = split(cur)[0]
                 continue
-            cand = posixpath.join(cur, name)
+            cand = join(cur, name)
             node = self.nodes.get(cand)
             if node is None:
                 return None
-            if node.type is EntryType.SYMLINK and (pending or follow_last):
+            if node.entry.type is _SYMLINK and (pending or follow_last):
                 hops += 1
                 if hops > MAXSYMLINKS:
                     raise SymlinkLoop(path)
@@ -216,7 +260,7 @@ class RootFS:
                     cur = "/"
                 pending.extend([p for p in target.split("/") if p][::-1])
                 continue
-            if pending and not node.is_dir:
+            if pending and node.entry.type is not _DIR:
                 return None
             cur = cand
         return cur
@@ -242,7 +286,7 @@ class RootFS:
                 yield path, real
 
     def listdir(self, path: str) -> list[str]:
-        return sorted(self._children.get(path, ()))
+        return sorted(split(child)[1] for child in self._children.get(path, ()))
 
     def walk(self, top: str = "/") -> Iterator[Node]:
         """Every node at or below `top`, sorted by path."""

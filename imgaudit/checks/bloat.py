@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from imgaudit.layers import LayerScan
@@ -18,7 +18,7 @@ from imgaudit.report import Finding, Severity
 from imgaudit.rootfs import Node, RootFS
 
 if TYPE_CHECKING:
-    from imgaudit.checks.size import SizeFacts
+    from imgaudit.checks.size import DirTotal, SizeFacts
 
 DIFFERENT_STAGE = "build in a separate stage and COPY only the result into the runtime image (multi-stage build)"
 
@@ -80,7 +80,7 @@ DEFAULT_LIMITS = Thresholds()
 def findings(fs: RootFS, scans: Sequence[LayerScan], facts: SizeFacts,
              limits: Thresholds = DEFAULT_LIMITS) -> list[Finding]:
     owned = facts.owned
-    totals = _dir_index(owned)
+    totals = facts.dirs
     out: list[Finding] = []
     out += leftovers(totals, limits)
     out += target_dirs(totals, limits)
@@ -90,35 +90,6 @@ def findings(fs: RootFS, scans: Sequence[LayerScan], facts: SizeFacts,
     out += hidden_later(facts, limits)
     out += duplicates(facts, limits)
     return [f for f in out if f.bytes is None or f.bytes >= limits.report]
-
-
-@dataclass
-class _Dir:
-    bytes: int = 0
-    files: int = 0
-    by_layer: dict[int, int] = field(default_factory=dict)
-
-    def add(self, node: Node) -> None:
-        self.bytes += node.entry.size
-        self.files += 1
-        self.by_layer[node.layer] = self.by_layer.get(node.layer, 0) + node.entry.size
-
-    @property
-    def layer(self) -> int | None:
-        """The layer that put the most bytes here: where the fix belongs."""
-        ranked = sorted(self.by_layer.items(), key=lambda kv: (-kv[1], kv[0]))
-        return ranked[0][0] if ranked else None
-
-
-def _dir_index(owned: Iterable[Node]) -> dict[str, _Dir]:
-    """Every directory → bytes of the regular files below it (each inode once)."""
-    index: dict[str, _Dir] = {}
-    for node in owned:
-        parent = posixpath.dirname(node.path)
-        while parent != "/":
-            index.setdefault(parent, _Dir()).add(node)
-            parent = posixpath.dirname(parent)
-    return index
 
 
 def _files(count: int) -> str:
@@ -144,7 +115,7 @@ def _outermost(paths: Iterable[str]) -> list[str]:
     return kept
 
 
-def leftovers(totals: dict[str, _Dir], limits: Thresholds) -> Iterator[Finding]:
+def leftovers(totals: dict[str, DirTotal], limits: Thresholds) -> Iterator[Finding]:
     for rule in LEFTOVERS:
         for path in _outermost(p for p in totals if rule.pattern.match(p)):
             d = totals[path]
@@ -152,14 +123,14 @@ def leftovers(totals: dict[str, _Dir], limits: Thresholds) -> Iterator[Finding]:
                            rule.fix, limits)
 
 
-def _is_cargo_target(path: str, totals: dict[str, _Dir]) -> bool:
+def _is_cargo_target(path: str, totals: dict[str, DirTotal]) -> bool:
     """A Cargo `target/` directory: named target, with a `release` or `debug` profile dir holding
     Cargo's `.fingerprint` bookkeeping."""
     return posixpath.basename(path) == "target" and any(
         posixpath.join(path, profile, ".fingerprint") in totals for profile in ("release", "debug"))
 
 
-def target_dirs(totals: dict[str, _Dir], limits: Thresholds) -> Iterator[Finding]:
+def target_dirs(totals: dict[str, DirTotal], limits: Thresholds) -> Iterator[Finding]:
     for path in _outermost(p for p in totals if _is_cargo_target(p, totals)):
         d = totals[path]
         yield _finding("cargo-target", path, d.bytes, d.layer,
@@ -167,7 +138,7 @@ def target_dirs(totals: dict[str, _Dir], limits: Thresholds) -> Iterator[Finding
                        limits)
 
 
-def toolchains(owned: Sequence[Node], totals: dict[str, _Dir], limits: Thresholds) -> Iterator[Finding]:
+def toolchains(owned: Sequence[Node], totals: dict[str, DirTotal], limits: Thresholds) -> Iterator[Finding]:
     """Compilers, headers and static archives: needed to build, never to run."""
     groups = (
         ("toolchain-rust", "a Rust toolchain (rustup/rustlib)", RUST_TOOLCHAIN),
@@ -194,7 +165,7 @@ def _file_group(rule: str, what: str, nodes: list[Node], limits: Thresholds) -> 
     yield _finding(rule, biggest.path, size, biggest.layer, f"{what}: {more}", DIFFERENT_STAGE, limits)
 
 
-def docs(totals: dict[str, _Dir], limits: Thresholds) -> Iterator[Finding]:
+def docs(totals: dict[str, DirTotal], limits: Thresholds) -> Iterator[Finding]:
     for path in _outermost(p for p in totals if DOCS.match(p)):
         d = totals[path]
         fix = ("Debian/Ubuntu: before installing, add `path-exclude=/usr/share/doc/*`, "

@@ -8,9 +8,9 @@ holds), so `final_bytes + reclaimable_bytes` is the regular-file bytes of all la
 
 from __future__ import annotations
 
-import posixpath
+import heapq
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from imgaudit.checks import bloat
@@ -28,7 +28,7 @@ from imgaudit.report import (
     Report,
     SizeInfo,
 )
-from imgaudit.rootfs import Change, Node, RootFS
+from imgaudit.rootfs import Change, Node, RootFS, split
 
 if TYPE_CHECKING:
     from imgaudit.audit import Loaded
@@ -41,6 +41,27 @@ PATHS_PER_DUPLICATE = 10
 REMOVALS = ("removed", "opaque", "replaced")
 
 
+@dataclass(slots=True)
+class DirTotal:
+    """The regular files below one directory, each inode once."""
+
+    bytes: int = 0
+    files: int = 0
+    by_layer: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def layer(self) -> int | None:
+        """The layer that put the most bytes here: where the fix belongs."""
+        ranked = sorted(self.by_layer.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ranked[0][0] if ranked else None
+
+    def add(self, other: DirTotal) -> None:
+        self.bytes += other.bytes
+        self.files += other.files
+        for layer, size in other.by_layer.items():
+            self.by_layer[layer] = self.by_layer.get(layer, 0) + size
+
+
 @dataclass(frozen=True)
 class SizeFacts:
     """Everything the size audit computed, for the findings and renderers that build on it."""
@@ -50,6 +71,8 @@ class SizeFacts:
     packages: PackageDB | None
     owned: tuple[Node, ...]  # final regular files that own their bytes (hard links left out)
     duplicates: tuple[tuple[str, int, tuple[str, ...]], ...]  # (digest, size, paths), biggest first
+    dirs: dict[str, DirTotal]  # every directory above an owned file (the root left out)
+    file_count: int  # final regular files, hard links included
 
 
 def analyse(loaded: Loaded, report: Report) -> None:
@@ -59,19 +82,20 @@ def analyse(loaded: Loaded, report: Report) -> None:
 
 
 def size_facts(fs: RootFS, scans: Sequence[LayerScan]) -> SizeFacts:
-    owned = owned_files(fs)
-    return SizeFacts(dive_score(scans), reclaimable(fs, scans), read_packages(fs), owned, duplicate_groups(owned))
+    files = [n for n in fs.nodes.values() if n.entry.type is EntryType.FILE]
+    owned = tuple(n for n in files if n.hardlink_of is None)
+    return SizeFacts(dive_score(scans), reclaimable(fs, scans), read_packages(fs), owned, duplicate_groups(owned),
+                     dir_index(owned), len(files))
 
 
 def size_info(loaded: Loaded, facts: SizeFacts) -> SizeInfo:
     layers = layer_infos(loaded.image.layers, loaded.scans, loaded.rootfs, facts.reclaim.hidden)
-    files = [n for n in loaded.rootfs.nodes.values() if n.type is EntryType.FILE]
     dup_wasted = [size * (len(paths) - 1) for _, size, paths in facts.duplicates]
     return SizeInfo(
         compressed_bytes=pull_bytes(loaded.scans),
         uncompressed_bytes=sum(scan.size for scan in loaded.scans),
         final_bytes=layer_file_bytes(loaded.scans) - facts.reclaim.total,
-        file_count=len(files),
+        file_count=facts.file_count,
         efficiency=facts.dive.efficiency,
         wasted_bytes=facts.dive.wasted_bytes,
         reclaimable_bytes=facts.reclaim.total,
@@ -82,7 +106,7 @@ def size_info(loaded: Loaded, facts: SizeFacts) -> SizeInfo:
         inefficient_files=[Inefficiency(i.path, i.count, i.bytes) for i in facts.dive.inefficiencies],
         reclaimable=[ReclaimableItem(c.path, c.bytes, c.files, c.layer, c.hidden_by, c.reason)
                      for c in facts.reclaim.contributors],
-        top_dirs=top_dirs(facts.owned),
+        top_dirs=top_dirs(facts.dirs),
         duplicates=[DuplicateGroup(d, size, size * (len(p) - 1), list(p[:PATHS_PER_DUPLICATE]))
                     for d, size, p in facts.duplicates[:TOP_DUPLICATES]],
         duplicate_bytes=sum(dup_wasted),
@@ -99,32 +123,41 @@ def layer_file_bytes(scans: Iterable[LayerScan]) -> int:
     return sum(e.size for scan in scans for e in scan.entries if e.type is EntryType.FILE)
 
 
-def owned_files(fs: RootFS) -> tuple[Node, ...]:
-    """Final regular files that hold their own bytes; a hard link shares its target's."""
-    return tuple(n for n in fs.nodes.values() if n.type is EntryType.FILE and n.hardlink_of is None)
-
-
 def top_files(owned: Iterable[Node], top: int = TOP_FILES) -> list[FileSize]:
-    ranked = sorted(owned, key=lambda n: (-n.entry.size, n.path))[:top]
+    ranked = heapq.nsmallest(top, owned, key=lambda n: (-n.entry.size, n.path))
     return [FileSize(n.path, n.entry.size, max(n.layer, 0)) for n in ranked]
 
 
-def dir_totals(owned: Iterable[Node]) -> dict[str, list[int]]:
-    """Directory → [bytes, files] of every regular file below it."""
-    totals: dict[str, list[int]] = {}
+def dir_index(owned: Iterable[Node]) -> dict[str, DirTotal]:
+    """Every directory (but the root) → the regular files below it: summed per parent first, then each
+    directory's sum is carried up its ancestors once (not every file up every ancestor)."""
+    direct: dict[str, DirTotal] = {}
     for node in owned:
-        parent = posixpath.dirname(node.path)
-        while parent != "/":
-            acc = totals.setdefault(parent, [0, 0])
-            acc[0] += node.entry.size
-            acc[1] += 1
-            parent = posixpath.dirname(parent)
-    return totals
+        parent = split(node.path)[0]
+        if parent == "/":
+            continue
+        acc = direct.get(parent)
+        if acc is None:
+            acc = direct[parent] = DirTotal()
+        size = node.entry.size
+        acc.bytes += size
+        acc.files += 1
+        acc.by_layer[node.layer] = acc.by_layer.get(node.layer, 0) + size
+    index: dict[str, DirTotal] = {}
+    for parent, acc in direct.items():
+        path = parent
+        while path != "/":
+            total = index.get(path)
+            if total is None:
+                total = index[path] = DirTotal()
+            total.add(acc)
+            path = split(path)[0]
+    return index
 
 
-def top_dirs(owned: Iterable[Node], top: int = TOP_DIRS) -> list[DirSize]:
-    ranked = sorted(dir_totals(owned).items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]
-    return [DirSize(path, size, files) for path, (size, files) in ranked]
+def top_dirs(dirs: dict[str, DirTotal], top: int = TOP_DIRS) -> list[DirSize]:
+    ranked = heapq.nsmallest(top, dirs.items(), key=lambda kv: (-kv[1].bytes, kv[0]))
+    return [DirSize(path, d.bytes, d.files) for path, d in ranked]
 
 
 def duplicate_groups(owned: Iterable[Node]) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
@@ -139,16 +172,20 @@ def duplicate_groups(owned: Iterable[Node]) -> tuple[tuple[str, int, tuple[str, 
     return tuple(sorted(groups, key=lambda g: (-g[1] * (len(g[2]) - 1), g[2][0])))
 
 
-def _first_change(fs: RootFS, path: str, layer: int) -> Change | None:
-    return next((c for lay, c in fs.history.get(path, ()) if lay == layer), None)
+def _first_change(events: Iterable[tuple[int, Change]], layer: int) -> Change | None:
+    for lay, change in events:
+        if lay == layer:
+            return change
+    return None
 
 
 def _written_bytes(scan: LayerScan, fs: RootFS, layer: int) -> tuple[int, int]:
     """(added, modified) regular-file bytes of one layer; the last entry of a duplicated path counts."""
     last = {e.path: e for e in scan.entries if e.type is EntryType.FILE}
     added = modified = 0
+    history = fs.history
     for path, entry in last.items():
-        if _first_change(fs, path, layer) in (None, Change.ADDED):
+        if _first_change(history.get(path, ()), layer) in (None, Change.ADDED):
             added += entry.size
         else:
             modified += entry.size

@@ -15,7 +15,8 @@ of the same layer), i.e. Σ all layers' regular files − what `docker export` o
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from imgaudit.layers import Entry, EntryType, LayerScan
@@ -54,69 +55,120 @@ class DiveScore:
 
 
 class _DNode:
-    """A node of a dive FileTree: a name, a tar header's size and type flag, children by name."""
+    """A node of a dive FileTree: a name, a tar header's size and type flag, children by name (None
+    until the first child: most nodes are leaves)."""
 
     __slots__ = ("children", "is_dir", "size")
 
     def __init__(self, size: int = 0, is_dir: bool = False) -> None:
         self.size = size
         self.is_dir = is_dir
-        self.children: dict[str, _DNode] = {}
+        self.children: dict[str, _DNode] | None = None
 
-    def copy(self) -> _DNode:
-        twin = _DNode(self.size, self.is_dir)
-        stack = [(self, twin)]
+    def attach(self, name: str, child: _DNode) -> _DNode:
+        if self.children is None:
+            self.children = {}
+        self.children[name] = child
+        return child
+
+    def detach(self, name: str) -> None:
+        if self.children is not None:
+            del self.children[name]
+
+
+class _Tree:
+    """A dive FileTree, its nodes also indexed by path ("/a/b"): adding a path costs a lookup, not a walk
+    from the root. Nodes are created parents first, so the index lists every parent before its children."""
+
+    __slots__ = ("index", "root", "whiteouts")
+
+    def __init__(self) -> None:
+        self.root = _DNode()
+        self.index: dict[str, _DNode] = {}
+        self.whiteouts = False  # a name starting `.wh.`: stacking this tree must follow dive's order
+
+    def add(self, path: str, size: int, is_dir: bool) -> None:
+        """dive's `FileTree.AddPath`: missing parents get an empty payload (so they are *not* directories),
+        a name starting `.wh..wh..` stops the walk, the payload replaces the last node's, children stay."""
+        node = self.index.get(path)
+        if node is not None:
+            node.size, node.is_dir = size, is_dir
+            return
+        head, _, name = path.rpartition("/")
+        parent = self.index.get(head) if head else self.root
+        if parent is not None and not name.startswith(WHITEOUT_PREFIX):  # the common case: one new node
+            self.index[path] = parent.attach(name, _DNode(size, is_dir))
+            return
+        node = self._create(path)
+        if node is not None:
+            node.size, node.is_dir = size, is_dir
+
+    def _create(self, path: str) -> _DNode | None:
+        chain = [path]  # the missing paths, deepest first
+        head = path.rpartition("/")[0]
+        while head and head not in self.index:
+            chain.append(head)
+            head = head.rpartition("/")[0]
+        node = self.index[head] if head else self.root
+        for missing in reversed(chain):
+            name = missing.rpartition("/")[2]
+            if name.startswith(OPAQUE_PREFIX):
+                return None
+            if name.startswith(WHITEOUT_PREFIX):
+                self.whiteouts = True
+            node = self.index[missing] = node.attach(name, _DNode())
+        return node
+
+    def get(self, path: str) -> _DNode | None:
+        return self.index.get(path)
+
+    def remove(self, path: str) -> None:
+        """Drops `path` and its subtree (nothing when it is not there)."""
+        node = self.index.pop(path, None)
+        if node is None:
+            return
+        head, _, name = path.rpartition("/")
+        (self.index[head] if head else self.root).detach(name)
+        stack = [(path, node)]
         while stack:
-            src, dst = stack.pop()
-            for name, child in src.children.items():
-                dst.children[name] = _DNode(child.size, child.is_dir)
-                stack.append((child, dst.children[name]))
+            top, cur = stack.pop()
+            for name, child in (cur.children or {}).items():
+                below = f"{top}/{name}"
+                del self.index[below]
+                stack.append((below, child))
+
+    def copy(self) -> _Tree:
+        twin = _Tree()
+        twin.whiteouts = self.whiteouts
+        for path, node in self.index.items():
+            head, _, name = path.rpartition("/")
+            parent = twin.index[head] if head else twin.root
+            twin.index[path] = parent.attach(name, _DNode(node.size, node.is_dir))
         return twin
 
 
-def _add_path(root: _DNode, parts: Sequence[str], size: int, is_dir: bool) -> None:
-    """dive's `FileTree.AddPath`: missing parents get an empty payload (so they are *not* directories),
-    a name starting `.wh..wh..` stops the walk, the payload replaces the last node's, children stay."""
-    node = root
-    for name in parts:
-        child = node.children.get(name)
-        if child is None:
-            if name.startswith(OPAQUE_PREFIX):
-                return
-            child = node.children[name] = _DNode()
-        node = child
-    if parts:
-        node.size, node.is_dir = size, is_dir
+def _key(path: str) -> str:
+    """The tree path of an entry: its non-empty parts under "/" (the scan's paths are already so)."""
+    if path[:1] == "/" and "//" not in path and path[-1:] != "/":
+        return path
+    return "/" + "/".join(p for p in path.split("/") if p)
 
 
-def _get(root: _DNode, parts: Sequence[str]) -> _DNode | None:
-    node = root
-    for name in parts:
-        child = node.children.get(name)
-        if child is None:
-            return None
-        node = child
-    return node
-
-
-def _parts(path: str) -> list[str]:
-    return [p for p in path.split("/") if p]
-
-
-def layer_tree(scan: LayerScan) -> _DNode:
+def layer_tree(scan: LayerScan) -> _Tree:
     """One layer as dive's tree: every tar entry in order; a whiteout stays a `.wh.NAME` leaf."""
-    root = _DNode()
+    tree = _Tree()
     for entry in scan.entries:
-        parts = _parts(entry.path)
-        if not parts:
+        path = _key(entry.path)
+        if path == "/":
             continue  # "/" or "./": dive's AddPath never attaches a payload to its root
         if entry.type is EntryType.WHITEOUT:
-            _add_path(root, [*parts[:-1], WHITEOUT_PREFIX + parts[-1]], entry.size, False)
+            head, _, name = path.rpartition("/")
+            tree.add(f"{head}/{WHITEOUT_PREFIX}{name}", entry.size, False)
         elif entry.type is EntryType.OPAQUE:
-            _add_path(root, [*parts, OPAQUE_PREFIX + "opq"], 0, False)
+            tree.add(f"{path}/{OPAQUE_PREFIX}opq", 0, False)
         else:
-            _add_path(root, parts, entry.size, entry.type is EntryType.DIR)
-    return root
+            tree.add(path, entry.size, entry.type is EntryType.DIR)
+    return tree
 
 
 def _go_order(name: str) -> bytes:
@@ -124,32 +176,35 @@ def _go_order(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def _walk(root: _DNode, leaves_only: bool) -> Iterator[tuple[list[str], _DNode]]:
+def _walk(tree: _Tree, leaves_only: bool) -> Iterator[tuple[str, _DNode]]:
     """Depth-first, children sorted as Go sorts them. With `leaves_only`, leaves in the order dive's
     `VisitDepthChildFirst` visits them; otherwise every node, children before their parent."""
-    stack: list[tuple[list[str], _DNode, bool]] = [([], root, False)]
+    stack: list[tuple[str, _DNode, bool]] = [("", tree.root, False)]
     while stack:
-        parts, node, expanded = stack.pop()
+        path, node, expanded = stack.pop()
         if not node.children or expanded:
-            if parts and (not leaves_only or not node.children):
-                yield parts, node
+            if path and (not leaves_only or not node.children):
+                yield path, node
             continue
-        stack.append((parts, node, True))
+        stack.append((path, node, True))
         for name in sorted(node.children, key=_go_order, reverse=True):
-            stack.append(([*parts, name], node.children[name], False))
+            stack.append((f"{path}/{name}", node.children[name], False))
 
 
-def _stack(lower: _DNode, upper: _DNode) -> None:
+def _stack(lower: _Tree, upper: _Tree) -> None:
     """dive's `FileTree.Stack`: a whiteout removes its path (a miss is logged and ignored), anything
     else is added with its payload; opaque markers were never in the tree, so they do nothing."""
-    for parts, node in _walk(upper, leaves_only=False):
-        if parts[-1].startswith(WHITEOUT_PREFIX):
-            target = [*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):]]
-            parent = _get(lower, target[:-1])
-            if parent is not None:
-                parent.children.pop(target[-1], None)
+    if not upper.whiteouts:
+        # Without a removal the order of the additions does not matter: each path ends with its payload.
+        for path, node in upper.index.items():
+            lower.add(path, node.size, node.is_dir)
+        return
+    for path, node in _walk(upper, leaves_only=False):
+        target = _whited_out(path)
+        if target is not None:
+            lower.remove(target)
         else:
-            _add_path(lower, parts, node.size, node.is_dir)
+            lower.add(path, node.size, node.is_dir)
 
 
 def _subtree_bytes(node: _DNode) -> int:
@@ -157,65 +212,110 @@ def _subtree_bytes(node: _DNode) -> int:
     while stack:
         cur = stack.pop()
         total += cur.size
-        stack.extend(cur.children.values())
+        stack.extend((cur.children or {}).values())
     return total
 
 
-@dataclass
 class _PathStat:
-    cumulative: int = 0
-    minimum: int = -1  # dive's minDiscoveredSize starts at -1 and stays so if the path errors out
-    count: int = 0
+    """dive's per-path sums once a path is seen twice (or errors out); a path seen once is just its size."""
+
+    __slots__ = ("count", "cumulative", "minimum")
+
+    def __init__(self, cumulative: int = 0, minimum: int = -1, count: int = 0) -> None:
+        self.cumulative = cumulative
+        self.minimum = minimum  # dive's minDiscoveredSize starts at -1 and stays so if the path errors out
+        self.count = count
 
 
-def _whiteout_bytes(stacked: _DNode, parts: list[str]) -> int | None:
-    """Bytes dive charges a whiteout: the lower directory's subtree, 0 for anything that is not a
-    directory, None when the path is not in the lower layers (dive's GetNode error)."""
-    target = _get(stacked, parts)
+Stats = dict[str, "int | _PathStat"]  # a plain int: seen once, that many bytes (its sum and its minimum)
+
+
+def _whited_out(path: str) -> str | None:
+    """The path a `.wh.NAME` node names (dive's FileNode.Path(): the prefix is fictitious), else None."""
+    head, _, name = path.rpartition("/")
+    return f"{head}/{name[len(WHITEOUT_PREFIX):]}" if name.startswith(WHITEOUT_PREFIX) else None
+
+
+def _leaf(stacked: _Tree, path: str, node: _DNode) -> tuple[str, int | None]:
+    """(dive's path, bytes) of a leaf: a whiteout counts as the path it removes, for the lower directory's
+    subtree bytes, 0 for anything that is not a directory, None when the path is not in the lower layers
+    (dive's GetNode error)."""
+    target_path = _whited_out(path)
+    if target_path is None:
+        return path, node.size
+    target = stacked.get(target_path)
     if target is None:
-        return None
-    return _subtree_bytes(target) if target.is_dir else 0
+        return target_path, None
+    return target_path, _subtree_bytes(target) if target.is_dir else 0
 
 
-def _visit_layer(tree: _DNode, stacked: _DNode, stats: dict[str, _PathStat], order: list[str]) -> None:
-    for names, node in _walk(tree, leaves_only=True):
-        whiteout = names[-1].startswith(WHITEOUT_PREFIX)
-        # dive's FileNode.Path(): a whiteout prefix is fictitious on the leaf, so `.wh.x` counts as `x`
-        parts = [*names[:-1], names[-1][len(WHITEOUT_PREFIX):]] if whiteout else names
-        path = "/" + "/".join(parts)
-        stat = stats.setdefault(path, _PathStat())
-        size = _whiteout_bytes(stacked, parts) if whiteout else node.size
+def _leaves(tree: _Tree, stacked: _Tree) -> Iterable[tuple[str, _DNode]]:
+    """The leaves dive visits. Its visitor stops the layer at the first whiteout of a path the lower layers
+    lack, so only then does the visiting order matter."""
+    leaves = ((path, node) for path, node in tree.index.items() if not node.children)
+    if not tree.whiteouts:
+        return leaves
+    listed = list(leaves)
+    if any(t is not None and stacked.get(t) is None for t in (_whited_out(path) for path, _ in listed)):
+        return _walk(tree, leaves_only=True)
+    return listed
+
+
+def _visit_layer(tree: _Tree, stacked: _Tree, stats: Stats, order: list[str]) -> None:
+    for leaf_path, node in _leaves(tree, stacked):
+        path, size = _leaf(stacked, leaf_path, node) if tree.whiteouts else (leaf_path, node.size)
+        stat = stats.get(path)
         if size is None:
+            if stat is None:
+                stats[path] = _PathStat()
             return  # dive's visitor returns the error: the rest of this layer is never visited
-        stat.cumulative += size
-        stat.minimum = size if stat.minimum < 0 else min(stat.minimum, size)
-        stat.count += 1
-        if stat.count == 2:
+        if stat is None:
+            stats[path] = size
+        elif isinstance(stat, int):
+            stats[path] = _PathStat(stat + size, min(stat, size), 2)
             order.append(path)
+        else:
+            stat.cumulative += size
+            stat.minimum = size if stat.minimum < 0 else min(stat.minimum, size)
+            stat.count += 1
+            if stat.count == 2:
+                order.append(path)
+
+
+def _repeated(stats: Stats, path: str) -> _PathStat:
+    stat = stats[path]
+    assert isinstance(stat, _PathStat)  # `order` lists paths seen twice
+    return stat
 
 
 def dive_score(scans: Sequence[LayerScan]) -> DiveScore:
     """Efficiency, wasted bytes and the user share exactly as dive's `image.Analyze` computes them."""
-    trees = [layer_tree(scan) for scan in scans]
-    stats: dict[str, _PathStat] = {}
+    stats: Stats = {}
     order: list[str] = []
     # dive stacks layers 0..k-1 onto a copy of layer 0 for each whiteout of layer k; stacking once
-    # per layer gives the same trees (for layer 0: the copy of layer 0 itself, unstacked).
-    stacked = trees[0].copy() if trees else _DNode()
-    for tree in trees:
+    # per layer gives the same trees (for layer 0: the copy of layer 0 itself, unstacked). Without
+    # whiteouts stacking layer 0 onto its copy changes nothing, so the tree itself serves; the top
+    # layer is never stacked, as nothing reads the result.
+    stacked: _Tree | None = None
+    for index, scan in enumerate(scans):
+        tree = layer_tree(scan)  # one layer's tree at a time
+        if stacked is None:
+            stacked = tree.copy() if tree.whiteouts else tree
         _visit_layer(tree, stacked, stats, order)
-        _stack(stacked, tree)
-    wasted = sum(stats[p].cumulative for p in order)
-    total = sum(s.cumulative for s in stats.values())
-    smallest = sum(s.minimum for s in stats.values())
+        if stacked is not tree and index < len(scans) - 1:
+            _stack(stacked, tree)
+    wasted = sum(_repeated(stats, p).cumulative for p in order)
+    total = sum(s if isinstance(s, int) else s.cumulative for s in stats.values())
+    smallest = sum(s if isinstance(s, int) else s.minimum for s in stats.values())
     sizes = [sum(e.size for e in scan.entries) for scan in scans]
-    worst = sorted(order, key=lambda p: (-stats[p].cumulative, p))[:TOP_INEFFICIENT]
+    worst = sorted(order, key=lambda p: (-_repeated(stats, p).cumulative, p))[:TOP_INEFFICIENT]
     return DiveScore(
         efficiency=max(0.0, smallest / total) if total else 1.0,
         wasted_bytes=wasted,
         size_bytes=sum(sizes),
         user_size_bytes=sum(sizes[1:]),
-        inefficiencies=tuple(Inefficiency(p, stats[p].count, stats[p].cumulative) for p in worst),
+        inefficiencies=tuple(Inefficiency(p, _repeated(stats, p).count, _repeated(stats, p).cumulative)
+                             for p in worst),
     )
 
 
@@ -253,18 +353,20 @@ class Reclaimable:
     contributors: tuple[Contributor, ...]
 
 
-def _file_layers(scans: Sequence[LayerScan]) -> dict[str, list[int]]:
-    """Path → layers (ascending) with a regular-file entry there."""
+def _file_layers(scans: Sequence[LayerScan], paths: set[str]) -> dict[str, list[int]]:
+    """Path (of `paths`) → layers (ascending) with a regular-file entry there."""
     out: dict[str, list[int]] = {}
     for index, scan in enumerate(scans):
         for entry in scan.entries:
-            if entry.type is EntryType.FILE and (not out.get(entry.path) or out[entry.path][-1] != index):
-                out.setdefault(entry.path, []).append(index)
+            if entry.type is EntryType.FILE and entry.path in paths:
+                layers = out.setdefault(entry.path, [])
+                if not layers or layers[-1] != index:
+                    layers.append(index)
     return out
 
 
-def _link_origin(fs: RootFS, node: Node, file_layers: dict[str, list[int]]) -> tuple[int, str] | None:
-    """The layer entry whose bytes a hard link shows: the file its target was when the link was made."""
+def _link_target(fs: RootFS, node: Node) -> str | None:
+    """The path whose file a hard link shows: its target's target while that was a link when this one was made."""
     target = node.hardlink_of
     seen: set[str] = set()
     while target is not None and target not in seen:
@@ -273,25 +375,32 @@ def _link_origin(fs: RootFS, node: Node, file_layers: dict[str, list[int]]) -> t
         if lower is None or lower.hardlink_of is None or lower.layer > node.layer:
             break
         target = lower.hardlink_of
-    if target is None:
-        return None
+    return target
+
+
+def _link_origin(node: Node, target: str, file_layers: dict[str, list[int]]) -> tuple[int, str] | None:
+    """The layer entry whose bytes a hard link shows: the file its target was when the link was made."""
     layers = [i for i in file_layers.get(target, ()) if i <= node.layer]
     return (layers[-1], target) if layers else None
 
 
-def visible_origins(fs: RootFS, scans: Sequence[LayerScan]) -> set[tuple[int, str]]:
-    """(layer, path) of every layer entry whose bytes the final filesystem shows, each inode once."""
-    file_layers = _file_layers(scans)
-    out: set[tuple[int, str]] = set()
+def visible_origins(fs: RootFS, scans: Sequence[LayerScan]) -> defaultdict[int, set[str]]:
+    """Layer → paths of its entries whose bytes the final filesystem shows, each inode once."""
+    out: defaultdict[int, set[str]] = defaultdict(set)
+    links: list[Node] = []
     for node in fs.nodes.values():
-        if node.type is not EntryType.FILE:
+        if node.entry.type is not EntryType.FILE:
             continue
         if node.hardlink_of is None:
-            out.add((node.layer, node.path))
-            continue
-        origin = _link_origin(fs, node, file_layers)
+            out[node.layer].add(node.path)
+        else:
+            links.append(node)
+    targets = [(node, _link_target(fs, node)) for node in links]
+    file_layers = _file_layers(scans, {t for _, t in targets if t is not None}) if links else {}
+    for node, target in targets:
+        origin = _link_origin(node, target, file_layers) if target is not None else None
         if origin is not None:
-            out.add(origin)
+            out[origin[0]].add(origin[1])
     return out
 
 
@@ -348,6 +457,7 @@ def hidden_files(fs: RootFS, scans: Sequence[LayerScan]) -> list[Hidden]:
     out: list[Hidden] = []
     for index, scan in enumerate(scans):
         later: set[str] = set()  # paths a later entry of the same layer writes again
+        shown = visible.get(index, set())
         for entry in reversed(scan.entries):
             if entry.type in (EntryType.WHITEOUT, EntryType.OPAQUE):
                 continue  # they only affect lower layers (OCI image-spec, "Whiteouts")
@@ -358,7 +468,7 @@ def hidden_files(fs: RootFS, scans: Sequence[LayerScan]) -> list[Hidden]:
             if duplicate:  # the last entry of a layer wins (RELIABILITY.md #55)
                 out.append(Hidden(entry.path, entry.size, index, index, "duplicate-entry", entry.path))
                 continue
-            if (index, entry.path) in visible or _shown_elsewhere(fs, index, entry):
+            if entry.path in shown or _shown_elsewhere(fs, index, entry):
                 continue
             hider = _hider(fs, entry.path, index)
             hider_layer, change = hider if hider is not None else (index, Change.REMOVED)

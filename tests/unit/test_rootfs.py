@@ -116,9 +116,9 @@ def test_symlink_loops_stop_after_40_hops() -> None:
 
 def test_history_counts_per_layer() -> None:
     fs = build([f("a", "1"), f("b", "2")], [f("a", "11"), wh("b"), f("c", "3")])
-    assert fs.history["/a"] == [(0, Change.ADDED), (1, Change.MODIFIED)]
-    assert fs.history["/b"] == [(0, Change.ADDED), (1, Change.REMOVED)]
-    assert fs.history["/c"] == [(1, Change.ADDED)]
+    assert fs.history["/a"] == ((0, Change.ADDED), (1, Change.MODIFIED))
+    assert fs.history["/b"] == ((0, Change.ADDED), (1, Change.REMOVED))
+    assert fs.history["/c"] == ((1, Change.ADDED),)
 
 
 def test_small_file_content_follows_the_final_layer() -> None:
