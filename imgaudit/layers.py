@@ -221,7 +221,7 @@ class LayerStream:
     (each of them releases the GIL for milliseconds at a time), so they overlap the walk's Python work;
     `close` stops the thread."""
 
-    AHEAD = 4  # plain pieces decoded ahead of the reader: at most ~16 MiB (gzip) or 128 MiB (zstd bomb)
+    AHEAD = 16  # plain pieces decoded ahead of the reader: at most ~16 MiB (gzip) or 128 MiB (zstd bomb)
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
