@@ -422,7 +422,10 @@ def _ancestors(path: str) -> Iterator[str]:
     """`path` itself, then each parent directory up to (not including) the root."""
     while path not in ("/", ""):
         yield path
-        path = posixpath.dirname(path)
+        parent = posixpath.dirname(path)
+        if parent == path:  # "//": dirname stands still (the scan normalises paths, but never loop)
+            return
+        path = parent
 
 
 @dataclass(frozen=True)
