@@ -284,3 +284,10 @@ def test_dive_single_layer_oci_images(name: str) -> None:
     assert (report.size.efficiency, report.size.wasted_bytes, report.size.reclaimable_bytes) == (1.0, 0, 0)
     assert report.size.user_wasted_percent is None
     assert len(report.size.layers) == 1
+
+
+def test_ancestors_end_even_where_dirname_stands_still() -> None:
+    from imgaudit.checks.waste import _ancestors
+
+    assert list(_ancestors("/a/b")) == ["/a/b", "/a"]
+    assert list(_ancestors("//x")) == ["//x", "//"]  # dirname("//") is "//": this used to loop forever
