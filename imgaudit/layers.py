@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict, runtime_checkable
 
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
+from imgaudit.zstdscout import ZstdScout
 
 _inflate_mod: ModuleType
 try:  # ISA-L inflates ~2.4x faster than zlib (DESIGN.md §3b); zlib is the fallback.
@@ -62,7 +63,8 @@ MAX_HEADER_BYTES = 8 << 20
 # ends in a wait for the GIL, so a call must carry milliseconds of work, not microseconds.
 _GZIP_SLICE = RAW_CHUNK
 _GZIP_OUT = 4 << 20
-_ZSTD_SLICE = 1 << 10
+_ZSTD_SLICE = 1 << 10  # only where the block scout is lost (garbage, trailing data): 1 KiB x 32768
+_ZSTD_BLOCKS = 31  # blocks begun per zstd call when the scout knows them: at most 32 x 128 KiB out
 # A compression bomb: past 1 GiB of plain bytes, more than 100 plain bytes per stored byte. Real layers
 # compress 2-10x; gzip cannot pass ~1032x, so only zero-filled files of gigabytes come near (exit 3).
 MAX_RATIO = 100
@@ -151,13 +153,15 @@ class _Inflater:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.trailing = 0
+        self._trailing = 0
+        self._cut = b""  # the first bytes of a member's or frame's magic, cut by the chunk's end
         if kind != "tar":  # plain tar passes through feed() untouched
             self._obj = self._new()
         self._done = kind == "tar"
         self._input: memoryview = memoryview(b"")
         self._at = 0
-        self._slice = _GZIP_SLICE if kind == "gzip" else _ZSTD_SLICE
+        self._base = 0  # offset in the stored stream where _input starts
+        self._scout = ZstdScout() if kind == "zstd" else None
 
     def _new(self) -> _Decompressor:
         if self.kind == "gzip":
@@ -172,16 +176,50 @@ class _Inflater:
         """Takes the next stored chunk (the last one must be used up) and returns the first plain piece."""
         if self.kind == "tar":
             return data
-        if self.trailing:
-            self.trailing += len(data)
+        if self._trailing:
+            self._trailing += len(data)
             return b""
+        if self._scout is not None:
+            self._scout.feed(data)
+        self._base += len(self._input) - len(self._cut)
+        if self._cut:
+            data, self._cut = self._cut + data, b""
         self._input, self._at = memoryview(data), 0
         return self.more()
+
+    @property
+    def trailing(self) -> int:
+        """Bytes after the last member or frame that start none (a cut magic at the very end too)."""
+        return self._trailing + len(self._cut)
+
+    def _slice_end(self) -> int:
+        if self._scout is None:
+            return self._at + _GZIP_SLICE
+        end = self._scout.end_for(self._base + self._at, self._base + len(self._input), _ZSTD_BLOCKS)
+        return self._at + _ZSTD_SLICE if end is None else end - self._base
+
+    def _next_member(self) -> bool:
+        """After a member or frame ended with input left: a new decoder where another one starts (True),
+        else the rest is trailing data."""
+        rest = self._input[self._at:]
+        self._at = len(self._input)
+        if _starts_frame(rest, self.kind):
+            self._at -= len(rest)
+            self._obj = self._new()
+            self._done = False
+            return True
+        if _magic_prefix(rest, self.kind):  # decided once the next chunk completes it
+            self._cut = bytes(rest)
+        else:
+            self._trailing = len(rest)
+        return False
 
     def more(self) -> bytes:
         """The next non-empty plain piece from the chunk fed last; b"" once it is used up."""
         while self._at < len(self._input):
-            piece = self._input[self._at:self._at + self._slice]
+            if self._obj.eof and not self._next_member():  # the last one ended where the last chunk did
+                return b""
+            piece = self._input[self._at:self._slice_end()]
             if self.kind == "gzip":
                 out = self._obj.decompress(piece, _GZIP_OUT)  # type: ignore[call-arg]  # zlib's max_length
                 # a capped call keeps its unused input in unconsumed_tail; output held back inside the
@@ -193,15 +231,9 @@ class _Inflater:
             if self._obj.eof:
                 used -= len(self._obj.unused_data)
                 self._done = True
-                rest = self._input[self._at + used:]
-                if len(rest):
-                    if not _starts_frame(rest, self.kind):
-                        self.trailing = len(rest)
-                        used = len(self._input) - self._at
-                    else:
-                        self._obj = self._new()
-                        self._done = False
             self._at += used
+            if self._obj.eof and self._at < len(self._input):
+                self._next_member()
             if out:
                 return out
         return b""
@@ -584,6 +616,14 @@ def _unsupported(head: bytes) -> str | None:
 def _skippable(data: bytes | memoryview) -> bool:
     """A zstd skippable frame (magic 0x184D2A50-5F, little-endian): decoders skip it (RFC 8878 §3.1.2)."""
     return len(data) >= 4 and 0x50 <= data[0] <= 0x5F and bytes(data[1:4]) == b"\x2a\x4d\x18"
+
+
+def _magic_prefix(data: memoryview, kind: str) -> bool:
+    """Fewer bytes than a magic, and the start of one (a chunk may end inside the next member's magic)."""
+    head = bytes(data)
+    if kind == "gzip":
+        return len(head) < len(GZIP_MAGIC) and GZIP_MAGIC.startswith(head)
+    return len(head) < 4 and (ZSTD_MAGIC.startswith(head) or _skippable(head + b"\x2a\x4d\x18"[len(head) - 1:]))
 
 
 def _starts_frame(data: memoryview, kind: str) -> bool:

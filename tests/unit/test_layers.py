@@ -36,6 +36,48 @@ def test_multi_member_streams_decode_every_member(compress) -> None:  # type: ig
     assert len(result.entries) == 5
 
 
+class _ShortReads(io.BytesIO):
+    """A blob whose reads stop at chosen offsets, as a socket's or a pipe's may."""
+
+    def __init__(self, data: bytes, cuts: list[int]) -> None:
+        super().__init__(data)
+        self.cuts = cuts
+
+    def read(self, size: int | None = -1) -> bytes:
+        ahead = [c for c in self.cuts if c > self.tell()]
+        want = -1 if size is None or size < 0 else size
+        if ahead and (want < 0 or self.tell() + want > ahead[0]):
+            want = ahead[0] - self.tell()
+        return super().read(want)
+
+
+@pytest.mark.parametrize("compress", [gz, zst])
+@pytest.mark.parametrize("into_magic", [1, 2, 3])
+def test_a_chunk_ending_inside_the_next_members_magic_is_not_trailing_data(compress, into_magic) -> None:  # type: ignore[no-untyped-def]
+    half = len(LAYER) // 2
+    first = compress(LAYER[:half])
+    blob = first + compress(LAYER[half:])
+    result = scan_layer(_ShortReads(blob, [len(first) + into_magic]), label="layer")
+    assert (result.diff_id, len(result.entries), result.trailing_bytes) == (sha(LAYER), 5, 0)
+
+
+def test_zstd_is_fed_whole_blocks_with_each_call_bounded() -> None:
+    from imgaudit.layers import _Inflater
+
+    text = b"".join(b"line %d of a layer that compresses like text\n" % i for i in range(400_000))
+    zeros = b"\0" * (64 << 20)  # ~32768:1 in RLE blocks: the bomb-shaped case
+    inflater, pieces = _Inflater("zstd"), []
+    blob = zst(text) + zst(zeros)
+    for at in range(0, len(blob), 1 << 20):
+        piece = inflater.feed(blob[at:at + (1 << 20)])
+        while piece:
+            pieces.append(len(piece))
+            piece = inflater.more()
+    assert sum(pieces) == len(text) + len(zeros) and inflater.complete
+    assert max(pieces) <= 32 * (128 << 10)  # no call decodes more than 32 blocks
+    assert len(pieces) < 200  # whole blocks per call, not 1 KiB slices (which took ~1,500 calls here)
+
+
 def test_highly_compressible_members_decode_past_the_output_cap() -> None:
     # 40 MiB of zeros per member come from a few KiB of gzip: every inflate call stops at its output
     # cap with input left inside the decoder; two members make the cap meet a member boundary too.
