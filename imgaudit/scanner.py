@@ -96,8 +96,9 @@ class Scanner:
                 digest, size = blob_digest(raw)
             return digest == layer.digest and (layer.size is None or size == layer.size)
 
-        unique = list({layer.digest: layer for layer in image.layers}.values())
-        with ThreadPoolExecutor(max(1, self.jobs)) as pool:
+        unique = sorted({layer.digest: layer for layer in image.layers}.values(), key=lambda x: -(x.size or 0))
+        # two threads even at --jobs 1: hashing releases the GIL and this is all a warm run does
+        with ThreadPoolExecutor(max(2, self.jobs)) as pool:
             return all(pool.map(intact, unique))
 
     def scan_image(self, image: Image) -> tuple[LayerScan, ...]:
