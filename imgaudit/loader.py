@@ -16,7 +16,7 @@ import posixpath
 import re
 import struct
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
@@ -251,6 +251,17 @@ class _Search:
 _Plan = tuple[tuple[Step, tuple[str, ...]], ...]
 
 
+def _follow(name: str, plan: _Plan, attempt: Callable[[_Search, Sequence[str], Step, str], bool]
+            ) -> tuple[_Search, bool]:
+    """Tries a plan's steps in order (a name with a slash: its own path only); True once one decided.
+    What comes after the plan (ld.so.cache and the default dirs, or musl's path file) is the loader's."""
+    s = _Search(name)
+    if "/" in name:
+        attempt(s, plan[0][1], Step.PATH, "")
+        return s, True
+    return s, any(attempt(s, dirs, step, name) for step, dirs in plan)
+
+
 class GlibcLoader:
     """One `ld.so` of one image; reusable across programs of that image (caches the ld.so.cache)."""
 
@@ -320,13 +331,9 @@ class GlibcLoader:
         return tuple(plan)
 
     def _run(self, name: str, plan: _Plan) -> _Search:
-        s = _Search(name)
-        if "/" in name:
-            self._try(s, plan[0][1], Step.PATH, "")
+        s, decided = _follow(name, plan, self._try)
+        if decided:
             return s
-        for step, dirs in plan:
-            if self._try(s, dirs, step, name):
-                return s
         if self.cache is not None:
             entry = self.cache.lookup(name, self.want[1])
             # A cache entry whose file is gone or unfit is skipped; the default dirs come next.
@@ -456,14 +463,9 @@ class MuslLoader:
         return tuple(plan)
 
     def _run(self, name: str, plan: _Plan) -> _Search:
-        s = _Search(name)
-        if "/" in name:
-            self._try(s, plan[0][1], Step.PATH, "")
-            return s
-        for step, dirs in plan:
-            if self._try(s, dirs, step, name):
-                return s
-        self._try(s, self.sys_path, self.sys_step, name)
+        s, decided = _follow(name, plan, self._try)
+        if not decided:
+            self._try(s, self.sys_path, self.sys_step, name)
         return s
 
     def _rpath(self, obj: LoadedObject) -> list[str] | None:
