@@ -140,6 +140,19 @@ def test_path_traversal_entry_is_refused() -> None:
         scan(make_layer([f("../../etc/passwd", "x")]))
 
 
+def test_a_walk_that_stops_early_leaves_no_decoder_thread_behind() -> None:
+    import threading
+
+    # the bad entry comes first, so the decoder is still ahead (and blocked on its full queue) when the
+    # walk gives up: close() must unblock and join it
+    blob = gz(make_layer([f("../escape", "x"), *(f(f"big{i}", bytes([i]) * (6 << 20)) for i in range(24))]))
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(CorruptImage, match="climbs above the root"):
+        scan(blob)
+    left = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert left == [], left
+
+
 def test_names_are_normalised() -> None:
     assert normalise("./a/b/") == "/a/b"
     assert normalise("/a/./b") == "/a/b"
