@@ -58,9 +58,9 @@ ZSTD_MAX_WINDOW = 1 << 27
 # What tarfile itself may read between two members: extension headers (PAX, GNU long names) and sparse
 # maps. Go caps each at 1 MiB (CVE-2022-2879); CPython reads a declared size in one go (gh-151497).
 MAX_HEADER_BYTES = 8 << 20
-# One inflate call yields at most _GZIP_OUT (gzip: zlib's max_length) or 32 MiB (zstd: 1 KiB slices, which
-# zstandard's decompressobj cannot cap otherwise). Big gzip calls matter: each call on the decoder thread
-# ends in a wait for the GIL, so a call must carry milliseconds of work, not microseconds.
+# One inflate call yields at most _GZIP_OUT (gzip: zlib's max_length) or 32 x 128 KiB (zstd: whole blocks,
+# see zstdscout.py; 1 KiB slices, at most 32 MiB, where the scout is lost). Big calls matter: each call on
+# the decoder thread ends in a wait for the GIL, so a call must carry milliseconds of work, not microseconds.
 _GZIP_SLICE = RAW_CHUNK
 _GZIP_OUT = 4 << 20
 _ZSTD_SLICE = 1 << 10  # only where the block scout is lost (garbage, trailing data): 1 KiB x 32768
@@ -148,8 +148,9 @@ class StreamingElfReader(Protocol):
 
 class _Inflater:
     """Decodes gzip (every member) or zstd (every frame, skippable ones too) incrementally; plain tar passes
-    through. Input goes in small slices, so one call's output stays bounded whatever the ratio (gzip
-    expands at most ~1032x, zstd ~32768x): a bomb never lands in memory at once (RELIABILITY.md #51)."""
+    through. One call's output stays bounded whatever the ratio (gzip expands at most ~1032x, zstd
+    ~32768x): gzip by zlib's max_length, zstd by feeding whole blocks (or small slices): a bomb never lands
+    in memory at once (RELIABILITY.md #51)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -253,7 +254,7 @@ class LayerStream:
     (each of them releases the GIL for milliseconds at a time), so they overlap the walk's Python work;
     `close` stops the thread."""
 
-    AHEAD = 16  # plain pieces decoded ahead of the reader: at most ~16 MiB (gzip) or 128 MiB (zstd bomb)
+    AHEAD = 16  # plain pieces decoded ahead of the reader: each at most 4 MiB (32 MiB for zstd the scout lost)
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
@@ -849,7 +850,7 @@ class _Walker:
         reader = self.stream
         assert reader is not None  # _file runs only inside walk(), which sets the stream
         reader.seek(m.offset_data)  # a no-op for the stream: tar left it at the data
-        head = reader.peek(min(size, 65536))
+        head = reader.peek(min(size, HEAD_BYTES))  # more would join the next decoded piece onto this one
         is_elf = head.startswith(b"\x7fELF")
         keep = SMALL_FILES.match(path) is not None and size <= MAX_SMALL_FILE
         whole = is_elf and self.elf_reader is not None and size <= MAX_ELF_BYTES
@@ -873,7 +874,7 @@ class _Walker:
         if is_elf and size > MAX_ELF_BYTES:
             cap = MAX_ELF_BYTES >> 20
             self.skipped.append(Skipped(path, f"ELF file of {size} bytes is over the {cap} MiB parse cap"))
-        return Entry(path, EntryType.FILE, size=size, head=head[:HEAD_BYTES], digest=digest, elf=elf, **common)
+        return Entry(path, EntryType.FILE, size=size, head=head, digest=digest, elf=elf, **common)
 
     def _keep(self, reader: LayerStream, size: int) -> str:
         """Keeps a small file the analysers read; returns its digest."""
