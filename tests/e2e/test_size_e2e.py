@@ -48,7 +48,7 @@ def no_scan_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def runtimes() -> dict[str, str]:
+def runtimes(docker_client: Any) -> dict[str, str]:  # skips (or fails under IMGAUDIT_E2E=1) without a daemon
     return ensure_runtimes(list(RUNTIMES))
 
 
