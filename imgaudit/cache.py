@@ -353,13 +353,15 @@ def _plain_elf(facts: Any, memo: dict[Any, Any]) -> tuple[Any, ...]:
         elif f.name in ("imported_symbols", "exported_symbols"):
             value = tuple(memo.setdefault(row, row) for row in ((s.name, s.version, s.weak, s.hidden) for s in value))
         elif f.name == "rust" and value is not None:
-            value = (value.rustc_version, value.rustc_commit, value.target)
+            tls = value.tls
+            value = (value.rustc_version, value.rustc_commit, value.target,
+                     (tls.library, tls.version, tls.roots) if tls is not None else None)
         out.append(value)
     return tuple(out)
 
 
 def _elf_from_plain(plain: tuple[Any, ...], memo: dict[int, Any]) -> Any:
-    from imgaudit.elf import ElfFacts, RustFacts, Symbol, VersionNeed
+    from imgaudit.elf import ElfFacts, Symbol, VersionNeed, rust_facts_from_plain
 
     def symbol(row: tuple[Any, ...]) -> Any:
         sym = memo.get(id(row))
@@ -372,7 +374,7 @@ def _elf_from_plain(plain: tuple[Any, ...], memo: dict[int, Any]) -> Any:
     values["imported_symbols"] = tuple(symbol(s) for s in values["imported_symbols"])
     values["exported_symbols"] = tuple(symbol(s) for s in values["exported_symbols"])
     if values["rust"] is not None:
-        values["rust"] = RustFacts(*values["rust"])
+        values["rust"] = rust_facts_from_plain(*values["rust"])
     return ElfFacts(**values)
 
 

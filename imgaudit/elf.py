@@ -73,10 +73,20 @@ class Symbol(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class RustTls:
+    """A TLS stack compiled into a Rust program, found by the panic locations its crate leaves."""
+
+    library: Literal["rustls", "openssl"]  # openssl: the rust-openssl crate (libssl linked or vendored)
+    version: str | None  # the crate's version; None from a vendored source tree
+    roots: Literal["system", "embedded"]  # embedded: webpki-roots or its certificates are in the binary
+
+
+@dataclass(frozen=True, slots=True)
 class RustFacts:
     rustc_version: str | None = None
     rustc_commit: str | None = None
     target: RustTarget | None = None
+    tls: RustTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +233,11 @@ _MUSL_MARKERS = (b"musl libc (", b"No error information")
 _GLIBC_RELEASE = re.compile(rb"release version (\d+\.\d+(?:\.\d+)?)")
 # musl keeps its version only as a bare string in .rodata (src/internal/version.c); the only
 # other dotted-number string in it is "127.0.0.1", which the trailing NUL rules out.
+# NAME-VERSION/src/ in a crate's path; VERSION is semver, maybe with a pre-release or build part.
+_CRATE_VERSION = re.compile(rb"(\d+\.\d+\.\d+[0-9A-Za-z.+-]*)/src/")
+# Subject names (DER PrintableString) of two roots that webpki-roots and every common bundle carry: either
+# one means a root store is compiled in (webpki-roots, or certificates the program includes itself).
+_EMBEDDED_ROOTS = (b"ISRG Root X1", b"DigiCert Global Root G2")
 _MUSL_VERSION = re.compile(rb"\0(\d+\.\d+\.\d+(?:[-_][0-9A-Za-z._+-]*)?)\0")
 
 
@@ -635,7 +650,7 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 def _rust_facts(
     comment: bytes, data: mmap.mmap, rodata: tuple[int, int] | None, facts: dict[str, Any]
-) -> tuple[str | None, str | None, str | None] | None:
+) -> tuple[str | None, str | None, str | None, tuple[str, str | None, str] | None] | None:
     match = _RUSTC_VERSION.search(comment)
     if not (match or _may_hide_rust(comment, facts)):
         return None
@@ -643,7 +658,7 @@ def _rust_facts(
     commit = _rustc_commit(data, rodata)
     if version is None and commit is None:
         return None
-    return version, commit, _rust_target(facts)
+    return version, commit, _rust_target(facts), _rust_tls(data, rodata)
 
 
 def _may_hide_rust(comment: bytes, facts: dict[str, Any]) -> bool:
@@ -667,6 +682,39 @@ def _rustc_commit(data: mmap.mmap, rodata: tuple[int, int] | None) -> str | None
             return tail[:40].decode("ascii")
         start = hit + 7
     return None
+
+
+def _rust_tls(data: mmap.mmap, rodata: tuple[int, int] | None) -> tuple[str, str | None, str] | None:
+    """rustls or rust-openssl, by the source paths of their panic locations (cargo builds a crate in
+    `<registry>/NAME-VERSION/src/`, a vendored tree in `vendor/NAME/src/`), and whether root
+    certificates are compiled in: the webpki-roots crate has no panic location of its own, but its
+    table holds the roots' subject names."""
+    start, end = (rodata[0], rodata[0] + rodata[1]) if rodata else (0, len(data))
+    for library in ("rustls", "openssl"):
+        found, version = _crate(data, start, end, library)
+        if found:
+            embedded = _crate(data, start, end, "webpki-roots")[0] or any(
+                data.find(name, start, end) >= 0 for name in _EMBEDDED_ROOTS)
+            return library, version, "embedded" if embedded else "system"
+    return None
+
+
+def _crate(data: mmap.mmap, start: int, end: int, name: str) -> tuple[bool, str | None]:
+    """Whether a crate's sources appear in [start, end), and its version when a registry path says it.
+    `/rustls-` also starts rustls-webpki and rustls-pki-types: only a digit after the dash is a version."""
+    if data.find(b"/vendor/%s/src/" % name.encode(), start, end) >= 0:
+        return True, None
+    needle = b"/%s-" % name.encode()
+    at = start
+    for _ in range(64):  # bounded: a hostile file may repeat the prefix everywhere
+        hit = data.find(needle, at, end)
+        if hit < 0:
+            return False, None
+        match = _CRATE_VERSION.match(data[hit + len(needle) : hit + len(needle) + 64])
+        if match:
+            return True, match.group(1).decode("ascii")
+        at = hit + len(needle)
+    return False, None
 
 
 def _rust_target(facts: dict[str, Any]) -> RustTarget | None:
@@ -1109,10 +1157,15 @@ def _facts_from_plain(data: _Bytes, plain: dict[str, Any]) -> ElfFacts:
         plain["imported_symbols"] = _symbols(table, imported, exported=False)
         plain["exported_symbols"] = _symbols(table, exported, exported=True)
         if plain["rust"] is not None:
-            plain["rust"] = RustFacts(*plain["rust"])
+            plain["rust"] = rust_facts_from_plain(*plain["rust"])
         return ElfFacts(**plain)
     except (TypeError, KeyError, ValueError, IndexError) as err:  # a worker running another version of this file
         return _error_facts(data, f"parser reply malformed ({err})")
+
+
+def rust_facts_from_plain(version: str | None, commit: str | None, target: RustTarget | None,
+                     tls: tuple[Any, Any, Any] | None) -> RustFacts:
+    return RustFacts(version, commit, target, RustTls(*tls) if tls is not None else None)
 
 
 # Every Symbol read so far, so that equal ones are one object: an image repeats about half of its

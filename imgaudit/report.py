@@ -87,6 +87,17 @@ class RustInfo:
     rustc_version: str | None = None
     rustc_commit: str | None = None
     target: str | None = None
+    tls: TlsInfo | None = None
+
+
+@dataclass
+class TlsInfo:
+    """The TLS library compiled into a Rust program, and where it takes root certificates from
+    ("system": the image's CA bundle; "embedded": webpki-roots or certificates of its own)."""
+
+    library: str
+    version: str | None
+    roots: str
 
 
 @dataclass

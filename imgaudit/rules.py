@@ -105,10 +105,14 @@ RULES: tuple[Rule, ...] = (
        "Run `ldconfig` in the Dockerfile step that copies or installs the libraries (`RUN ldconfig`)."),
     _r("no-ca-certificates", S, W, "A TLS client in an image without a CA bundle",
        "A binary links OpenSSL or embeds rustls, and the image has no CA certificate bundle: every HTTPS "
-       "connection will fail verification.",
+       "connection will fail verification. A Rust program's TLS crate is recognised by the source paths its "
+       "panic locations keep (`rustls-0.23.12/src/...`, `openssl-0.10.x/src/...`, `vendor/rustls/src/...`); one "
+       "that compiles its roots in (webpki-roots, seen by the root names in its data) needs no bundle and is "
+       "not flagged. Rust binaries list what was found as `rust.tls` in the JSON report.",
        "certificate verify failed: unable to get local issuer certificate  /  invalid peer certificate: "
        "UnknownIssuer",
-       "Install `ca-certificates` (or COPY /etc/ssl/certs/ca-certificates.crt from the build stage)."),
+       "Install `ca-certificates` (or COPY /etc/ssl/certs/ca-certificates.crt from the build stage); for "
+       "rustls, the `webpki-roots` feature (e.g. reqwest's `rustls-tls-webpki-roots`) compiles the roots in."),
     _r("elf-unreadable", S, W, "An ELF file could not be analysed",
        "The ELF parser failed or timed out on this file; it was skipped and the report is incomplete.",
        None,

@@ -10,7 +10,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from imgaudit import entrypoint, ldconf
-from imgaudit.elf import ElfFacts
+from imgaudit.elf import ElfFacts, RustFacts
 from imgaudit.image import ImageConfig
 from imgaudit.layers import EntryType
 from imgaudit.loader import (
@@ -24,7 +24,7 @@ from imgaudit.loader import (
     real_file,
     resolve,
 )
-from imgaudit.report import BinaryInfo, EntrypointVerdict, Finding, Incomplete, Report, RustInfo, Severity
+from imgaudit.report import BinaryInfo, EntrypointVerdict, Finding, Incomplete, Report, RustInfo, Severity, TlsInfo
 from imgaudit.rootfs import Node, RootFS
 from imgaudit.runtime import RuntimeFacts, runtime_facts
 
@@ -138,7 +138,7 @@ def _loader(rootfs: RootFS, env: LoaderEnv, facts: ElfFacts, musl: bool,
 
 
 def _binary_info(node: Node, facts: ElfFacts, role: str, res: Resolution | None, machine: str) -> BinaryInfo:
-    rust = RustInfo(facts.rust.rustc_version, facts.rust.rustc_commit, facts.rust.target) if facts.rust else None
+    rust = _rust_info(facts.rust) if facts.rust else None
     verdict, failure = _binary_verdict(node, facts, res, machine)
     return BinaryInfo(
         path=node.path, role=role, machine=facts.machine, linking=facts.linking, libc=facts.libc,
@@ -146,6 +146,11 @@ def _binary_info(node: Node, facts: ElfFacts, role: str, res: Resolution | None,
         glibc_required=glibc_required(facts), rust=rust, stripped=facts.stripped, debug_bytes=facts.debug_bytes,
         verdict=verdict, failure=failure,
     )
+
+
+def _rust_info(rust: RustFacts) -> RustInfo:
+    tls = TlsInfo(rust.tls.library, rust.tls.version, rust.tls.roots) if rust.tls else None
+    return RustInfo(rust.rustc_version, rust.rustc_commit, rust.target, tls)
 
 
 def _binary_verdict(node: Node, facts: ElfFacts, res: Resolution | None, machine: str) -> tuple[str, str | None]:
@@ -176,11 +181,13 @@ def _binary_findings(node: Node, facts: ElfFacts, info: BinaryInfo, res: Resolut
         out.append(Finding("libc-mismatch", Severity.WARNING,
                            f"glibc binary runs through musl's loader ({res.interpreter}), a compat layer",
                            node.path, node.layer, _musl_target_fix(facts)))
-    if role != "library" and _links_tls(facts) and runtime.ca_bundle is None:
+    tls = _tls_without_roots(facts)
+    if role != "library" and tls is not None and runtime.ca_bundle is None:
         out.append(Finding("no-ca-certificates", Severity.WARNING,
-                           "links OpenSSL but the image has no CA bundle (/etc/ssl/certs/ca-certificates.crt)",
+                           f"{tls} but the image has no CA bundle (/etc/ssl/certs/ca-certificates.crt)",
                            node.path, node.layer, "install ca-certificates (Debian/Alpine: the `ca-certificates` "
-                           "package) or COPY a CA bundle to /etc/ssl/certs/ca-certificates.crt"))
+                           "package) or COPY a CA bundle to /etc/ssl/certs/ca-certificates.crt"
+                           + (", or build rustls with webpki-roots" if "rustls" in tls else "")))
     return out
 
 
@@ -190,8 +197,16 @@ def _kernel_message(node: Node, facts: ElfFacts, failure: str) -> str:
     return f"exec {node.path}: exec format error ({facts.machine} binary)"
 
 
-def _links_tls(facts: ElfFacts) -> bool:
-    return any(n.startswith(("libssl.so", "libcrypto.so", "libgnutls.so")) for n in facts.needed)
+def _tls_without_roots(facts: ElfFacts) -> str | None:
+    """What makes the file a TLS client that reads the system's root certificates, in words; None if
+    it is none (or carries its own roots)."""
+    rust_tls = facts.rust.tls if facts.rust else None
+    if rust_tls is not None and rust_tls.roots == "system":
+        version = f" {rust_tls.version}" if rust_tls.version else ""
+        return f"embeds {rust_tls.library}{version}, which verifies servers with the system's CA certificates,"
+    if any(n.startswith(("libssl.so", "libcrypto.so", "libgnutls.so")) for n in facts.needed):
+        return "links OpenSSL"
+    return None
 
 
 def _unreadable(report: Report, node: Node, error: str) -> None:
