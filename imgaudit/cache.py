@@ -297,29 +297,27 @@ class _ReportUnpickler(pickle.Unpickler):
 
 
 def _plain_scan(scan: LayerScan) -> tuple[Any, ...]:
-    memo: dict[Any, Any] = {}
     return (
         scan.digest, scan.diff_id, scan.compressed_size, scan.size, scan.compression,
-        tuple(_plain_entry(e, memo) for e in scan.entries),
+        tuple(map(_plain_entry, scan.entries)),
         dict(scan.files),
         tuple((s.what, s.reason) for s in scan.skipped),
         scan.trailing_bytes,
     )
 
 
-def _plain_entry(e: Entry, memo: dict[Any, Any]) -> tuple[Any, ...]:
+def _plain_entry(e: Entry) -> tuple[Any, ...]:
     return (e.path, e.type.value, e.mode, e.uid, e.gid, e.size, e.link, e.head, e.digest,
-            None if e.elf is None else _plain_elf(e.elf, memo))
+            None if e.elf is None else _plain_elf(e.elf))
 
 
 def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
     digest, diff_id, csize, size, compression, entries, files, skipped, trailing = p
     types = _ENTRY_TYPES
     from_elf = _elf_from_plain
-    memo: dict[int, Any] = {}
     out = [
         Entry(path, types[kind], mode, uid, gid, fsize, link, head, fdigest,
-              None if elf is None else from_elf(elf, memo))
+              None if elf is None else from_elf(elf))
         for path, kind, mode, uid, gid, fsize, link, head, fdigest, elf in entries
     ]
     return LayerScan(
@@ -338,11 +336,10 @@ def _without_elf(scan: LayerScan) -> LayerScan:
 
 # ElfFacts are flattened field by field, in declaration order; nested values become tuples. The
 # fingerprint covers elf.py, so a change to its fields changes the file name and old entries miss.
-# Equal symbol rows are one tuple object (memo): marshal then writes a back-reference for each repeat
-# (half the 760k symbols of the bench image repeat), and decoding makes one Symbol per distinct row.
+# Symbols stay the columns they are in memory (elf.Symbols).
 
 
-def _plain_elf(facts: Any, memo: dict[Any, Any]) -> tuple[Any, ...]:
+def _plain_elf(facts: Any) -> tuple[Any, ...]:
     from dataclasses import fields
 
     out = []
@@ -351,7 +348,7 @@ def _plain_elf(facts: Any, memo: dict[Any, Any]) -> tuple[Any, ...]:
         if f.name == "version_needs":
             value = tuple((v.file, v.version, v.weak) for v in value)
         elif f.name in ("imported_symbols", "exported_symbols"):
-            value = tuple(memo.setdefault(row, row) for row in ((s.name, s.version, s.weak, s.hidden) for s in value))
+            value = (value.joined, value.size, value.slots, value.table, value.weak)
         elif f.name == "rust" and value is not None:
             tls = value.tls
             value = (value.rustc_version, value.rustc_commit, value.target,
@@ -360,19 +357,13 @@ def _plain_elf(facts: Any, memo: dict[Any, Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _elf_from_plain(plain: tuple[Any, ...], memo: dict[int, Any]) -> Any:
-    from imgaudit.elf import ElfFacts, Symbol, VersionNeed, rust_facts_from_plain
-
-    def symbol(row: tuple[Any, ...]) -> Any:
-        sym = memo.get(id(row))
-        if sym is None:
-            sym = memo[id(row)] = (Symbol(*row), row)  # the row is kept so its id stays unique
-        return sym[0]
+def _elf_from_plain(plain: tuple[Any, ...]) -> Any:
+    from imgaudit.elf import ElfFacts, Symbols, VersionNeed, rust_facts_from_plain
 
     values = dict(zip(_elf_field_names(), plain, strict=True))
     values["version_needs"] = tuple(VersionNeed(*v) for v in values["version_needs"])
-    values["imported_symbols"] = tuple(symbol(s) for s in values["imported_symbols"])
-    values["exported_symbols"] = tuple(symbol(s) for s in values["exported_symbols"])
+    values["imported_symbols"] = Symbols(*values["imported_symbols"])
+    values["exported_symbols"] = Symbols(*values["exported_symbols"])
     if values["rust"] is not None:
         values["rust"] = rust_facts_from_plain(*values["rust"])
     return ElfFacts(**values)

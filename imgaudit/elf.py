@@ -28,10 +28,10 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 ElfType = Literal["exec", "dyn", "pie", "rel", "core", "other"]
 Libc = Literal["glibc", "musl", "none", "unknown"]
@@ -72,6 +72,79 @@ class Symbol(NamedTuple):
     hidden: bool = False
 
 
+_BOOLS = (False, True)
+
+
+class Symbols(Sequence[Symbol]):
+    """One side of a file's .dynsym (imports or exports) as the columns the worker sends: the names
+    joined by NUL (never inside a name), each symbol's slot (array "I" bytes) in a table of (version,
+    hidden) pairs, and a 0/1 weak byte per symbol. A Symbol object per entry cost ~180 bytes (tuple and
+    name string; 88 MB of the main process on the bench image); these cost about the names' length.
+    Symbols are made when iterated; the column methods serve the binding sets without them."""
+
+    __slots__ = ("joined", "size", "slots", "table", "weak")
+
+    def __init__(self, joined: str = "", size: int = 0, slots: bytes = b"",
+                 table: tuple[tuple[str | None, bool], ...] = (), weak: bytes = b"") -> None:
+        if size and not (joined.count("\0") + 1 == size == len(slots) // 4 == len(weak) and len(slots) % 4 == 0):
+            raise ValueError("symbol columns of different lengths")
+        if size and max(array.array("I", slots)) >= len(table):
+            raise ValueError("symbol version slot out of range")
+        self.joined, self.size, self.slots, self.table, self.weak = joined, size, slots, table, weak
+
+    @classmethod
+    def of(cls, symbols: Iterable[Symbol]) -> Symbols:
+        rows = list(symbols)
+        pairs = sorted({(s.version, s.hidden) for s in rows}, key=lambda pair: (pair[0] or "", pair[1]))
+        slot = {pair: at for at, pair in enumerate(pairs)}
+        return cls("\0".join(s.name for s in rows), len(rows),
+                   array.array("I", (slot[s.version, s.hidden] for s in rows)).tobytes(), tuple(pairs),
+                   bytes(int(s.weak) for s in rows))
+
+    def names(self) -> list[str]:
+        return list(map(sys.intern, self.joined.split("\0"))) if self.size else []
+
+    def versions(self) -> list[str | None]:
+        return list(map([version for version, _ in self.table].__getitem__, array.array("I", self.slots)))
+
+    def hidden(self) -> list[bool]:
+        return list(map([flag for _, flag in self.table].__getitem__, array.array("I", self.slots)))
+
+    def any_hidden(self) -> bool:
+        return any(flag for _, flag in self.table)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[Symbol]:
+        columns = zip(self.names(), self.versions(), map(_BOOLS.__getitem__, self.weak), self.hidden(), strict=True)
+        return map(tuple.__new__, itertools.repeat(Symbol), columns)
+
+    @overload
+    def __getitem__(self, index: int) -> Symbol: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Symbol]: ...
+    def __getitem__(self, index: int | slice) -> Symbol | Sequence[Symbol]:
+        return list(self)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Symbols):
+            return self._key() == other._key()
+        return isinstance(other, tuple | list) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[str, int, bytes, tuple[tuple[str | None, bool], ...], bytes]:
+        return self.joined, self.size, self.slots, self.table, self.weak
+
+    def __repr__(self) -> str:
+        return f"Symbols({list(self)!r})"
+
+
+NO_SYMBOLS = Symbols()
+
+
 @dataclass(frozen=True, slots=True)
 class RustTls:
     """A TLS stack compiled into a Rust program, found by the panic locations its crate leaves."""
@@ -107,8 +180,8 @@ class ElfFacts:
     static_pie: bool = False
     version_needs: tuple[VersionNeed, ...] = ()
     version_defs: tuple[str, ...] = ()
-    imported_symbols: tuple[Symbol, ...] = ()
-    exported_symbols: tuple[Symbol, ...] = ()
+    imported_symbols: Symbols = NO_SYMBOLS
+    exported_symbols: Symbols = NO_SYMBOLS
     debug_bytes: int = 0
     stripped: bool = False
     rust: RustFacts | None = None
@@ -116,6 +189,13 @@ class ElfFacts:
     banner: str | None = None
     libc_version: str | None = None
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        # tests and callers may still give plain tuples of Symbol
+        for name in ("imported_symbols", "exported_symbols"):
+            value = getattr(self, name)
+            if not isinstance(value, Symbols):
+                object.__setattr__(self, name, Symbols.of(value))
 
     @property
     def linking(self) -> Linking:
@@ -751,6 +831,7 @@ def _serve(argv: list[str]) -> None:
 
 def _serve_requests(parser: _Parser, requests: int, results: int, memory_limit: int) -> None:
     served = 0
+    trim = _malloc_trim()
     while head := _read_exact_fd(requests, _REQUEST.size):
         size, op, slot = _REQUEST.unpack(head)
         if op == _OP_ABORT:
@@ -762,6 +843,24 @@ def _serve_requests(parser: _Parser, requests: int, results: int, memory_limit: 
         served += 1
         if served % 1000 == 0:
             gc.collect()  # in case a LIEF binding ever leaves a cycle behind
+        if trim is not None and (size >= _TRIM_AFTER or served % 256 == 0):
+            trim(0)
+
+
+# LIEF's frees stay in glibc's heap: the worker grew from 69 to 96 MB over /usr/lib's 1,067 files here
+# and stayed there for the rest of the run (while the caller analyses); malloc_trim gave it back (70 MB).
+_TRIM_AFTER = 8 << 20
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (musl has none)."""
+    import ctypes
+
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
 
 
 def _parse_guarded(parser: _Parser, size: int, op: int, slot: int, memory_limit: int) -> tuple[str, Any]:
@@ -1056,11 +1155,8 @@ class ElfSession:
             self._cond.notify()
 
     def close(self) -> None:
-        """Give the reader back to the shared pool (when it came from there), and forget the
-        symbols seen: the interning table costs more than what it would share with the next
-        scan (bench image: main-process peak 221 -> 200 MB)."""
+        """Give the reader back to the shared pool (when it came from there)."""
         _give_back(self.reader)
-        _SYMBOLS.clear()
 
 
 class ElfUpload:
@@ -1154,8 +1250,10 @@ def _facts_from_plain(data: _Bytes, plain: dict[str, Any]) -> ElfFacts:
     try:
         plain["version_needs"] = tuple(VersionNeed(*need) for need in plain["version_needs"])
         table, imported, exported = plain.pop("symbols")
-        plain["imported_symbols"] = _symbols(table, imported, exported=False)
-        plain["exported_symbols"] = _symbols(table, exported, exported=True)
+        joined, size, slots, weak = imported
+        plain["imported_symbols"] = Symbols(joined, size, slots, tuple((version, False) for version, _ in table), weak)
+        joined, size, slots, weak = exported
+        plain["exported_symbols"] = Symbols(joined, size, slots, tuple(table), weak)
         if plain["rust"] is not None:
             plain["rust"] = rust_facts_from_plain(*plain["rust"])
         return ElfFacts(**plain)
@@ -1166,32 +1264,6 @@ def _facts_from_plain(data: _Bytes, plain: dict[str, Any]) -> ElfFacts:
 def rust_facts_from_plain(version: str | None, commit: str | None, target: RustTarget | None,
                      tls: tuple[Any, Any, Any] | None) -> RustFacts:
     return RustFacts(version, commit, target, RustTls(*tls) if tls is not None else None)
-
-
-# Every Symbol read so far, so that equal ones are one object: an image repeats about half of its
-# symbols (every program imports the same libc ones; copies of a library export the same set).
-# Cleared when a session (a layer scan) ends, by close(), and when it grows past _SYMBOLS_CAP.
-_SYMBOLS: dict[Symbol, Symbol] = {}
-_SYMBOLS_CAP = 1_000_000
-_BOOLS = (False, True)
-
-
-def _symbols(table: Sequence[tuple[str | None, bool]], side: tuple[str, int, bytes, bytes], *, exported: bool
-             ) -> tuple[Symbol, ...]:
-    """Symbols from one side of _symbols_wire, built by C loops (map, zip) and interned."""
-    joined, count, positions, weak = side
-    if not count:
-        return ()
-    names, slots = joined.split("\0"), array.array("I", positions)
-    if not len(names) == len(slots) == len(weak) == count:
-        raise ValueError("symbol columns of different lengths")
-    versions = map([version for version, _ in table].__getitem__, slots)
-    hidden = map([flag for _, flag in table].__getitem__, slots) if exported else itertools.repeat(False)
-    columns = zip(names, versions, map(_BOOLS.__getitem__, weak), hidden, strict=False)  # lengths checked above
-    rows = list(map(tuple.__new__, itertools.repeat(Symbol), columns))
-    if len(_SYMBOLS) > _SYMBOLS_CAP:
-        _SYMBOLS.clear()
-    return tuple(map(_SYMBOLS.setdefault, rows, rows))
 
 
 _WORKER_SCRIPT = str(Path(__file__).resolve())
@@ -1240,7 +1312,6 @@ def close() -> None:
         _idle.clear()
     for reader in readers:
         reader.close()
-    _SYMBOLS.clear()
 
 
 atexit.register(close)

@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import compress
+from operator import not_
 from typing import TypeVar
 
-from imgaudit.elf import ElfFacts, Symbol
+from imgaudit.elf import ElfFacts, Symbol, Symbols
 
-_NAME = itemgetter(0)
-_HIDDEN = itemgetter(3)
-_NAME_VERSION = itemgetter(0, 1)
 _K = TypeVar("_K")
 
 
@@ -31,33 +29,34 @@ class _Provider:
     names: frozenset[str]  # every defined name
     default: frozenset[str]  # names with a default (not `name@V`) definition
     versioned: bool  # the object defines versions (DT_VERDEF)
-    exports: tuple[Symbol, ...]
+    exports: Symbols
     _pairs: frozenset[tuple[str, str | None]] | None = None
 
     @classmethod
     def of(cls, facts: ElfFacts) -> _Provider:
         exports = facts.exported_symbols
-        names = frozenset(map(_NAME, exports))
-        hidden = any(map(_HIDDEN, exports))
-        default = frozenset(s.name for s in exports if not s.hidden) if hidden else names
+        every = exports.names()
+        names = frozenset(every)
+        default = frozenset(compress(every, map(not_, exports.hidden()))) if exports.any_hidden() else names
         return cls(names, default, bool(facts.version_defs), exports)
 
     @property
     def pairs(self) -> frozenset[tuple[str, str | None]]:
         """(name, version) of every definition, hidden ones included."""
         if self._pairs is None:
-            self._pairs = frozenset(map(_NAME_VERSION, self.exports))
+            self._pairs = frozenset(zip(self.exports.names(), self.exports.versions(), strict=True))
         return self._pairs
 
 
 @dataclass
 class _Consumer:
-    """An object's strong imports, bit i of an int standing for `symbols[i]`; `masks[provider]` =
+    """An object's strong imports, bit i of an int standing for `imports[strong[i]]`; `masks[provider]` =
     the bits that provider binds. The indexes map what a definition must match to the bits of the
     imports it binds (ints, not lists: these live as long as the image, and the garbage collector
     does not walk ints)."""
 
-    symbols: tuple[Symbol, ...]
+    imports: Symbols
+    strong: tuple[int, ...]  # bit i stands for imports[strong[i]]
     plain: dict[str, int]  # unversioned imports
     by_version: dict[tuple[str, str | None], int]  # versioned imports, by (name, version)
     full: int
@@ -68,15 +67,18 @@ class _Consumer:
 
     @classmethod
     def of(cls, facts: ElfFacts) -> _Consumer:
-        symbols = tuple(s for s in facts.imported_symbols if not s.weak)  # a weak reference may stay unbound
+        imports = facts.imported_symbols
+        strong = tuple(compress(range(len(imports)), map(not_, imports.weak)))  # a weak one may stay unbound
+        names, versions = imports.names(), imports.versions()
         plain: dict[str, int] = {}
         by_version: dict[tuple[str, str | None], int] = {}
-        for i, (name, version, _, _) in enumerate(symbols):
+        for bit, at in enumerate(strong):
+            name, version = names[at], versions[at]
             if version is None:
-                plain[name] = plain.get(name, 0) | 1 << i
+                plain[name] = plain.get(name, 0) | 1 << bit
             else:
-                by_version[name, version] = by_version.get((name, version), 0) | 1 << i
-        return cls(symbols, plain, by_version, (1 << len(symbols)) - 1)
+                by_version[name, version] = by_version.get((name, version), 0) | 1 << bit
+        return cls(imports, strong, plain, by_version, (1 << len(strong)) - 1)
 
     @property
     def versioned_names(self) -> dict[str, int]:
@@ -119,8 +121,9 @@ class _Consumer:
 
     def pick(self, bits: int) -> list[Symbol]:
         # One pass over the binary digits: testing `bits >> i & 1` per symbol is quadratic.
-        digits = f"{bits:0{len(self.symbols)}b}"[::-1]  # `bits` is within `full`: no more digits than symbols
-        return [sym for sym, digit in zip(self.symbols, digits, strict=True) if digit == "1"]
+        digits = f"{bits:0{len(self.strong)}b}"[::-1]  # `bits` is within `full`: no more digits than symbols
+        symbols = list(self.imports)
+        return [symbols[at] for at, digit in zip(self.strong, digits, strict=True) if digit == "1"]
 
 
 def _common(index: dict[_K, int], keys: frozenset[_K]) -> AbstractSet[_K]:
