@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict, runtime_checkable
 
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
+from imgaudit.tarheader import FastTarInfo
 from imgaudit.zstdscout import ZstdScout
 
 _inflate_mod: ModuleType
@@ -765,7 +766,7 @@ class _Walker:
         stream.budget = MAX_HEADER_BYTES
         try:
             # "r:" on a forward-only stream: tarfile seeks only forward here (to skip data and padding)
-            tar = tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
+            tar = tarfile.open(fileobj=stream, mode="r:", tarinfo=FastTarInfo)  # type: ignore[call-overload]  # noqa: SIM115
         except tarfile.ReadError:
             if stream.plain_size == 0:
                 return  # a 0-byte (or empty-compressed) blob is an empty layer (RELIABILITY.md #34)

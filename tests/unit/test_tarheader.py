@@ -1,0 +1,101 @@
+"""The fast header decoder (imgaudit/tarheader.py) against stdlib's `TarInfo.frombuf`: for real headers of
+every format and for hostile mutations of them, the member or the error must be the one stdlib gives."""
+
+from __future__ import annotations
+
+import random
+import tarfile
+from typing import Any
+
+import pytest
+
+from imgaudit.tarheader import FastTarInfo
+
+SLOTS = tuple(tarfile.TarInfo.__slots__)
+MISSING = object()
+
+
+def outcome(cls: type[tarfile.TarInfo], buf: bytes) -> tuple[Any, ...]:
+    try:
+        info = cls.frombuf(buf, "utf-8", "surrogateescape")
+    except Exception as err:  # every error must match too
+        return "error", type(err).__name__, str(err)
+    return "ok", tuple(getattr(info, slot, MISSING) for slot in SLOTS)
+
+
+def headers() -> list[bytes]:
+    out = []
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        for name, kind, extra in [
+            ("usr/lib/x86_64-linux-gnu/libc.so.6", tarfile.REGTYPE, {"size": 1_922_136}),
+            ("etc/", tarfile.DIRTYPE, {}),
+            ("usr/share/" + "d" * 90 + "/" + "f" * 90, tarfile.REGTYPE, {"size": 7}),  # ustar prefix
+            ("lib64/ld-linux-x86-64.so.2", tarfile.SYMTYPE, {"linkname": "/lib/x86_64-linux-gnu/ld.so"}),
+            ("bin/sh", tarfile.LNKTYPE, {"linkname": "bin/dash"}),
+            ("dev/null", tarfile.CHRTYPE, {"devmajor": 1, "devminor": 3}),
+            ("run/fifo", tarfile.FIFOTYPE, {}),
+            ("app/.wh..wh..opq", tarfile.REGTYPE, {}),
+            ("ünïcode/naïve-ファイル", tarfile.REGTYPE, {"size": 3, "uname": "bäckup"}),
+            ("big", tarfile.REGTYPE, {"size": 9 << 33, "uid": 1 << 22}),  # base-256 in GNU
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.mtime, info.mode = kind, 1_700_000_000, 0o4755
+            for key, value in extra.items():
+                setattr(info, key, value)
+            try:
+                out.append(info.tobuf(fmt, "utf-8", "surrogateescape")[:tarfile.BLOCKSIZE])
+            except ValueError:
+                continue  # too long or too big for ustar
+    v7 = bytearray(out[0])
+    v7[0:100] = b"old/dir/".ljust(100, b"\0")
+    v7[156:157] = tarfile.AREGTYPE
+    out.append(_with_checksum(v7))
+    return out
+
+
+def _with_checksum(buf: bytearray) -> bytes:
+    buf[148:156] = b" " * 8
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
+
+
+def test_real_headers_decode_as_stdlib_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = headers()
+    assert len(cases) >= 25
+    fast = []
+    plain = FastTarInfo._plain.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[FastTarInfo], buf: bytes, *args: Any) -> FastTarInfo:
+        fast.append(buf)
+        return plain(cls, buf, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(FastTarInfo, "_plain", classmethod(counted))
+    for buf in cases:
+        assert outcome(FastTarInfo, buf) == outcome(tarfile.TarInfo, buf), buf[:100]
+    assert len(fast) >= 20  # the fast path decoded them, not the fallback
+
+
+NASTY = [b"\0", b" ", b"\x1c", b"\t", b"_", b"+", b"-", b"8", b"9", b"x", b"\x80", b"\xff", b"\xe9", b"7", b"0"]
+
+
+def test_mutated_headers_decode_or_fail_as_stdlib_does() -> None:
+    rng = random.Random(7)
+    cases = headers()
+    checked = 0
+    for _ in range(20_000):
+        buf = bytearray(rng.choice(cases))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.choice((rng.randrange(512), rng.randrange(100, 160), rng.randrange(329, 345)))
+            buf[at : at + 1] = rng.choice(NASTY)
+        if rng.random() < 0.7:  # most past the checksum, to reach the field decoding
+            buf = bytearray(_with_checksum(buf)) if rng.random() < 0.9 else buf
+        data = bytes(buf[:512].ljust(512, b"\0"))
+        assert outcome(FastTarInfo, data) == outcome(tarfile.TarInfo, data), data[:160]
+        checked += 1
+    assert checked == 20_000
+
+
+def test_short_empty_and_zero_blocks_raise_stdlib_errors() -> None:
+    for buf in (b"", b"\0" * 100, b"\0" * 512):
+        assert outcome(FastTarInfo, buf) == outcome(tarfile.TarInfo, buf)
+        assert outcome(FastTarInfo, buf)[0] == "error"
