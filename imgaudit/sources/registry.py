@@ -584,12 +584,14 @@ class RegistryClient:
         """GET /v2/ (distribution spec "determining support"): https, or plain http for an insecure registry
         that does not speak TLS; learns the auth challenge before the first real request."""
         try:
-            reply = self._ping_once()
+            reply: Reply | None = self._ping_once()
         except UntrustedCertificate:
             raise
         except SourceUnavailable:
             if not self.insecure:
                 raise
+            reply = None
+        if reply is None:  # out of the handler: an http failure must not be classified by the https one
             self.scheme = "http"
             reply = self._ping_once()
         if reply.status == 401:
@@ -650,19 +652,22 @@ class RegistryClient:
         if reply.status in (200, 206):
             return
         registry = escape(self.registry)
-        codes = ", ".join(error_codes(reply.body)) or f"HTTP {reply.status}"
+        found = error_codes(reply.body)
+        codes = ", ".join(found) or f"HTTP {reply.status}"
         wanted = _wanted_scope(reply.headers)
-        scope = f", insufficient_scope for {escape(wanted)[:200]}" if wanted else ""
+        detail = "".join(f", {c}" for c in found)
+        if wanted:
+            detail += f", insufficient_scope for {escape(wanted)[:200]}"
         if reply.status == 401:
-            raise AuthenticationFailed(self._refused("the registry", 401, scope))
+            raise AuthenticationFailed(self._refused("the registry", 401, detail))
         if reply.status == 403:
-            raise AuthenticationFailed(f"{registry} denied access to {escape(self.repository)} (HTTP 403, {codes}"
-                                       f"{scope}); check that these credentials may pull it")
+            raise AuthenticationFailed(f"{registry} denied access to {escape(self.repository)} (HTTP 403{detail}); "
+                                       "check that these credentials may pull it")
         if reply.status == 404:
             raise ImageNotFound(f"{registry}/{escape(self.repository)} has no {escape(what)} ({codes})")
         if 400 <= reply.status < 500:
-            raise SourceUnavailable(f"{registry} rejected the request for {escape(what)} (HTTP {reply.status}, "
-                                    f"{codes}); check the reference")
+            raise SourceUnavailable(f"{registry} rejected the request for {escape(what)} (HTTP {reply.status}"
+                                    f"{detail}); check the reference")
         raise SourceUnavailable(f"{registry} answered {codes} for {escape(what)}; try again later")
 
     def _missing(self, reference: str, where: str, reply: Reply) -> ImgauditError:
