@@ -190,12 +190,20 @@ def _check_realm_host(host: str, registry: str, shown: str) -> None:
                                    "(internal address); refusing to send credentials there")
 
 
-def token_query(challenge: Challenge, scope: str) -> dict[str, str]:
-    query = {"scope": scope}
-    service = challenge.get("service")
-    if service:
-        query["service"] = service
-    return query
+def token_query(challenge: Challenge, scope: str) -> list[tuple[str, str]]:
+    """`service` and one `scope` parameter per scope (token.md: "the scope field may be used multiple times"):
+    ours, and those the challenge names, space-separated as in RFC 6750 §3. An `insufficient_scope` challenge
+    names what the registry wants on top (containers/image `needsRetryWithUpdatedScope`)."""
+    query = [("service", service)] if (service := challenge.get("service")) else []
+    scopes = [scope, *(challenge.get("scope") or "").split()]
+    return query + [("scope", s) for s in dict.fromkeys(scopes)]
+
+
+def insufficient_scope(challenge: Challenge | None) -> str | None:
+    """The scope a bearer challenge with `error="insufficient_scope"` asks for, if it names one."""
+    if challenge is None or challenge.scheme != "bearer" or challenge.get("error") != "insufficient_scope":
+        return None
+    return challenge.get("scope") or None
 
 
 def parse_token(body: bytes, registry: str) -> tuple[str, float]:

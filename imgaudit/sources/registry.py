@@ -19,11 +19,13 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import requests
 import requests.adapters
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 
 from imgaudit import __version__
 from imgaudit.errors import (
@@ -46,6 +48,7 @@ from imgaudit.sources.auth import (
     check_realm,
     find_credentials,
     host_of,
+    insufficient_scope,
     parse_challenges,
     parse_token,
     pick_challenge,
@@ -75,6 +78,7 @@ from imgaudit.sources.manifest import (
     set_aside,
     sha256,
 )
+from imgaudit.sources.stall import DEFAULT_TIMEOUT, GuardedSocket, Stalled, timeout_from_env
 
 log = logging.getLogger(__name__)
 # urllib3 logs every URL at DEBUG, signed query strings of redirected blobs included (g-cr #1408).
@@ -110,7 +114,7 @@ class RetryPolicy:
     budget: float = 60.0
     reconnects: int = 10
     connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    read_timeout: float = DEFAULT_TIMEOUT  # stall.py: nothing for this long, or under 1 KiB/s over it, ends the request
 
     def backoff(self, attempt: int) -> float:
         delay = self.base * 2.0 ** (attempt - 1)
@@ -255,17 +259,53 @@ def _causes(err: BaseException) -> list[BaseException]:
     return seen
 
 
+def _timed_out(causes: list[BaseException]) -> bool:
+    return any(isinstance(c, TimeoutError | requests.exceptions.Timeout | urllib3.exceptions.TimeoutError)
+               for c in causes)
+
+
 def _retryable(err: BaseException) -> bool:
-    """Resets, drops and read timeouts are worth another try; refused, DNS and TLS failures are not."""
+    """Resets and drops are worth another try; refused, DNS and TLS failures are not, and neither is a timeout:
+    a server that stalls or trickles would hold the run for attempts × timeout (RELIABILITY.md #21)."""
     causes = _causes(err)
-    if any(isinstance(c, ConnectionRefusedError | requests.exceptions.SSLError | urllib3.exceptions.NameResolutionError)
-           for c in causes):
+    if _timed_out(causes) or any(isinstance(c, ConnectionRefusedError | requests.exceptions.SSLError
+                                            | urllib3.exceptions.NameResolutionError) for c in causes):
         return False
     return isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout
                       | requests.exceptions.ChunkedEncodingError | urllib3.exceptions.HTTPError | OSError)
 
 
 _TLS_REASON = re.compile(r"certificate verify failed: ([^()'\"]+)")
+
+
+class _GuardedConnection:
+    """Mixed into urllib3's connections: the socket, once connected, reads through stall.GuardedSocket."""
+
+    stall_timeout = DEFAULT_TIMEOUT
+    sock: Any
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self.sock = GuardedSocket(self.sock, self.stall_timeout)
+
+
+class _GuardedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with pools of guarded connections (urllib3 picks pool classes by scheme)."""
+
+    def __init__(self, stall_timeout: float, **kwargs: Any) -> None:
+        self._stall_timeout = stall_timeout  # before super(): HTTPAdapter.__init__ calls init_poolmanager
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        pools: dict[str, type[urllib3.connectionpool.HTTPConnectionPool]] = {}
+        for scheme, pool, conn in (
+                ("http", urllib3.connectionpool.HTTPConnectionPool, urllib3.connection.HTTPConnection),
+                ("https", urllib3.connectionpool.HTTPSConnectionPool, urllib3.connection.HTTPSConnection)):
+            guarded = type(f"Guarded{conn.__name__}", (_GuardedConnection, conn),
+                           {"stall_timeout": self._stall_timeout})
+            pools[scheme] = type(f"Guarded{pool.__name__}", (pool,), {"ConnectionCls": guarded})
+        self.poolmanager.pool_classes_by_scheme = pools
 
 
 class RegistryClient:
@@ -276,7 +316,7 @@ class RegistryClient:
         self.registry = registry
         self.repository = repository
         self.scope = f"repository:{repository}:pull"
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or RetryPolicy(read_timeout=timeout_from_env())
         self.insecure = options.insecure or host_of(registry) in ("localhost", "127.0.0.1", "::1")
         self.ca_cert = options.ca_cert
         self.scheme = "https"
@@ -291,7 +331,8 @@ class RegistryClient:
         self.session = requests.Session()
         self.session.auth = _NoNetrc()
         self.session.headers["User-Agent"] = f"imgaudit/{__version__}"
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(pool, 4), max_retries=0)
+        adapter = _GuardedAdapter(self.policy.read_timeout, pool_connections=4, pool_maxsize=max(pool, 4),
+                                  max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         if self.insecure and not self.ca_cert:
@@ -365,7 +406,7 @@ class RegistryClient:
             tries += 1
             try:
                 resp = self._send(url, headers, sign)
-                if resp.status_code == 401 and reauth and not authenticated and self._authenticate(resp):
+                if reauth and not authenticated and _asks_for_a_token(resp) and self._authenticate(resp):
                     authenticated = True
                     resp.close()
                     continue
@@ -419,9 +460,21 @@ class RegistryClient:
                                      "and is the address right?")
         if any(isinstance(c, urllib3.exceptions.NameResolutionError) for c in causes):
             return SourceUnavailable(f"cannot resolve {where}; check the registry name")
-        if isinstance(err, requests.exceptions.Timeout):
-            return SourceUnavailable(f"{where} did not answer in time ({type(err).__name__}); try again later")
+        if _timed_out(causes):
+            return SourceUnavailable(self.stall_message(causes, where))
         return SourceUnavailable(f"the connection to {where} failed ({escape(type(err).__name__)}); try again later")
+
+    def stall_message(self, causes: list[BaseException], where: str) -> str:
+        stalled = next((c for c in causes if isinstance(c, Stalled)), None)
+        if stalled is not None:
+            what = f"timed out: it {stalled}"
+        elif any(isinstance(c, requests.exceptions.ConnectTimeout | urllib3.exceptions.ConnectTimeoutError)
+                 for c in causes):
+            what = f"timed out: no connection within {self.policy.connect_timeout:g} s"
+        else:
+            what = f"timed out after {self.policy.read_timeout:g} s"
+        return (f"registry {where} {what}; try again later (IMGAUDIT_REGISTRY_TIMEOUT sets the limit, "
+                f"now {self.policy.read_timeout:g} s)")
 
     # -- authentication --
 
@@ -453,6 +506,10 @@ class RegistryClient:
         if challenge is None:
             return False
         self._challenge = challenge
+        wanted = insufficient_scope(challenge)
+        if wanted:
+            log.info("%s asks for a token with scope %s (insufficient_scope); asking once", escape(self.registry),
+                     escape(wanted)[:200])
         if challenge.scheme == "basic":
             creds = self._credentials_for_registry()
             if creds is None or not creds.username or self._basic:
@@ -466,13 +523,13 @@ class RegistryClient:
 
     def _bearer(self, challenge: Challenge) -> str:
         """distribution token.md: GET realm?service&scope with the user's basic credentials (or none). The
-        scope a challenge names wins (an `insufficient_scope` 401 asks for more); the token is cached under
-        the scope our requests need."""
+        scopes a challenge names are asked for besides ours (an `insufficient_scope` 401 or 403 asks for
+        more); the token is cached under the scope our requests need."""
         realm = check_realm(challenge.get("realm"), self.registry,
                             registry_tls=self.scheme == "https" and not self.insecure)
         self._realm_origin = origin_of(realm)
         creds = self._credentials_for_registry()
-        query = token_query(challenge, challenge.get("scope") or self.scope)
+        query = token_query(challenge, self.scope)
         if creds and creds.identity_token:
             reply = self._oauth_token(realm, query, creds)
         else:
@@ -488,7 +545,7 @@ class RegistryClient:
             self._tokens[self.scope] = (value, time.monotonic() + max(ttl - 5.0, 1.0))
         return value
 
-    def _basic_token(self, realm: str, query: dict[str, str], creds: Credentials | None) -> Reply:
+    def _basic_token(self, realm: str, query: list[tuple[str, str]], creds: Credentials | None) -> Reply:
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         realm_origin = origin_of(realm)
         header = creds.basic() if creds is not None and creds.username and creds.password else ""
@@ -500,10 +557,11 @@ class RegistryClient:
         return self.exchange(url, {"Accept": "application/json"}, lambda r: read_reply(r, MAX_TOKEN_BODY, "token"),
                              sign=sign, reauth=False)
 
-    def _oauth_token(self, realm: str, query: dict[str, str], creds: Credentials) -> Reply:
+    def _oauth_token(self, realm: str, query: list[tuple[str, str]], creds: Credentials) -> Reply:
         """An identity token from `docker login` (distribution docs/spec/auth/oauth.md): one POST of a refresh
         token, never retried (a request with a body is not repeated) and never redirected."""
-        form = {**query, "grant_type": "refresh_token", "refresh_token": creds.identity_token, "client_id": "imgaudit"}
+        form = [*query, ("grant_type", "refresh_token"), ("refresh_token", creds.identity_token),
+                ("client_id", "imgaudit")]
         try:
             resp = self.session.post(realm, data=form, stream=True, allow_redirects=False, verify=self._verify(realm),
                                      timeout=(self.policy.connect_timeout, self.policy.read_timeout))
@@ -511,14 +569,14 @@ class RegistryClient:
             raise self.transport_error(err, realm) from TransportFault(redact_text(f"{type(err).__name__}: {err}"))
         return read_reply(resp, MAX_TOKEN_BODY, "token")
 
-    def _refused(self, who: str, status: int) -> str:
+    def _refused(self, who: str, status: int, detail: str = "") -> str:
         registry = escape(self.registry)
         creds = self._credentials if self._credentials_loaded else None
         if creds is None:
-            return (f"{registry} requires authentication ({who} answered HTTP {status}); run `docker login "
+            return (f"{registry} requires authentication ({who} answered HTTP {status}{detail}); run `docker login "
                     f"{registry}` or pass --username and --password-stdin")
-        return (f"{registry} refused the credentials from {escape(creds.origin)} ({who} answered HTTP {status}); "
-                f"check the user name and password, or run `docker login {registry}`")
+        return (f"{registry} refused the credentials from {escape(creds.origin)} ({who} answered HTTP {status}"
+                f"{detail}); check the user name and password, or run `docker login {registry}`")
 
     # -- endpoints --
 
@@ -526,12 +584,14 @@ class RegistryClient:
         """GET /v2/ (distribution spec "determining support"): https, or plain http for an insecure registry
         that does not speak TLS; learns the auth challenge before the first real request."""
         try:
-            reply = self._ping_once()
+            reply: Reply | None = self._ping_once()
         except UntrustedCertificate:
             raise
         except SourceUnavailable:
             if not self.insecure:
                 raise
+            reply = None
+        if reply is None:  # out of the handler: an http failure must not be classified by the https one
             self.scheme = "http"
             reply = self._ping_once()
         if reply.status == 401:
@@ -592,14 +652,22 @@ class RegistryClient:
         if reply.status in (200, 206):
             return
         registry = escape(self.registry)
-        codes = ", ".join(error_codes(reply.body)) or f"HTTP {reply.status}"
+        found = error_codes(reply.body)
+        codes = ", ".join(found) or f"HTTP {reply.status}"
+        wanted = _wanted_scope(reply.headers)
+        detail = "".join(f", {c}" for c in found)
+        if wanted:
+            detail += f", insufficient_scope for {escape(wanted)[:200]}"
         if reply.status == 401:
-            raise AuthenticationFailed(self._refused("the registry", 401))
+            raise AuthenticationFailed(self._refused("the registry", 401, detail))
         if reply.status == 403:
-            raise AuthenticationFailed(f"{registry} denied access to {escape(self.repository)} (HTTP 403, {codes}); "
+            raise AuthenticationFailed(f"{registry} denied access to {escape(self.repository)} (HTTP 403{detail}); "
                                        "check that these credentials may pull it")
         if reply.status == 404:
             raise ImageNotFound(f"{registry}/{escape(self.repository)} has no {escape(what)} ({codes})")
+        if 400 <= reply.status < 500:
+            raise SourceUnavailable(f"{registry} rejected the request for {escape(what)} (HTTP {reply.status}"
+                                    f"{detail}); check the reference")
         raise SourceUnavailable(f"{registry} answered {codes} for {escape(what)}; try again later")
 
     def _missing(self, reference: str, where: str, reply: Reply) -> ImgauditError:
@@ -616,6 +684,16 @@ class RegistryClient:
         shown = ", ".join(escape(t) for t in listed[:10]) + (", …" if len(listed) > 10 else "")
         return ImageNotFound(f"{where}: {repo} has no tag {escape(reference)!r}"
                              + (f" (it has: {shown})" if shown else "") + "; check the tag")
+
+
+def _wanted_scope(headers: Mapping[str, str]) -> str | None:
+    return insufficient_scope(pick_challenge(parse_challenges(headers.get("WWW-Authenticate", ""))))
+
+
+def _asks_for_a_token(resp: requests.Response) -> bool:
+    """A 401, or a 403 whose bearer challenge says `insufficient_scope` and names the scope it wants (some
+    registries answer 403 there): each earns one new token per request (RELIABILITY.md #18)."""
+    return resp.status_code == 401 or (resp.status_code == 403 and _wanted_scope(resp.headers) is not None)
 
 
 def read_reply(resp: requests.Response, cap: int, what: str) -> Reply:
@@ -760,9 +838,15 @@ class BlobReader(io.RawIOBase):
     def _reconnect(self, err: BaseException | None) -> None:
         """Reconnects after a cut if this is the first time, or ≥ 1 MiB or ≥ 60 s passed since the last one
         (body_reader.go), and within the policy's count; else says how far the download got."""
+        host = urllib.parse.urlsplit(self._resp.url if self._resp is not None else self._client.origin).netloc
         if self._resp is not None:
             self._resp.close()
             self._resp = None
+        causes = _causes(err) if err is not None else []
+        if _timed_out(causes):  # never resumed: a stalled server would stall again (RELIABILITY.md #21)
+            where = escape(host.rpartition("@")[2])
+            raise SourceUnavailable(f"{self._label}: {self._client.stall_message(causes, where)}") from TransportFault(
+                redact_text(f"{type(err).__name__}: {err}"))
         progress, since = self._received - self._mark[0], time.monotonic() - self._mark[1]
         first = self._reconnects == 0
         allowed = first or progress >= RESUME_PROGRESS or since >= RESUME_INTERVAL

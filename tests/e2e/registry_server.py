@@ -164,7 +164,8 @@ class _Recorder(ThreadingHTTPServer):
         self.lock = threading.Lock()
 
     def record(self, handler: BaseHTTPRequestHandler) -> dict[str, Any]:
-        entry = {"method": handler.command, "path": handler.path, "headers": dict(handler.headers.items())}
+        entry = {"method": handler.command, "path": handler.path, "headers": dict(handler.headers.items()),
+                 "time": time.monotonic()}
         with self.lock:
             self.log.append(entry)
         return entry
@@ -185,6 +186,66 @@ class _Quiet(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def stream(self, status: int, size: int, *, chunked: bool, headers: dict[str, str] | None = None) -> int:
+        """`size` filler bytes in 1 MiB writes (declared, or chunked with no length): memory stays flat on this
+        side too. Returns how many bytes went out before the client hung up."""
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header(*(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(size))))
+        self.end_headers()
+        piece, sent = b"x" * (1 << 20), 0
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            while sent < size:
+                data = piece[: size - sent]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                sent += len(data)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        return sent
+
+    def trickle(self, data: bytes, interval: float, limit: float = 120.0) -> None:
+        """`data` one byte per `interval` seconds until sent, the client hangs up, or `limit` seconds pass."""
+        self.close_connection = True
+        deadline = time.monotonic() + limit
+        with contextlib.suppress(OSError):
+            for byte in data:
+                if time.monotonic() > deadline:
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(interval)
+
+    def hold(self, limit: float = 120.0) -> None:
+        """Accept, read the request, send nothing: wait until the client hangs up or `limit` seconds pass."""
+        self.close_connection = True
+        self.connection.settimeout(limit)
+        with contextlib.suppress(OSError):
+            while self.connection.recv(1024):
+                pass
+
+
+def jwt_access(authorization: str) -> set[tuple[str, str]]:
+    """(repository, action) pairs a bearer JWT grants; its signature is the registry's business."""
+    token = authorization.removeprefix("Bearer ")
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return set()
+    return {(a["name"], action) for a in claims.get("access", []) for action in a.get("actions", [])}
+
+
+def scope_pairs(scope: str) -> set[tuple[str, str]]:
+    """`repository:a:pull repository:b:pull,push` → {(a, pull), (b, pull), (b, push)}."""
+    pairs = set()
+    for item in scope.split():
+        _, _, rest = item.partition(":")
+        name, _, actions = rest.rpartition(":")
+        pairs |= {(name, action) for action in actions.split(",")}
+    return pairs
+
 
 class _TokenHandler(_Quiet):
     server: TokenServer
@@ -199,8 +260,13 @@ class _TokenHandler(_Quiet):
         if self.server.fail_status:
             self.reply(self.server.fail_status, b"token server down")
             return
+        if self.server.huge is not None:
+            self.server.huge_sent = self.stream(200, self.server.huge[0], chunked=self.server.huge[1],
+                                                headers={"Content-Type": "application/json"})
+            return
         granted = bool(user) or self.server.anonymous_pull
         access = _scope_access(query.get("scope", []), allow_push=bool(user)) if granted else []
+        access = [a for a in access if a["name"] not in self.server.denied]
         token = self.server.issuer.sign(user or "anonymous", access)
         body = json.dumps({"token": token, "access_token": token, "expires_in": 300})
         self.reply(200, body.encode(), {"Content-Type": "application/json"})
@@ -238,6 +304,9 @@ class TokenServer(_Recorder):
         self.anonymous = anonymous
         self.anonymous_pull = True  # False: anonymous callers get a token granting nothing
         self.fail_status = 0
+        self.denied: set[str] = set()  # repositories no token grants anything on
+        self.huge: tuple[int, bool] | None = None  # (size, chunked): a 200 of that many filler bytes
+        self.huge_sent = 0
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
 
@@ -362,8 +431,13 @@ class Fault:
     so a resume gets a 200), `shift-range` (forward a Range request as `bytes=0-`, so a resume gets a 206 of
     the wrong range), `flip` (flip the body's middle byte), `pad` (4 KiB more than the blob, honestly
     declared), `redirect` (307 to `target` + path), `body` (answer 200 with `content_type` and `body`),
-    `digest-header` (forward as is but for `digest`). `digest`, on any kind that forwards, replaces the
-    registry's `Docker-Content-Digest` (`""` leaves it out).
+    `digest-header` (forward as is but for `digest`), `huge` (answer `status` with `size` filler bytes, declared
+    or `chunked`), `silent` (read the request, send nothing), `trickle-headers` (the status line and headers one
+    byte per `interval` seconds), `trickle-body` (the registry's headers at once, then its body one byte per
+    `interval` seconds), `scope` (unless the request's bearer token grants every pair of `scope`, answer `status`
+    with a bearer challenge naming `scope` and `error="insufficient_scope"`, realm `target`; else forward).
+    `digest`, on any kind that forwards, replaces the registry's `Docker-Content-Digest` (`""` leaves it out).
+    A `status` answer carries `body` when one is given.
     """
 
     path: str
@@ -376,6 +450,10 @@ class Fault:
     content_type: str = "application/json"
     body: bytes = b""
     digest: str | None = None
+    size: int = 0
+    chunked: bool = False
+    interval: float = 1.0
+    scope: str = ""
     hits: int = field(default=0)
 
 
@@ -398,7 +476,26 @@ class _ProxyHandler(_Quiet):
         fault = self.server.take_fault(self.path)
         if fault and fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-            self.reply(fault.status, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}', headers)
+            self.reply(fault.status, fault.body or b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}',
+                       {**headers, "Content-Type": fault.content_type})
+            return
+        if fault and fault.kind == "huge":
+            self.entry["bytes_sent"] = self.stream(fault.status, fault.size, chunked=fault.chunked,
+                                                   headers={"Content-Type": fault.content_type})
+            return
+        if fault and fault.kind == "silent":
+            self.hold()
+            return
+        if fault and fault.kind == "trickle-headers":
+            self.trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+                         fault.interval)
+            return
+        if fault and fault.kind == "scope" and not scope_pairs(fault.scope) <= jwt_access(
+                self.headers.get("Authorization", "")):
+            challenge = (f'Bearer realm="{fault.target}",service="{TOKEN_SERVICE}",scope="{fault.scope}",'
+                         'error="insufficient_scope"')
+            self.reply(fault.status, b'{"errors":[{"code":"DENIED","message":"insufficient scope"}]}',
+                       {"WWW-Authenticate": challenge, "Content-Type": "application/json"})
             return
         if fault and fault.kind == "redirect":
             self.reply(307, b"", {"Location": fault.target + self.path})
@@ -417,7 +514,8 @@ class _ProxyHandler(_Quiet):
 
     def _forward(self, fault: Fault | None) -> None:
         conn = http.client.HTTPConnection(self.server.upstream, timeout=30)
-        headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range")}
+        wanted = ("accept", "range", "authorization") if self.server.forward_auth else ("accept", "range")
+        headers = {k: v for k, v in self.headers.items() if k.lower() in wanted}
         if fault and fault.kind == "ignore-range":
             headers.pop("Range", None)
         if fault and fault.kind == "shift-range" and "Range" in headers:
@@ -451,6 +549,9 @@ class _ProxyHandler(_Quiet):
             flipped = bytearray(body)
             flipped[len(body) // 2] ^= 0xFF
             body = bytes(flipped)
+        if fault and fault.kind == "trickle-body":
+            self.trickle(body, fault.interval)
+            return
         if fault and fault.kind == "cut":
             self.wfile.write(body[: int(len(body) * fault.fraction)])
             self.wfile.flush()
@@ -465,15 +566,17 @@ class FaultProxy(_Recorder):
     """Forwards GET/HEAD to a plain-HTTP registry, applying `faults` in order; records every request.
 
     `require_basic=(user, password)` makes it answer 401 + `WWW-Authenticate: Basic` like an htpasswd
-    registry, so credential handling can be watched on the wire.
+    registry, so credential handling can be watched on the wire; `forward_auth` passes the client's
+    Authorization on, for a registry that checks tokens itself.
     """
 
     def __init__(self, upstream: str, *, host: str = "127.0.0.1", faults: list[Fault] | None = None,
-                 require_basic: tuple[str, str] | None = None) -> None:
+                 require_basic: tuple[str, str] | None = None, forward_auth: bool = False) -> None:
         super().__init__((host, 0), _ProxyHandler)
         self.upstream = upstream
         self.faults = list(faults or [])
         self.require_basic = require_basic
+        self.forward_auth = forward_auth
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
 

@@ -18,6 +18,7 @@ from imgaudit.sources import auth
 from imgaudit.sources import registry as reg
 from imgaudit.sources.auth import Challenge, RegistryOptions, check_realm, parse_challenges, parse_token
 from imgaudit.sources.manifest import INDEX_TYPES
+from imgaudit.sources.stall import Stalled
 
 # -- WWW-Authenticate ---------------------------------------------------------------------------
 
@@ -337,9 +338,10 @@ def test_untrusted_certificate_message() -> None:
     assert "self-signed certificate in certificate chain" in str(out) and "--ca-cert" in str(out)
 
 
-def test_resets_are_retried() -> None:
+def test_resets_are_retried_and_timeouts_are_not() -> None:
     assert reg._retryable(requests.exceptions.ConnectionError(ConnectionResetError(104, "reset")))
-    assert reg._retryable(requests.exceptions.ReadTimeout("slow"))
+    assert not reg._retryable(requests.exceptions.ReadTimeout("slow"))  # RELIABILITY.md #21: final, one line
+    assert not reg._retryable(requests.exceptions.ConnectionError(Stalled("sent 3 bytes in 60 s")))
 
 
 def test_insecure_applies_to_loopback_and_the_named_registry_only() -> None:
