@@ -6,7 +6,6 @@ stdlib `r|gz` fails on multi-member gzip and never checks the CRC (RELIABILITY.m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import posixpath
@@ -255,7 +254,10 @@ class LayerStream:
     (each of them releases the GIL for milliseconds at a time), so they overlap the walk's Python work;
     `close` stops the thread."""
 
-    AHEAD = 16  # plain pieces decoded ahead of the reader: each at most 4 MiB (32 MiB for zstd the scout lost)
+    # Plain bytes decoded ahead of the reader (one piece may exceed it alone; a piece is at most 4 MiB, 32 MiB
+    # for zstd the scout lost). The queue fills while the walk waits for the ELF parser, i.e. while the
+    # worker holds its biggest file: 64 MiB ahead raised the process tree's peak by 48 MiB over 16.
+    AHEAD_BYTES = 16 << 20
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
@@ -277,7 +279,9 @@ class LayerStream:
         self._pending: bytes | None = first
         self.head = b""  # the first plain bytes, to tell a layer compressed twice
         self.budget: int | None = None  # bytes read() may still hand out (tarfile's header reads); None: no cap
-        self._ahead: queue.Queue[bytes | BaseException] = queue.Queue(self.AHEAD)
+        self._ahead: queue.Queue[bytes | BaseException] = queue.Queue()
+        self._queued = 0  # bytes in _ahead
+        self._room = threading.Condition()
         self._stop = threading.Event()
         self._ended = False
         self._decoder = threading.Thread(target=self._decode_ahead, name="imgaudit-decode", daemon=True)
@@ -291,12 +295,12 @@ class LayerStream:
                 item = self._produce()
             except BaseException as err:  # handed to the reader, who raises it where the bytes were wanted
                 item = err
-            while not self._stop.is_set():
-                try:
-                    self._ahead.put(item, timeout=0.05)
-                    break
-                except queue.Full:
-                    continue
+            size = len(item) if isinstance(item, bytes) else 0
+            with self._room:
+                while self._queued and self._queued + size > self.AHEAD_BYTES and not self._stop.is_set():
+                    self._room.wait(0.05)
+                self._queued += size
+            self._ahead.put(item)
             if not isinstance(item, bytes) or not item:
                 return
 
@@ -305,6 +309,10 @@ class LayerStream:
         if self._ended:
             return b""
         item = self._ahead.get()
+        if isinstance(item, bytes) and item:
+            with self._room:
+                self._queued -= len(item)
+                self._room.notify()
         if isinstance(item, BaseException):
             self._ended = True
             raise item
@@ -314,9 +322,8 @@ class LayerStream:
     def close(self) -> None:
         """Stops the decoder thread (it may be blocked on a full queue when the walk stopped early)."""
         self._stop.set()
-        while self._decoder.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._ahead.get(timeout=0.05)
+        with self._room:
+            self._room.notify()
         self._decoder.join()
 
     def _produce(self) -> bytes:
