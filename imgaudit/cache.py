@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from imgaudit import __version__
 from imgaudit.layers import Entry, EntryType, LayerScan, Skipped
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: heads only of ELF and `#!` files, shared mode and owner ints (issue 7)
 MAGIC = b"IMGAUDIT-SCAN\0"
 REPORT_MAGIC = b"IMGAUDIT-RPRT\0"
 REPORT_SUFFIX = ".report"

@@ -18,6 +18,7 @@ import posixpath
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from imgaudit.layers import Entry, EntryType, LayerScan
 from imgaudit.rootfs import Change, Node, RootFS
@@ -264,22 +265,58 @@ def _leaves(tree: _Tree, stacked: _Tree) -> Iterable[tuple[str, _DNode]]:
 def _visit_layer(tree: _Tree, stacked: _Tree, stats: Stats, order: list[str]) -> None:
     for leaf_path, node in _leaves(tree, stacked):
         path, size = _leaf(stacked, leaf_path, node) if tree.whiteouts else (leaf_path, node.size)
-        stat = stats.get(path)
         if size is None:
-            if stat is None:
+            if path not in stats:
                 stats[path] = _PathStat()
             return  # dive's visitor returns the error: the rest of this layer is never visited
-        if stat is None:
-            stats[path] = size
-        elif isinstance(stat, int):
-            stats[path] = _PathStat(stat + size, min(stat, size), 2)
+        _count(stats, order, path, size)
+
+
+def _count(stats: Stats, order: list[str], path: str, size: int) -> None:
+    """One layer's leaf at `path` of `size` bytes (each path once per layer)."""
+    stat = stats.get(path)
+    if stat is None:
+        stats[path] = size
+    elif isinstance(stat, int):
+        stats[path] = _PathStat(stat + size, min(stat, size), 2)
+        order.append(path)
+    else:
+        stat.cumulative += size
+        stat.minimum = size if stat.minimum < 0 else min(stat.minimum, size)
+        stat.count += 1
+        if stat.count == 2:
             order.append(path)
+
+
+def _marked(scan: LayerScan) -> bool:
+    """Whether dive's tree of this layer has a `.wh.` name (`_Tree.whiteouts`): a whiteout, or a path
+    through a directory so named (the scan drops `.wh..wh.` paths, so no name is cut short)."""
+    return any(e.type is EntryType.WHITEOUT or "/.wh." in e.path for e in scan.entries)
+
+
+def _plain_leaves(scan: LayerScan) -> dict[str, int]:
+    """The leaves of an unmarked layer's dive tree, path -> bytes, without building the tree (a node
+    object per entry was most of the size audit's peak memory, issue 7): a node is a leaf unless
+    another path of the layer lies below it; the last entry of a path gives its payload, and an opaque
+    marker (never in the tree itself) leaves its directory as an empty node, as `_Tree.add` does."""
+    leaves: dict[str, int] = {}
+    for entry in scan.entries:
+        path = _key(entry.path)
+        if path == "/":
+            continue
+        if entry.type is EntryType.OPAQUE:
+            leaves.setdefault(path, 0)
         else:
-            stat.cumulative += size
-            stat.minimum = size if stat.minimum < 0 else min(stat.minimum, size)
-            stat.count += 1
-            if stat.count == 2:
-                order.append(path)
+            leaves[path] = entry.size
+    inner: set[str] = set()
+    for path in leaves:
+        head = path.rpartition("/")[0]
+        while head and head not in inner:
+            inner.add(head)
+            head = head.rpartition("/")[0]
+    for path in inner:
+        leaves.pop(path, None)
+    return leaves
 
 
 def _repeated(stats: Stats, path: str) -> _PathStat:
@@ -294,15 +331,27 @@ def dive_score(scans: Sequence[LayerScan]) -> DiveScore:
     order: list[str] = []
     # dive stacks layers 0..k-1 onto a copy of layer 0 for each whiteout of layer k; stacking once
     # per layer gives the same trees (for layer 0: the copy of layer 0 itself, unstacked). Without
-    # whiteouts stacking layer 0 onto its copy changes nothing, so the tree itself serves; the top
-    # layer is never stacked, as nothing reads the result.
+    # whiteouts stacking layer 0 onto its copy changes nothing, so the tree itself serves. Only a marked
+    # layer (one with `.wh.` names) looks into the stack, so it is built up to the last marked layer
+    # alone, and a layer neither marked nor stacked is visited without a tree of its own.
+    marked = [_marked(scan) for scan in scans]
+    last_marked = max((i for i, m in enumerate(marked) if m), default=-1)
     stacked: _Tree | None = None
     for index, scan in enumerate(scans):
+        stack = index < last_marked  # a later layer's whiteouts look into this one
+        if not (marked[index] or stack):
+            leaves = _plain_leaves(scan)
+            if not stats:
+                stats = cast(Stats, leaves)  # the first counted layer: its leaves are the stats as they are
+                continue
+            for path, size in leaves.items():
+                _count(stats, order, path, size)
+            continue
         tree = layer_tree(scan)  # one layer's tree at a time
         if stacked is None:
             stacked = tree.copy() if tree.whiteouts else tree
         _visit_layer(tree, stacked, stats, order)
-        if stacked is not tree and index < len(scans) - 1:
+        if stacked is not tree and stack:
             _stack(stacked, tree)
     wasted = sum(_repeated(stats, p).cumulative for p in order)
     total = sum(s if isinstance(s, int) else s.cumulative for s in stats.values())
