@@ -322,11 +322,13 @@ def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
               None if elf is None else from_elf(elf, memo))
         for path, kind, mode, uid, gid, fsize, link, head, fdigest, elf in entries
     ]
-    return LayerScan(
+    scan = LayerScan(
         digest=digest, diff_id=diff_id, compressed_size=csize, size=size, compression=compression,
         entries=tuple(out), files=files, skipped=tuple(Skipped(w, r) for w, r in skipped),
         trailing_bytes=trailing,
     )
+    _ = scan.repeated  # now, while no merged filesystem is held (LayerScan.repeated)
+    return scan
 
 
 def _without_elf(scan: LayerScan) -> LayerScan:

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from enum import Enum
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict, runtime_checkable
@@ -132,6 +133,17 @@ class LayerScan:
     files: dict[str, bytes] = field(default_factory=dict)  # content of SMALL_FILES by sha256 hex
     skipped: tuple[Skipped, ...] = ()
     trailing_bytes: int = 0
+
+    @cached_property
+    def repeated(self) -> frozenset[str]:
+        """Paths that more than one entry names (rare: the image-spec forbids it). Whoever makes a scan asks
+        for it at once, so the set of every path it takes lives before the merged filesystem does, and the
+        size audit tracks only these paths, not every path of a layer, at its peak (issue 7)."""
+        seen: set[str] = set()
+        again: set[str] = set()
+        for entry in self.entries:
+            (again if entry.path in seen else seen).add(entry.path)
+        return frozenset(again)
 
 
 ElfReader = Callable[[str, bytes], "ElfFacts"]
@@ -702,7 +714,7 @@ def _walk(stream: LayerStream, offload: _Offload, *, label: str, elf_reader: Elf
     trailing = stream.trailing_bytes + _check_tar_end(stream, walker, rest, label)
     if trailing:  # covered by the digest, so not corruption, but never silent (RELIABILITY.md #49)
         walker.skipped.append(Skipped(label, f"{trailing} bytes of trailing data after the layer's end, ignored"))
-    return LayerScan(
+    scan = LayerScan(
         digest=stream.digest,
         diff_id=stream.diff_id,
         compressed_size=stream.stored_size,
@@ -713,6 +725,8 @@ def _walk(stream: LayerStream, offload: _Offload, *, label: str, elf_reader: Elf
         skipped=tuple(walker.skipped),
         trailing_bytes=trailing,
     )
+    _ = scan.repeated  # now, while no merged filesystem is held
+    return scan
 
 
 def _check_tar_end(stream: LayerStream, walker: _Walker, rest: bytes, label: str) -> int:

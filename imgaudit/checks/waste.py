@@ -18,7 +18,6 @@ import posixpath
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 from imgaudit.layers import Entry, EntryType, LayerScan
 from imgaudit.rootfs import Change, Node, RootFS
@@ -294,29 +293,32 @@ def _marked(scan: LayerScan) -> bool:
     return any(e.type is EntryType.WHITEOUT or "/.wh." in e.path for e in scan.entries)
 
 
-def _plain_leaves(scan: LayerScan) -> dict[str, int]:
-    """The leaves of an unmarked layer's dive tree, path -> bytes, without building the tree (a node
+def _plain_leaves(scan: LayerScan) -> Iterator[tuple[str, int]]:
+    """The leaves of an unmarked layer's dive tree, (path, bytes), without building the tree (a node
     object per entry was most of the size audit's peak memory, issue 7): a node is a leaf unless
     another path of the layer lies below it; the last entry of a path gives its payload, and an opaque
     marker (never in the tree itself) leaves its directory as an empty node, as `_Tree.add` does."""
-    leaves: dict[str, int] = {}
+    inner: set[str] = set()
+    again: dict[str, int] = {}  # the payloads of paths named twice (LayerScan.repeated), the last one's
+    repeated = scan.repeated
     for entry in scan.entries:
         path = _key(entry.path)
-        if path == "/":
-            continue
-        if entry.type is EntryType.OPAQUE:
-            leaves.setdefault(path, 0)
-        else:
-            leaves[path] = entry.size
-    inner: set[str] = set()
-    for path in leaves:
         head = path.rpartition("/")[0]
         while head and head not in inner:
             inner.add(head)
             head = head.rpartition("/")[0]
-    for path in inner:
-        leaves.pop(path, None)
-    return leaves
+        if entry.path in repeated and path != "/":
+            if entry.type is EntryType.OPAQUE:
+                again.setdefault(path, 0)
+            else:
+                again[path] = entry.size
+    for entry in scan.entries:
+        path = _key(entry.path)
+        if path != "/" and path not in inner and entry.path not in repeated:
+            yield path, 0 if entry.type is EntryType.OPAQUE else entry.size
+    for path, size in again.items():
+        if path not in inner:
+            yield path, size
 
 
 def _repeated(stats: Stats, path: str) -> _PathStat:
@@ -337,15 +339,16 @@ def dive_score(scans: Sequence[LayerScan]) -> DiveScore:
     marked = [_marked(scan) for scan in scans]
     last_marked = max((i for i, m in enumerate(marked) if m), default=-1)
     stacked: _Tree | None = None
+    fresh = 0
     for index, scan in enumerate(scans):
         stack = index < last_marked  # a later layer's whiteouts look into this one
         if not (marked[index] or stack):
-            leaves = _plain_leaves(scan)
-            if not stats:
-                stats = cast(Stats, leaves)  # the first counted layer: its leaves are the stats as they are
-                continue
-            for path, size in leaves.items():
-                _count(stats, order, path, size)
+            top = index == len(scans) - 1
+            for path, size in _plain_leaves(scan):
+                if top and path not in stats:
+                    fresh += size  # seen once: its bytes count in both sums, it needs no entry of its own
+                else:
+                    _count(stats, order, path, size)
             continue
         tree = layer_tree(scan)  # one layer's tree at a time
         if stacked is None:
@@ -354,8 +357,8 @@ def dive_score(scans: Sequence[LayerScan]) -> DiveScore:
         if stacked is not tree and stack:
             _stack(stacked, tree)
     wasted = sum(_repeated(stats, p).cumulative for p in order)
-    total = sum(s if isinstance(s, int) else s.cumulative for s in stats.values())
-    smallest = sum(s if isinstance(s, int) else s.minimum for s in stats.values())
+    total = fresh + sum(s if isinstance(s, int) else s.cumulative for s in stats.values())
+    smallest = fresh + sum(s if isinstance(s, int) else s.minimum for s in stats.values())
     sizes = [sum(e.size for e in scan.entries) for scan in scans]
     worst = sorted(order, key=lambda p: (-_repeated(stats, p).cumulative, p))[:TOP_INEFFICIENT]
     return DiveScore(
@@ -433,17 +436,11 @@ def _link_origin(node: Node, target: str, file_layers: dict[str, list[int]]) -> 
     return (layers[-1], target) if layers else None
 
 
-def visible_origins(fs: RootFS, scans: Sequence[LayerScan]) -> defaultdict[int, set[str]]:
-    """Layer → paths of its entries whose bytes the final filesystem shows, each inode once."""
+def link_origins(fs: RootFS, scans: Sequence[LayerScan]) -> defaultdict[int, set[str]]:
+    """Layer → paths of its entries whose bytes a final hard link shows (the file its target was when the
+    link was made). Every other entry a final path shows is that path's own node (`_shows`)."""
     out: defaultdict[int, set[str]] = defaultdict(set)
-    links: list[Node] = []
-    for node in fs.nodes.values():
-        if node.entry.type is not EntryType.FILE:
-            continue
-        if node.hardlink_of is None:
-            out[node.layer].add(node.path)
-        else:
-            links.append(node)
+    links = [node for node in fs.nodes.values() if node.hardlink_of is not None and node.entry.type is EntryType.FILE]
     targets = [(node, _link_target(fs, node)) for node in links]
     file_layers = _file_layers(scans, {t for _, t in targets if t is not None}) if links else {}
     for node, target in targets:
@@ -451,6 +448,13 @@ def visible_origins(fs: RootFS, scans: Sequence[LayerScan]) -> defaultdict[int, 
         if origin is not None:
             out[origin[0]].add(origin[1])
     return out
+
+
+def _shows(fs: RootFS, layer: int, path: str) -> bool:
+    """Whether the final file at `path` is the one `layer` wrote there (not a hard link to another): asked
+    of the node, where a set of every such path per layer was a peak cost of the size audit (issue 7)."""
+    node = fs.nodes.get(path)
+    return node is not None and node.layer == layer and node.hardlink_of is None and node.entry.type is EntryType.FILE
 
 
 def _shown_elsewhere(fs: RootFS, layer: int, entry: Entry) -> bool:
@@ -504,23 +508,26 @@ def _why(removals: _Removals, path: str, change: Change) -> tuple[str, str]:
 
 def hidden_files(fs: RootFS, scans: Sequence[LayerScan]) -> list[Hidden]:
     """Every regular-file entry of every layer whose bytes no final path shows."""
-    visible = visible_origins(fs, scans)
+    linked = link_origins(fs, scans)
     removals = [_Removals.of(scan) for scan in scans]
     out: list[Hidden] = []
     for index, scan in enumerate(scans):
-        later: set[str] = set()  # paths a later entry of the same layer writes again
-        shown = visible.get(index, set())
+        later: set[str] = set()  # paths named twice that a later entry of the same layer writes again
+        repeated = scan.repeated
+        shown = linked.get(index, set())
         for entry in reversed(scan.entries):
             if entry.type in (EntryType.WHITEOUT, EntryType.OPAQUE):
                 continue  # they only affect lower layers (OCI image-spec, "Whiteouts")
-            duplicate = entry.path in later
-            later.add(entry.path)
+            duplicate = False
+            if entry.path in repeated:
+                duplicate = entry.path in later
+                later.add(entry.path)
             if entry.type is not EntryType.FILE:
                 continue
             if duplicate:  # the last entry of a layer wins (RELIABILITY.md #55)
                 out.append(Hidden(entry.path, entry.size, index, index, "duplicate-entry", entry.path))
                 continue
-            if entry.path in shown or _shown_elsewhere(fs, index, entry):
+            if _shows(fs, index, entry.path) or entry.path in shown or _shown_elsewhere(fs, index, entry):
                 continue
             hider = _hider(fs, entry.path, index)
             hider_layer, change = hider if hider is not None else (index, Change.REMOVED)
