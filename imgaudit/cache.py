@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from imgaudit import __version__
 from imgaudit.layers import Entry, EntryType, LayerScan, Skipped
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: heads only of ELF and `#!` files, shared mode and owner ints (issue 7)
 MAGIC = b"IMGAUDIT-SCAN\0"
 REPORT_MAGIC = b"IMGAUDIT-RPRT\0"
 REPORT_SUFFIX = ".report"
@@ -320,11 +320,13 @@ def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
               None if elf is None else from_elf(elf))
         for path, kind, mode, uid, gid, fsize, link, head, fdigest, elf in entries
     ]
-    return LayerScan(
+    scan = LayerScan(
         digest=digest, diff_id=diff_id, compressed_size=csize, size=size, compression=compression,
         entries=tuple(out), files=files, skipped=tuple(Skipped(w, r) for w, r in skipped),
         trailing_bytes=trailing,
     )
+    _ = scan.repeated  # now, while no merged filesystem is held (LayerScan.repeated)
+    return scan
 
 
 def _without_elf(scan: LayerScan) -> LayerScan:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import cached_property
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict, runtime_checkable
 
@@ -51,7 +52,8 @@ if TYPE_CHECKING:
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 RAW_CHUNK = 1 << 20
-HEAD_BYTES = 256
+HEAD_BYTES = 256  # binfmt_script reads a `#!` line of at most 256 bytes (entrypoint.parse_shebang)
+ELF_HEAD_BYTES = 64  # an ELF64 header: class, byte order and machine are in its first 20 bytes (loader.ident)
 MAX_SMALL_FILE = 16 << 20
 MAX_ELF_BYTES = 512 << 20
 ZSTD_MAX_WINDOW = 1 << 27
@@ -131,6 +133,17 @@ class LayerScan:
     files: dict[str, bytes] = field(default_factory=dict)  # content of SMALL_FILES by sha256 hex
     skipped: tuple[Skipped, ...] = ()
     trailing_bytes: int = 0
+
+    @cached_property
+    def repeated(self) -> frozenset[str]:
+        """Paths that more than one entry names (rare: the image-spec forbids it). Whoever makes a scan asks
+        for it at once, so the set of every path it takes lives before the merged filesystem does, and the
+        size audit tracks only these paths, not every path of a layer, at its peak (issue 7)."""
+        seen: set[str] = set()
+        again: set[str] = set()
+        for entry in self.entries:
+            (again if entry.path in seen else seen).add(entry.path)
+        return frozenset(again)
 
 
 ElfReader = Callable[[str, bytes], "ElfFacts"]
@@ -709,7 +722,7 @@ def _walk(stream: LayerStream, offload: _Offload, *, label: str, elf_reader: Elf
     trailing = stream.trailing_bytes + _check_tar_end(stream, walker, rest, label)
     if trailing:  # covered by the digest, so not corruption, but never silent (RELIABILITY.md #49)
         walker.skipped.append(Skipped(label, f"{trailing} bytes of trailing data after the layer's end, ignored"))
-    return LayerScan(
+    scan = LayerScan(
         digest=stream.digest,
         diff_id=stream.diff_id,
         compressed_size=stream.stored_size,
@@ -720,6 +733,8 @@ def _walk(stream: LayerStream, offload: _Offload, *, label: str, elf_reader: Elf
         skipped=tuple(walker.skipped),
         trailing_bytes=trailing,
     )
+    _ = scan.repeated  # now, while no merged filesystem is held
+    return scan
 
 
 def _check_tar_end(stream: LayerStream, walker: _Walker, rest: bytes, label: str) -> int:
@@ -767,6 +782,9 @@ class _Walker:
         self.end_offset: int | None = None
         self.stream: LayerStream | None = None
         self.count = 0
+        # Modes and owners repeat across a layer: one int object each, not one per entry (an int above 256
+        # is 32 bytes; 0o644 is 420), issue 7's bytes per entry.
+        self._ints: dict[int, int] = {}
 
     def walk(self, stream: LayerStream) -> None:
         self.stream = stream
@@ -827,7 +845,10 @@ class _Walker:
         self.entries.append(Entry(posixpath.join(parent, target), EntryType.WHITEOUT))
 
     def _entry(self, tar: tarfile.TarFile, m: tarfile.TarInfo, path: str) -> Entry | None:
-        common: _Owner = {"mode": m.mode & 0o7777, "uid": m.uid, "gid": m.gid}
+        ints = self._ints
+        mode, uid, gid = m.mode & 0o7777, m.uid, m.gid
+        common: _Owner = {"mode": ints.setdefault(mode, mode), "uid": ints.setdefault(uid, uid),
+                          "gid": ints.setdefault(gid, gid)}
         if m.isdir():
             return Entry(path, EntryType.DIR, **common)
         if m.issym():
@@ -882,6 +903,9 @@ class _Walker:
         if is_elf and size > MAX_ELF_BYTES:
             cap = MAX_ELF_BYTES >> 20
             self.skipped.append(Skipped(path, f"ELF file of {size} bytes is over the {cap} MiB parse cap"))
+        # Only the kernel's checks read a head (`#!` scripts, ELF ident): other files keep none, sparing up
+        # to 289 bytes each.
+        head = head[:ELF_HEAD_BYTES] if is_elf else head if head.startswith(b"#!") else b""
         return Entry(path, EntryType.FILE, size=size, head=head, digest=digest, elf=elf, **common)
 
     def _keep(self, reader: LayerStream, size: int) -> str:

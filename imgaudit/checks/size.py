@@ -82,10 +82,10 @@ def analyse(loaded: Loaded, report: Report) -> None:
 
 
 def size_facts(fs: RootFS, scans: Sequence[LayerScan]) -> SizeFacts:
-    files = [n for n in fs.nodes.values() if n.entry.type is EntryType.FILE]
-    owned = tuple(n for n in files if n.hardlink_of is None)
+    owned = tuple(n for n in fs.nodes.values() if n.entry.type is EntryType.FILE and n.hardlink_of is None)
+    links = sum(1 for n in fs.nodes.values() if n.hardlink_of is not None and n.entry.type is EntryType.FILE)
     return SizeFacts(dive_score(scans), reclaimable(fs, scans), read_packages(fs), owned, duplicate_groups(owned),
-                     dir_index(owned), len(files))
+                     dir_index(owned), len(owned) + links)
 
 
 def size_info(loaded: Loaded, facts: SizeFacts) -> SizeInfo:
@@ -163,12 +163,16 @@ def top_dirs(dirs: dict[str, DirTotal], top: int = TOP_DIRS) -> list[DirSize]:
 def duplicate_groups(owned: Iterable[Node]) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
     """Identical content at different paths, by the sha256 the scan computed while streaming (the
     hash costs one pass over the bytes already being read; no second read)."""
-    by_digest: dict[str, list[Node]] = {}
+    first: dict[str, Node] = {}
+    again: dict[str, list[Node]] = {}  # a list only for content seen twice: most files are unique
     for node in owned:
-        if node.entry.digest and node.entry.size > 0:
-            by_digest.setdefault(node.entry.digest, []).append(node)
+        digest = node.entry.digest
+        if digest and node.entry.size > 0:
+            seen = first.setdefault(digest, node)
+            if seen is not node:
+                again.setdefault(digest, [seen]).append(node)
     groups = [("sha256:" + digest, nodes[0].entry.size, tuple(sorted(n.path for n in nodes)))
-              for digest, nodes in by_digest.items() if len(nodes) > 1]
+              for digest, nodes in again.items()]
     return tuple(sorted(groups, key=lambda g: (-g[1] * (len(g[2]) - 1), g[2][0])))
 
 
@@ -181,14 +185,24 @@ def _first_change(events: Iterable[tuple[int, Change]], layer: int) -> Change | 
 
 def _written_bytes(scan: LayerScan, fs: RootFS, layer: int) -> tuple[int, int]:
     """(added, modified) regular-file bytes of one layer; the last entry of a duplicated path counts."""
-    last = {e.path: e for e in scan.entries if e.type is EntryType.FILE}
+    again: dict[str, int] = {}  # paths named twice (LayerScan.repeated): the last file entry's bytes
     added = modified = 0
     history = fs.history
-    for path, entry in last.items():
-        if _first_change(history.get(path, ()), layer) in (None, Change.ADDED):
+    repeated = scan.repeated
+    for entry in scan.entries:
+        if entry.type is not EntryType.FILE:
+            continue
+        if entry.path in repeated:
+            again[entry.path] = entry.size
+        elif _first_change(history.get(entry.path, ()), layer) in (None, Change.ADDED):
             added += entry.size
         else:
             modified += entry.size
+    for path, size in again.items():
+        if _first_change(history.get(path, ()), layer) in (None, Change.ADDED):
+            added += size
+        else:
+            modified += size
     return added, modified
 
 

@@ -264,22 +264,61 @@ def _leaves(tree: _Tree, stacked: _Tree) -> Iterable[tuple[str, _DNode]]:
 def _visit_layer(tree: _Tree, stacked: _Tree, stats: Stats, order: list[str]) -> None:
     for leaf_path, node in _leaves(tree, stacked):
         path, size = _leaf(stacked, leaf_path, node) if tree.whiteouts else (leaf_path, node.size)
-        stat = stats.get(path)
         if size is None:
-            if stat is None:
+            if path not in stats:
                 stats[path] = _PathStat()
             return  # dive's visitor returns the error: the rest of this layer is never visited
-        if stat is None:
-            stats[path] = size
-        elif isinstance(stat, int):
-            stats[path] = _PathStat(stat + size, min(stat, size), 2)
+        _count(stats, order, path, size)
+
+
+def _count(stats: Stats, order: list[str], path: str, size: int) -> None:
+    """One layer's leaf at `path` of `size` bytes (each path once per layer)."""
+    stat = stats.get(path)
+    if stat is None:
+        stats[path] = size
+    elif isinstance(stat, int):
+        stats[path] = _PathStat(stat + size, min(stat, size), 2)
+        order.append(path)
+    else:
+        stat.cumulative += size
+        stat.minimum = size if stat.minimum < 0 else min(stat.minimum, size)
+        stat.count += 1
+        if stat.count == 2:
             order.append(path)
-        else:
-            stat.cumulative += size
-            stat.minimum = size if stat.minimum < 0 else min(stat.minimum, size)
-            stat.count += 1
-            if stat.count == 2:
-                order.append(path)
+
+
+def _marked(scan: LayerScan) -> bool:
+    """Whether dive's tree of this layer has a `.wh.` name (`_Tree.whiteouts`): a whiteout, or a path
+    through a directory so named (the scan drops `.wh..wh.` paths, so no name is cut short)."""
+    return any(e.type is EntryType.WHITEOUT or "/.wh." in e.path for e in scan.entries)
+
+
+def _plain_leaves(scan: LayerScan) -> Iterator[tuple[str, int]]:
+    """The leaves of an unmarked layer's dive tree, (path, bytes), without building the tree (a node
+    object per entry was most of the size audit's peak memory, issue 7): a node is a leaf unless
+    another path of the layer lies below it; the last entry of a path gives its payload, and an opaque
+    marker (never in the tree itself) leaves its directory as an empty node, as `_Tree.add` does."""
+    inner: set[str] = set()
+    again: dict[str, int] = {}  # the payloads of paths named twice (LayerScan.repeated), the last one's
+    repeated = scan.repeated
+    for entry in scan.entries:
+        path = _key(entry.path)
+        head = path.rpartition("/")[0]
+        while head and head not in inner:
+            inner.add(head)
+            head = head.rpartition("/")[0]
+        if entry.path in repeated and path != "/":
+            if entry.type is EntryType.OPAQUE:
+                again.setdefault(path, 0)
+            else:
+                again[path] = entry.size
+    for entry in scan.entries:
+        path = _key(entry.path)
+        if path != "/" and path not in inner and entry.path not in repeated:
+            yield path, 0 if entry.type is EntryType.OPAQUE else entry.size
+    for path, size in again.items():
+        if path not in inner:
+            yield path, size
 
 
 def _repeated(stats: Stats, path: str) -> _PathStat:
@@ -294,19 +333,32 @@ def dive_score(scans: Sequence[LayerScan]) -> DiveScore:
     order: list[str] = []
     # dive stacks layers 0..k-1 onto a copy of layer 0 for each whiteout of layer k; stacking once
     # per layer gives the same trees (for layer 0: the copy of layer 0 itself, unstacked). Without
-    # whiteouts stacking layer 0 onto its copy changes nothing, so the tree itself serves; the top
-    # layer is never stacked, as nothing reads the result.
+    # whiteouts stacking layer 0 onto its copy changes nothing, so the tree itself serves. Only a marked
+    # layer (one with `.wh.` names) looks into the stack, so it is built up to the last marked layer
+    # alone, and a layer neither marked nor stacked is visited without a tree of its own.
+    marked = [_marked(scan) for scan in scans]
+    last_marked = max((i for i, m in enumerate(marked) if m), default=-1)
     stacked: _Tree | None = None
+    fresh = 0
     for index, scan in enumerate(scans):
+        stack = index < last_marked  # a later layer's whiteouts look into this one
+        if not (marked[index] or stack):
+            top = index == len(scans) - 1
+            for path, size in _plain_leaves(scan):
+                if top and path not in stats:
+                    fresh += size  # seen once: its bytes count in both sums, it needs no entry of its own
+                else:
+                    _count(stats, order, path, size)
+            continue
         tree = layer_tree(scan)  # one layer's tree at a time
         if stacked is None:
             stacked = tree.copy() if tree.whiteouts else tree
         _visit_layer(tree, stacked, stats, order)
-        if stacked is not tree and index < len(scans) - 1:
+        if stacked is not tree and stack:
             _stack(stacked, tree)
     wasted = sum(_repeated(stats, p).cumulative for p in order)
-    total = sum(s if isinstance(s, int) else s.cumulative for s in stats.values())
-    smallest = sum(s if isinstance(s, int) else s.minimum for s in stats.values())
+    total = fresh + sum(s if isinstance(s, int) else s.cumulative for s in stats.values())
+    smallest = fresh + sum(s if isinstance(s, int) else s.minimum for s in stats.values())
     sizes = [sum(e.size for e in scan.entries) for scan in scans]
     worst = sorted(order, key=lambda p: (-_repeated(stats, p).cumulative, p))[:TOP_INEFFICIENT]
     return DiveScore(
@@ -384,17 +436,11 @@ def _link_origin(node: Node, target: str, file_layers: dict[str, list[int]]) -> 
     return (layers[-1], target) if layers else None
 
 
-def visible_origins(fs: RootFS, scans: Sequence[LayerScan]) -> defaultdict[int, set[str]]:
-    """Layer → paths of its entries whose bytes the final filesystem shows, each inode once."""
+def link_origins(fs: RootFS, scans: Sequence[LayerScan]) -> defaultdict[int, set[str]]:
+    """Layer → paths of its entries whose bytes a final hard link shows (the file its target was when the
+    link was made). Every other entry a final path shows is that path's own node (`_shows`)."""
     out: defaultdict[int, set[str]] = defaultdict(set)
-    links: list[Node] = []
-    for node in fs.nodes.values():
-        if node.entry.type is not EntryType.FILE:
-            continue
-        if node.hardlink_of is None:
-            out[node.layer].add(node.path)
-        else:
-            links.append(node)
+    links = [node for node in fs.nodes.values() if node.hardlink_of is not None and node.entry.type is EntryType.FILE]
     targets = [(node, _link_target(fs, node)) for node in links]
     file_layers = _file_layers(scans, {t for _, t in targets if t is not None}) if links else {}
     for node, target in targets:
@@ -402,6 +448,13 @@ def visible_origins(fs: RootFS, scans: Sequence[LayerScan]) -> defaultdict[int, 
         if origin is not None:
             out[origin[0]].add(origin[1])
     return out
+
+
+def _shows(fs: RootFS, layer: int, path: str) -> bool:
+    """Whether the final file at `path` is the one `layer` wrote there (not a hard link to another): asked
+    of the node, where a set of every such path per layer was a peak cost of the size audit (issue 7)."""
+    node = fs.nodes.get(path)
+    return node is not None and node.layer == layer and node.hardlink_of is None and node.entry.type is EntryType.FILE
 
 
 def _shown_elsewhere(fs: RootFS, layer: int, entry: Entry) -> bool:
@@ -455,23 +508,26 @@ def _why(removals: _Removals, path: str, change: Change) -> tuple[str, str]:
 
 def hidden_files(fs: RootFS, scans: Sequence[LayerScan]) -> list[Hidden]:
     """Every regular-file entry of every layer whose bytes no final path shows."""
-    visible = visible_origins(fs, scans)
+    linked = link_origins(fs, scans)
     removals = [_Removals.of(scan) for scan in scans]
     out: list[Hidden] = []
     for index, scan in enumerate(scans):
-        later: set[str] = set()  # paths a later entry of the same layer writes again
-        shown = visible.get(index, set())
+        later: set[str] = set()  # paths named twice that a later entry of the same layer writes again
+        repeated = scan.repeated
+        shown = linked.get(index, set())
         for entry in reversed(scan.entries):
             if entry.type in (EntryType.WHITEOUT, EntryType.OPAQUE):
                 continue  # they only affect lower layers (OCI image-spec, "Whiteouts")
-            duplicate = entry.path in later
-            later.add(entry.path)
+            duplicate = False
+            if entry.path in repeated:
+                duplicate = entry.path in later
+                later.add(entry.path)
             if entry.type is not EntryType.FILE:
                 continue
             if duplicate:  # the last entry of a layer wins (RELIABILITY.md #55)
                 out.append(Hidden(entry.path, entry.size, index, index, "duplicate-entry", entry.path))
                 continue
-            if entry.path in shown or _shown_elsewhere(fs, index, entry):
+            if _shows(fs, index, entry.path) or entry.path in shown or _shown_elsewhere(fs, index, entry):
                 continue
             hider = _hider(fs, entry.path, index)
             hider_layer, change = hider if hider is not None else (index, Change.REMOVED)

@@ -179,6 +179,12 @@ def test_small_files_and_heads_are_kept() -> None:
     assert result.files[os_release.digest or ""] == b"ID=alpine\n"
     assert result.entries[1].head.startswith(b"#!/bin/sh")
     assert result.entries[1].mode == 0o755
+    assert os_release.head == b""  # only the kernel's checks read a head: `#!` and ELF files keep one
+
+
+def test_paths_named_twice_are_known_to_the_scan() -> None:
+    result = scan(make_layer([f("a", "1"), f("b", "2"), f("a", "3"), f("c/d", "4"), f("c/d", "5"), f("e", "6")]))
+    assert result.repeated == {"/a", "/c/d"}
 
 
 def test_elf_reader_gets_whole_elf_files() -> None:

@@ -214,6 +214,17 @@ def test_duplicate_entries_in_one_layer() -> None:
     assert dive_score(loaded.scans).wasted_bytes == 0  # one node per path in dive's layer tree
 
 
+def test_layers_without_whiteouts_score_as_dives_trees() -> None:
+    """Layers no whiteout reads are scored from their entries, without a tree (issue 7's memory): the last
+    of duplicate entries gives the payload (/b: 20, not 50), a directory with children is no leaf (/a), the
+    top layer's new paths count once (/e): /a/x 100 + 40, /b 20 + 20, /e 30 → smallest 90 of 210."""
+    result = score([[d("a"), f("a/x", blob(100)), f("b", blob(50)), f("b", blob(20))],
+                    [opaque("c"), f("a/x", blob(40)), d("a"), f("b", blob(20)), f("e", blob(30))]])
+    assert result.efficiency == 90 / 210
+    assert result.wasted_bytes == 180
+    assert [(i.path, i.count, i.bytes) for i in result.inefficiencies] == [("/a/x", 2, 140), ("/b", 2, 40)]
+
+
 def test_hard_link_keeps_removed_content_visible() -> None:
     loaded = loaded_of([[f("a", blob(100)), hard("b", "a")], [wh("a")]])
     assert reclaimable(loaded.rootfs, loaded.scans).total == 0
