@@ -1055,6 +1055,7 @@ class ElfReader:
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.max_bytes = max_bytes
+        self.requests = 0  # files sent to the worker
         self._lock = threading.Lock()
         self._channel = _Channel(timeout, memory_limit)
         self._finalizer = weakref.finalize(self, self._channel.stop)
@@ -1067,6 +1068,10 @@ class ElfReader:
         if error is not None:
             return _error_facts(data, error)
         return self._read_op(data, _OP_PARSE)
+
+    def __call__(self, path: str, data: bytes) -> ElfFacts:
+        """An ElfReader is a layer scan's `elf_reader` as it is (it streams through `session`)."""
+        return self.read(path, data)
 
     def close(self) -> None:
         with self._lock:
@@ -1095,6 +1100,7 @@ class ElfReader:
             try:
                 if load:
                     _write_slot(self._channel.slot(slot), data)
+                self.requests += 1
                 status, payload = self._channel.exchange(len(data), op, slot)
             except BaseException:
                 # interrupted mid-request: the worker's state is unknown (the slots stay: a

@@ -522,9 +522,11 @@ class _Offload:
     def unreserve(size: int) -> None:
         _ELF_BUDGET.release(size)
 
-    def parse(self, reader: ElfReader, path: str, data: bytes) -> Future[ElfFacts]:
-        """Parses on the helper thread; the bytes reserved for `data` are released once it is done."""
-        return self._submit(len(data), reader, path, data)
+    def parse(self, reader: ElfReader, path: str, data: bytes, content: hashlib._Hash | str | None = None
+              ) -> Future[ElfFacts]:
+        """Parses on the helper thread; the bytes reserved for `data` are released once it is done.
+        `content`: the file's digest, or the hash fed with its bytes (see parse_upload)."""
+        return self._submit(len(data), self._once, content, self._hashed(), reader, path, data)
 
     def upload(self, reader: StreamingElfReader, size: int) -> ElfUpload:
         """A slot of the scan's parser session to write a file of `size` bytes into (waits while
@@ -533,13 +535,43 @@ class _Offload:
             self._elf_session = reader.session()
         return self._elf_session.upload(size)
 
-    def parse_upload(self, upload: ElfUpload) -> Future[ElfFacts]:
-        """Like parse, for a filled upload (its slot is freed once it is parsed)."""
+    def parse_upload(self, upload: ElfUpload, content: hashlib._Hash | None = None) -> Future[ElfFacts]:
+        """Like parse, for a filled upload (its slot is freed once it is parsed). A file whose content
+        (the hash given every byte of it through `update`) was parsed before in this process is not parsed
+        again (RELIABILITY #98: 10 000 copies of one ELF cost one parse)."""
         try:
-            return self._submit(upload.size, upload.facts)
+            return self._submit(upload.size, self._once_uploaded, content, self._hashed(), upload)
         except BaseException:
             upload.discard()
             raise
+
+    def _hashed(self) -> Future[None] | None:
+        """A future done once every `update` so far has been applied (hashing runs in order, on one thread)."""
+        self._flush()
+        return self._hashing[-1][0] if self._hashing else None
+
+    @staticmethod
+    def _digest(content: hashlib._Hash | str | None, hashed: Future[None] | None) -> str | None:
+        if content is None or isinstance(content, str):
+            return content
+        if hashed is not None:
+            hashed.result()
+        return content.hexdigest()
+
+    def _once(self, content: hashlib._Hash | str | None, hashed: Future[None] | None, reader: ElfReader,
+              path: str, data: bytes) -> ElfFacts:
+        digest = self._digest(content, hashed)
+        return _ELF_SEEN.get(reader, digest) or _ELF_SEEN.keep(reader, digest, reader(path, data))
+
+    def _once_uploaded(self, content: hashlib._Hash | None, hashed: Future[None] | None, upload: ElfUpload
+                       ) -> ElfFacts:
+        digest = self._digest(content, hashed)
+        reader = upload.session.reader
+        seen = _ELF_SEEN.get(reader, digest)
+        if seen is not None:
+            upload.discard()
+            return seen
+        return _ELF_SEEN.keep(reader, digest, upload.facts())
 
     def _submit(self, size: int, fn: Callable[..., ElfFacts], *args: Any) -> Future[ElfFacts]:
         """Runs fn(*args) on the helper thread; once it has started, the reservation is the
@@ -593,6 +625,37 @@ class _ByteBudget:
 # LIEF worker, so holding more files than it can take buys nothing, and a bigger file waits until the
 # parser is idle before it is read (libxul is 184 MB; two of those at once would double the peak).
 _ELF_BUDGET = _ByteBudget(32 << 20)
+
+
+class _SeenElf:
+    """ELF facts by reader and content digest, process-wide and bounded: facts depend only on the bytes
+    (and the reader), so a copy of a file parsed before, in this layer, another layer or another image,
+    takes its facts. Failures are not kept: a timeout or a crash may not happen again."""
+
+    CAP = 8192
+
+    def __init__(self) -> None:
+        # (id(reader), digest) -> (reader, facts): holding the reader keeps its id from being reused
+        self._facts: dict[tuple[int, str], tuple[object, ElfFacts]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, reader: object, digest: str | None) -> ElfFacts | None:
+        if digest is None:
+            return None
+        with self._lock:
+            seen = self._facts.get((id(reader), digest))
+        return seen[1] if seen is not None else None
+
+    def keep(self, reader: object, digest: str | None, facts: ElfFacts) -> ElfFacts:
+        if digest is not None and getattr(facts, "error", True) is None:  # a stand-in reader may return anything
+            with self._lock:
+                if len(self._facts) >= self.CAP:
+                    self._facts.clear()
+                self._facts[id(reader), digest] = (reader, facts)
+        return facts
+
+
+_ELF_SEEN = _SeenElf()
 
 
 def _hash_batch(batch: list[tuple[hashlib._Hash, bytes | memoryview]]) -> None:
@@ -937,7 +1000,8 @@ class _Walker:
                 if self.hash_content:
                     late_hash = hashlib.sha256()
                     self.offload.update(late_hash, data)
-            return late_hash, self.offload.parse(elf_reader, path, data), digest  # takes over the reservation
+            facts = self.offload.parse(elf_reader, path, data, digest or late_hash)  # takes over the reservation
+            return late_hash, facts, digest
         except BaseException:
             self.offload.unreserve(size)
             raise
@@ -960,7 +1024,7 @@ class _Walker:
         except BaseException:
             upload.discard()
             raise
-        return self.offload.parse_upload(upload)
+        return self.offload.parse_upload(upload, h)
 
     def finish(self) -> None:
         """Fills in the digests and ELF facts the helper threads produced."""

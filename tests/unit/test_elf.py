@@ -503,3 +503,46 @@ def test_the_calling_process_never_loads_lief(fixtures: Path) -> None:
     )
     assert run.stdout.strip() == "ok", run.stderr
     assert run.stderr == ""  # nothing from LIEF, nothing at exit
+
+
+# --- one parse per content (RELIABILITY #98) ---------------------------------------------------
+
+
+def test_copies_of_an_elf_file_are_parsed_once(fixtures: Path) -> None:
+    """Regular files with equal bytes, in one layer or in the next: hard links were never parsed twice,
+    copies are not either; each gets the facts of the first."""
+    import io
+
+    from imgaudit.layers import scan_layer
+    from tests.builders import f, make_layer
+
+    salt = os.urandom(8)  # content no earlier test of this process has had parsed
+    elf = (fixtures / "glibc" / "hello-dynamic").read_bytes() + salt
+    other = (fixtures / "musl" / "hello-static").read_bytes() + salt
+    layer = make_layer([*(f(f"bin/copy{i}", elf, 0o755) for i in range(1_000)), f("bin/other", other, 0o755)])
+    with ElfReader() as reader:
+        scan = scan_layer(io.BytesIO(layer), label="layer 1/2", elf_reader=reader)
+        assert reader.requests == 2
+        facts = {e.path: e.elf for e in scan.entries}
+        assert all(facts[f"/bin/copy{i}"] is facts["/bin/copy0"] for i in range(1_000))
+        assert facts["/bin/copy0"] is not None and facts["/bin/copy0"].interpreter == GLIBC_INTERP
+        assert facts["/bin/other"] is not None and facts["/bin/other"].interpreter is None  # static
+        again = scan_layer(io.BytesIO(make_layer([f("usr/bin/again", elf, 0o755)])), label="layer 2/2",
+                           elf_reader=reader)
+        assert reader.requests == 2 and again.entries[-1].elf is facts["/bin/copy0"]
+    with ElfReader() as fresh:  # another reader is another parser: it parses for itself
+        scan_layer(io.BytesIO(make_layer([f("bin/copy", elf, 0o755)])), label="layer 1/1", elf_reader=fresh)
+        assert fresh.requests == 1
+
+
+def test_a_failed_parse_is_not_reused() -> None:
+    """A timeout or a crash may not happen again: only facts without an error are kept for copies."""
+    from imgaudit.elf import ElfFacts
+    from imgaudit.layers import _SeenElf
+
+    seen, reader = _SeenElf(), object()
+    seen.keep(reader, "sha256:aa", ElfFacts(error="parser timed out after 10 s"))
+    seen.keep(reader, "sha256:bb", ElfFacts(machine="x86_64"))
+    assert seen.get(reader, "sha256:aa") is None
+    assert seen.get(reader, "sha256:bb") == ElfFacts(machine="x86_64")
+    assert seen.get(object(), "sha256:bb") is None  # another reader's facts are its own
