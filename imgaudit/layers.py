@@ -565,7 +565,11 @@ class _Offload:
 
     def _once_uploaded(self, content: hashlib._Hash | None, hashed: Future[None] | None, upload: ElfUpload
                        ) -> ElfFacts:
-        digest = self._digest(content, hashed)
+        try:
+            digest = self._digest(content, hashed)
+        except BaseException:  # the hashing was cancelled (the scan is closing): free the slot all the same
+            upload.discard()
+            raise
         reader = upload.session.reader
         seen = _ELF_SEEN.get(reader, digest)
         if seen is not None:
