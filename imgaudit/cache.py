@@ -7,7 +7,9 @@ in the same directory, fsync, rename); verified on read against the sha256 of it
 the entry: an entry that fails (torn, flipped, old) is deleted and read as a miss. The payload is
 `marshal` of plain tuples — no code runs on load, unlike pickle — optionally zstd-compressed. The
 directory is capped in size; the least recently used entries (by mtime, touched on every hit) go
-first. Failing to read or write the cache never fails an inspection.
+first. Failing to read or write the cache never fails an inspection: the first write that fails (disk
+full, read-only or missing directory) logs one warning and the cache is left alone for the rest of the
+process, so a run never leaves a half-written entry under a digest name (RELIABILITY.md #86).
 
 A report depends only on the image (config and layers) and on the code that analysed it, so it is
 cached too, under a fingerprint of every module: re-inspecting a seen image costs reading its
@@ -22,16 +24,19 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import marshal
 import os
 import pickle
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from imgaudit import __version__
+from imgaudit.errors import escape
 from imgaudit.layers import Entry, EntryType, LayerScan, Skipped
 
 FORMAT_VERSION = 2  # 2: heads only of ELF and `#!` files, shared mode and owner ints (issue 7)
@@ -45,6 +50,11 @@ STALE_TEMP_SECONDS = 3600
 SUFFIX = ".scan"
 _ENTRY_TYPES = {t.value: t for t in EntryType}
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# Cache directories a write failed in, for the whole process: several ScanCache objects share a directory
+# in one run (the report's and the layers', one per image compared), and it warns once, not once each.
+_unwritable: set[Path] = set()
+_unwritable_lock = threading.Lock()
 
 
 def default_dir() -> Path:
@@ -126,7 +136,7 @@ class ScanCache:
 
     def get(self, digest: str | None, *, elf: bool) -> LayerScan | None:
         """The cached scan of blob `digest`; a scan with ELF facts also serves a request without."""
-        if not digest:
+        if not digest or not self.usable:
             return None
         for with_elf in (True,) if elf else (False, True):
             scan = self._load(self.path(digest, elf=with_elf))
@@ -147,30 +157,49 @@ class ScanCache:
         return self.root / f"report-{key[:64]}.{self._code}{REPORT_SUFFIX}"
 
     def get_report(self, key: str) -> Any | None:
+        if not self.usable:
+            return None
         return _read_entry(self.report_path(key),
                            lambda blob: _ReportUnpickler(io.BytesIO(_verified(blob, REPORT_MAGIC))).load())
 
     def put_report(self, key: str, report: Any) -> None:
-        if not report.complete:
+        if not report.complete or not self.usable:
             return
         try:
             payload = pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL)
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            blob = REPORT_MAGIC + bytes((FORMAT_VERSION, _CODEC_RAW)) + hashlib.sha256(payload).digest() + payload
-            _write_atomic(self.report_path(key), blob)
-            self.evict()
-        except (OSError, pickle.PicklingError, TypeError, AttributeError):
+        except (pickle.PicklingError, TypeError, AttributeError):
             return
+        blob = REPORT_MAGIC + bytes((FORMAT_VERSION, _CODEC_RAW)) + hashlib.sha256(payload).digest() + payload
+        self._write(self.report_path(key), blob)
 
     # -- writing -------------------------------------------------------------------------------
 
     def put(self, scan: LayerScan, *, elf: bool) -> None:
+        if self.usable:
+            self._write(self.path(scan.digest, elf=elf), encode(scan, compress=self.compress))
+
+    @property
+    def usable(self) -> bool:
+        """False once a write in this directory failed in this process: no more reads or writes."""
+        return self.root not in _unwritable
+
+    def _write(self, path: Path, blob: bytes) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write_atomic(self.path(scan.digest, elf=elf), encode(scan, compress=self.compress))
-            self.evict()
-        except OSError:
+            _write_atomic(path, blob)
+        except OSError as err:
+            self._give_up(err)
             return
+        self.evict()
+
+    def _give_up(self, err: OSError) -> None:
+        with _unwritable_lock:
+            if self.root in _unwritable:
+                return
+            _unwritable.add(self.root)
+        reason = err.strerror or type(err).__name__
+        log.warning("cache %s not used: cannot write there (%s); continuing without it (set IMGAUDIT_CACHE_DIR, "
+                    "or --no-cache)", escape(str(self.root)), reason)
 
     def evict(self) -> None:
         """Deletes least recently used entries until the directory fits the cap; stale temps too."""

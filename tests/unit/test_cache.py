@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -138,12 +139,20 @@ def test_stale_temp_files_are_swept(store: ScanCache) -> None:
     assert not stale.exists() and fresh.exists()
 
 
-def test_an_unwritable_cache_never_fails(tmp_path: Path) -> None:
+def test_an_unwritable_cache_never_fails_and_warns_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """RELIABILITY.md #86 (the tmpfs cases: test_cache_disk.py): one warning per directory for the whole process,
+    however many ScanCache objects share it (a run has two, `compare` one more per image)."""
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
     store = ScanCache(blocker / "cache")
     store.put(sample_scan(), elf=True)
     assert store.get(sample_scan().digest, elf=True) is None
+    other = ScanCache(blocker / "cache")
+    other.put(sample_scan("sha256:" + "12" * 32), elf=True)
+    other.put_report("k", SimpleNamespace(complete=True))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "imgaudit.cache"]
+    assert len(warnings) == 1 and "Not a directory" in warnings[0] and not store.usable and not other.usable
+    assert ScanCache(tmp_path / "elsewhere").usable
 
 
 def test_code_changes_change_the_entry_name(store: ScanCache, monkeypatch: pytest.MonkeyPatch) -> None:
