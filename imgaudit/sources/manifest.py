@@ -10,7 +10,7 @@ import json
 import platform as host
 import posixpath
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from imgaudit.errors import CorruptImage, ImageNotFound, ImgauditError, LimitExceeded, UsageError, escape
@@ -21,6 +21,11 @@ MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 4 << 20
 MAX_ARCHIVE_MANIFEST = 1 << 20
 MAX_INDEX_DEPTH = 8
+# Manifests an index may list, and all the indexes nested under one reference together (RELIABILITY.md #85).
+# A multi-platform image lists one manifest per platform and, from BuildKit, one attestation per platform:
+# the widest official images list a few dozen. The 4 MiB byte cap alone lets ~20 000 through, and each
+# nested index listed is one more fetch, so the count is capped too.
+MAX_INDEX_MANIFESTS = 1000
 MAX_SIZE = 1 << 62
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -262,7 +267,14 @@ def parse_index(data: bytes, where: str) -> tuple[Descriptor, ...]:
     obj = load_json(data, where, "index")
     if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
         raise CorruptImage(f"invalid index JSON in {where}: no manifests list")
+    check_manifest_count(len(obj["manifests"]), where)
     return tuple(parse_descriptor(m, where) for m in obj["manifests"])
+
+
+def check_manifest_count(count: int, where: str, what: str = "the index lists") -> None:
+    if count > MAX_INDEX_MANIFESTS:
+        raise LimitExceeded(f"{where}: {what} {count} manifests, over the cap of {MAX_INDEX_MANIFESTS}; "
+                            "refusing to read it")
 
 
 def parse_manifest(data: bytes, where: str) -> Manifest:
@@ -318,7 +330,7 @@ def resolve_manifest(
 ) -> Descriptor:
     """Picks one image manifest from index.json: by ref name, then platform (nested indexes followed)."""
     top = _by_ref_name(parse_index(index, where), ref_name, where)
-    candidates = list(_flatten(top, fetch, where, 0, set()))
+    candidates = list(_flatten(top, fetch, where, 0, _Walk()))
     if not candidates:
         raise ImgauditError(f"{where}: no image manifest in the index")
     return select_platform(candidates, platform, host_plat or host_platform(), where)
@@ -337,17 +349,27 @@ def _by_ref_name(descs: tuple[Descriptor, ...], ref_name: str | None, where: str
     return chosen
 
 
+@dataclass
+class _Walk:
+    """What a walk through nested indexes has met so far: manifests they list, and the indexes walked."""
+
+    listed: int = 0
+    seen: set[str] = field(default_factory=set)
+
+
 def _flatten(descs: tuple[Descriptor, ...], fetch: Callable[[Descriptor], bytes], where: str,
-             depth: int, seen: set[str]) -> Iterator[Descriptor]:
+             depth: int, walk: _Walk) -> Iterator[Descriptor]:
     for desc in descs:
         if desc.media_type in INDEX_TYPES:
             if depth >= MAX_INDEX_DEPTH:
                 raise CorruptImage(f"{where}: indexes nested more than {MAX_INDEX_DEPTH} levels deep")
-            if desc.digest in seen:
+            if desc.digest in walk.seen:
                 continue  # an index listed twice (or in a cycle) is walked once
-            seen.add(desc.digest)
-            yield from _flatten(parse_index(fetch(desc), f"{where} index {desc.digest[:19]}"), fetch, where,
-                                depth + 1, seen)
+            walk.seen.add(desc.digest)
+            nested = parse_index(fetch(desc), f"{where} index {desc.digest[:19]}")
+            walk.listed += len(nested)
+            check_manifest_count(walk.listed, where, "the indexes nested in it list")
+            yield from _flatten(nested, fetch, where, depth + 1, walk)
         elif desc.media_type in MANIFEST_TYPES and not _is_attestation(desc):
             yield desc
 

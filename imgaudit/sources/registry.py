@@ -33,6 +33,7 @@ from imgaudit.errors import (
     CorruptImage,
     ImageNotFound,
     ImgauditError,
+    LimitExceeded,
     SourceUnavailable,
     escape,
 )
@@ -676,14 +677,22 @@ class RegistryClient:
         repo = f"{escape(self.registry)}/{escape(self.repository)}"
         if reference.startswith("sha256:"):
             return ImageNotFound(f"{where}: {repo} has no manifest {reference}; check the digest")
-        tags = self.fetch(f"{self.repository}/tags/list", {"Accept": "application/json"}, MAX_TAGS_BODY, "tags")
+        try:
+            tags = self.fetch(f"{self.repository}/tags/list", {"Accept": "application/json"}, MAX_TAGS_BODY, "tags")
+        except LimitExceeded:  # only a hint: the missing tag stays the error (RELIABILITY.md #85)
+            return ImageNotFound(f"{where}: {repo} has no tag {escape(reference)!r} (its tag list is over the "
+                                 f"{MAX_TAGS_BODY >> 20} MiB cap, not shown); check the tag")
         if tags.status == 404 or "NAME_UNKNOWN" in error_codes(reply.body):
             return ImageNotFound(f"{where}: registry {escape(self.registry)} has no repository "
                                  f"{escape(self.repository)}; check the name (or your access to it)")
         listed = tag_list(tags.body) if tags.status == 200 else []
-        shown = ", ".join(escape(t) for t in listed[:10]) + (", …" if len(listed) > 10 else "")
-        return ImageNotFound(f"{where}: {repo} has no tag {escape(reference)!r}"
-                             + (f" (it has: {shown})" if shown else "") + "; check the tag")
+        hint = ", ".join(escape(t) for t in listed[:10])
+        if len(listed) > 10:
+            hint = f"it has {len(listed)} tags: {hint}, …"
+        elif hint:
+            hint = f"it has: {hint}"
+        return ImageNotFound(f"{where}: {repo} has no tag {escape(reference)!r}" + (f" ({hint})" if hint else "")
+                             + "; check the tag")
 
 
 def _wanted_scope(headers: Mapping[str, str]) -> str | None:

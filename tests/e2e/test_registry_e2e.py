@@ -338,6 +338,35 @@ def test_multi_platform_index_defaults_to_the_host_platform(world: World) -> Non
     assert_same_as_archive(world, run, "amd64")
 
 
+def _put_wide_index(world: World, tag: str, count: int) -> bytes:
+    """Pushes to `multi:TAG` an index listing its amd64 manifest and `count - 1` more platforms (all the same
+    manifest, which the registry holds, so it accepts the index); returns the bytes it then serves."""
+    body, _ = _served_manifest(world, "multi", "v1")
+    (amd,) = [m for m in json.loads(body)["manifests"] if m["platform"]["architecture"] == "amd64"]
+    manifests = [amd] + [{**amd, "platform": {"os": "linux", "architecture": f"arch{i}"}} for i in range(1, count)]
+    data = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).encode()
+    request = urllib.request.Request(f"http://{world.plain.address}/v2/multi/manifests/{tag}", data=data,
+                                     method="PUT", headers={"Content-Type": OCI_INDEX})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        assert resp.status == 201
+    served, digest = _served_manifest(world, "multi", tag)
+    assert served == data and digest == sha(data)
+    return served
+
+
+@pytest.mark.parametrize(("count", "refused"), [(1000, False), (10_000, True)])
+def test_85_index_manifest_count_cap_through_the_registry(world: World, count: int, refused: bool) -> None:
+    """RELIABILITY.md #85: an index of 10 000 manifests (1.9 MB, under the 4 MiB byte cap) stops at the count
+    cap with one line naming both; 1 000, the cap itself, is read."""
+    served = _put_wide_index(world, f"wide{count}", count)
+    assert len(served) < 4 << 20
+    run = inspect_json(world, f"docker://{world.plain.address}/multi:wide{count}", "--platform", "linux/amd64")
+    if refused:
+        assert_one_line_error(run, "the index lists 10000 manifests, over the cap of 1000; refusing to read it")
+    else:
+        assert_same_as_archive(world, run, "amd64")
+
+
 # -- failures: exit 3, one line, what to do -----------------------------------------------------
 
 
@@ -538,6 +567,20 @@ def test_huge_manifest_is_refused_not_truncated(world: World, proxy: rs.FaultPro
     proxy.faults.append(rs.Fault(r"/manifests/", "body", body=b" " * (5 << 20)))
     run = inspect_json(world, f"docker://{proxy.address}/team/app:v1")
     assert_one_line_error(run, "manifest", "exceeds 4 MiB")
+
+
+@pytest.mark.parametrize(("count", "shown"), [(60_000, "it has 60000 tags: t0000000, t0000001"),
+                                              (120_000, "its tag list is over the 1 MiB cap, not shown")])
+def test_85_a_megabyte_of_tags_leaves_the_missing_tag_the_error(world: World, proxy: rs.FaultProxy, count: int,
+                                                                 shown: str) -> None:
+    """Tags are listed only to say which exist when a tag is missing: a list near or over its 1 MiB cap gives
+    the same one line, with the count or with the cap."""
+    tags = json.dumps({"name": "team/app", "tags": [f"t{i:07d}" for i in range(count)]}).encode()
+    assert (len(tags) > 1 << 20) == (count > 100_000)
+    proxy.faults.append(rs.Fault(r"/tags/list", "body", body=tags))
+    run = inspect_json(world, f"docker://{proxy.address}/team/app:nope")
+    assert_one_line_error(run, "has no tag 'nope'", shown, "check the tag")
+    assert len(run.err) < 400
 
 
 def test_pull_by_digest_rejects_another_manifest(world: World, proxy: rs.FaultProxy) -> None:

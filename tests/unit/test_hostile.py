@@ -611,21 +611,60 @@ def test_84_a_50_gib_member_takes_its_size_from_the_header_and_a_short_one_is_co
     assert time.monotonic() - start < 2
 
 
-def test_85_an_index_of_10000_manifests_is_bounded_by_the_4_mib_cap_and_answers_fast() -> None:
+def test_85_an_index_of_10000_manifests_hits_the_count_cap_fast() -> None:
     import time
 
-    from imgaudit.sources.manifest import Descriptor, resolve_manifest
+    from imgaudit.sources.manifest import MAX_INDEX_MANIFESTS, Descriptor, resolve_manifest
 
     index = h.json_documents()["85-ten-thousand-manifests"]
-    assert len(index) < 4 << 20
+    assert len(index) < 4 << 20  # under the byte cap: only the count stops it
     start = time.monotonic()
 
     def fetch(desc: Descriptor) -> bytes:
         raise AssertionError("no nested index here")
 
-    with pytest.raises(ImgauditError, match=r"has no linux/arm64 image; it has: linux/amd64$"):
+    with pytest.raises(LimitExceeded, match=rf"w: the index lists 10000 manifests, over the cap of "
+                                            rf"{MAX_INDEX_MANIFESTS}; refusing to read it$"):
         resolve_manifest(index, "w", fetch, ref_name=None, platform=h_platform("linux/arm64"))
     assert time.monotonic() - start < 2
+
+
+def wide_layout(tmp_path: Path, count: int, *, nested: int = 0) -> str:
+    """A real OCI layout whose index.json lists the image's manifest (linux/amd64) and `count - 1` other
+    platforms; with `nested`, the top index instead lists `nested` indexes that share those entries out."""
+    ref = image(tmp_path, [h.Blob(BASE)])
+    root = Path(ref.removeprefix("oci:"))
+    real = json.loads((root / "index.json").read_bytes())["manifests"][0]
+    real["platform"] = {"os": "linux", "architecture": "amd64"}
+    descs = [real] + [{**real, "platform": {"os": "linux", "architecture": f"arch{i}"}} for i in range(1, count)]
+    if nested:
+        parts = []
+        for i in range(nested):
+            blob = json.dumps({"schemaVersion": 2, "mediaType": h.OCI_INDEX,
+                               "manifests": descs[i::nested]}).encode()
+            (root / "blobs" / "sha256" / h.sha(blob)[7:]).write_bytes(blob)
+            parts.append({"mediaType": h.OCI_INDEX, "digest": h.sha(blob), "size": len(blob)})
+        descs = parts
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "mediaType": h.OCI_INDEX, "manifests": descs}))
+    return ref
+
+
+@pytest.mark.parametrize(("count", "nested", "refused"), [
+    (1000, 0, None), (1001, 0, "the index lists 1001"), (10_000, 0, "the index lists 10000"),
+    (1000, 2, None), (1001, 2, "the indexes nested in it list 1001"),
+])
+def test_85_manifest_count_cap_on_a_real_oci_layout(tmp_path: Path, count: int, nested: int,
+                                                     refused: str | None) -> None:
+    """At the cap (1 000 manifests, in one index or in all the indexes nested in it) the image is read; past it, one
+    line names the count and the cap (exit 3: DESIGN.md §5's code for every "could not inspect")."""
+    ref = wide_layout(tmp_path, count, nested=nested)
+    result = cli("inspect", "--format", "json", "--fail-on", "never", "--platform", "linux/amd64", ref)
+    if refused is None:
+        assert report_of(result)["image"]["platform"]["architecture"] == "amd64"
+        return
+    assert result.returncode == 3
+    line = error_line(result)
+    assert line.endswith(f"{refused} manifests, over the cap of 1000; refusing to read it"), line
 
 
 def h_platform(text: str) -> Any:
