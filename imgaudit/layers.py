@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict, runtime_ch
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
 from imgaudit.tarheader import FastTarInfo
 from imgaudit.xattrs import MAX_XATTRS, Xattrs, capabilities, from_pax
+from imgaudit.xattrs import PREFIX as XATTR_PREFIX
 from imgaudit.zstdscout import ZstdScout
 
 _inflate_mod: ModuleType
@@ -837,7 +838,9 @@ class _Walker:
             return  # inside AUFS metadata (.wh..wh.plnk/123, .wh..wh.orph/…): hidden like the marker itself
         entry = self._entry(tar, member, path)
         if entry is not None:
-            if member.pax_headers:  # most members have none: xattrs cost them nothing
+            # Most members have no PAX header, and most PAX headers no xattr (they carry long names, sub-second times):
+            # one C-level scan of the keys decides before any Python work.
+            if member.pax_headers and XATTR_PREFIX in "\n".join(member.pax_headers):
                 entry = self._with_xattrs(member, entry)
             self.entries.append(entry)
 
