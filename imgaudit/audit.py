@@ -131,9 +131,9 @@ def _cached_report(reference: str, options: Options, cache: ScanCache) -> Report
 
 def _analysers() -> list[Callable[[Loaded, Report], None]]:
     """Each analyser fills its part of the report; imported lazily so `ls` never pays for them."""
-    from imgaudit.checks import linkage, size
+    from imgaudit.checks import capabilities, linkage, mount, size
 
-    return [size.analyse, linkage.analyse]
+    return [size.analyse, linkage.analyse, capabilities.analyse, mount.analyse]  # capabilities fills linkage's binaries
 
 
 def image_info(image: Image) -> ImageInfo:

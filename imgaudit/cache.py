@@ -39,7 +39,7 @@ from imgaudit import __version__
 from imgaudit.errors import escape
 from imgaudit.layers import Entry, EntryType, LayerScan, Skipped
 
-FORMAT_VERSION = 2  # 2: heads only of ELF and `#!` files, shared mode and owner ints (issue 7)
+FORMAT_VERSION = 3  # 2: heads only of ELF and `#!` files, shared mode and owner ints (issue 7); 3: xattrs
 MAGIC = b"IMGAUDIT-SCAN\0"
 REPORT_MAGIC = b"IMGAUDIT-RPRT\0"
 REPORT_SUFFIX = ".report"
@@ -337,7 +337,7 @@ def _plain_scan(scan: LayerScan) -> tuple[Any, ...]:
 
 def _plain_entry(e: Entry) -> tuple[Any, ...]:
     return (e.path, e.type.value, e.mode, e.uid, e.gid, e.size, e.link, e.head, e.digest,
-            None if e.elf is None else _plain_elf(e.elf))
+            None if e.elf is None else _plain_elf(e.elf), e.xattrs)
 
 
 def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
@@ -346,8 +346,8 @@ def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
     from_elf = _elf_from_plain
     out = [
         Entry(path, types[kind], mode, uid, gid, fsize, link, head, fdigest,
-              None if elf is None else from_elf(elf))
-        for path, kind, mode, uid, gid, fsize, link, head, fdigest, elf in entries
+              None if elf is None else from_elf(elf), xattrs)
+        for path, kind, mode, uid, gid, fsize, link, head, fdigest, elf, xattrs in entries
     ]
     scan = LayerScan(
         digest=digest, diff_id=diff_id, compressed_size=csize, size=size, compression=compression,

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict, runtime_ch
 
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
 from imgaudit.tarheader import FastTarInfo
+from imgaudit.xattrs import MAX_XATTRS, Xattrs, capabilities, from_pax
+from imgaudit.xattrs import PREFIX as XATTR_PREFIX
 from imgaudit.zstdscout import ZstdScout
 
 _inflate_mod: ModuleType
@@ -112,6 +114,12 @@ class Entry:
     head: bytes = b""
     digest: str | None = None
     elf: ElfFacts | None = None
+    xattrs: Xattrs = ()  # (name, readable value) from PAX SCHILY.xattr records (imgaudit/xattrs.py)
+
+    @property
+    def capabilities(self) -> str | None:
+        """File capabilities as getcap prints them (`cap_net_raw=ep`), `invalid …`, or None."""
+        return capabilities(self.xattrs) if self.xattrs else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -848,6 +856,7 @@ class _Walker:
         self.last = ""
         self.end_offset: int | None = None
         self.stream: LayerStream | None = None
+        self.xattr_sets: dict[Xattrs, Xattrs] = {}
         self.count = 0
         # Modes and owners repeat across a layer: one int object each, not one per entry (an int above 256
         # is 32 bytes; 0o644 is 420), issue 7's bytes per entry.
@@ -896,7 +905,23 @@ class _Walker:
             return  # inside AUFS metadata (.wh..wh.plnk/123, .wh..wh.orph/…): hidden like the marker itself
         entry = self._entry(tar, member, path)
         if entry is not None:
+            # Most members have no PAX header, and most PAX headers no xattr (they carry long names, sub-second times):
+            # one C-level scan of the keys decides before any Python work.
+            if member.pax_headers and XATTR_PREFIX in "\n".join(member.pax_headers):
+                entry = self._with_xattrs(member, entry)
             self.entries.append(entry)
+
+    def _with_xattrs(self, member: tarfile.TarInfo, entry: Entry) -> Entry:
+        """The entry with its extended attributes (file capabilities among them), bounded per entry (#66)."""
+        xattrs, dropped = from_pax(member.pax_headers)
+        if dropped:
+            what = f"{self.label} entry \"{escape(member.name)}\""
+            self.skipped.append(Skipped(what, f"{dropped} more extended attributes not recorded "
+                                              f"(cap: {MAX_XATTRS} per entry)"))
+        if not xattrs:
+            return entry
+        # equal sets (an SELinux label on every file) share one tuple
+        return replace(entry, xattrs=self.xattr_sets.setdefault(xattrs, xattrs))
 
     def _whiteout(self, member: tarfile.TarInfo, path: str, base: str) -> None:
         parent = posixpath.dirname(path)

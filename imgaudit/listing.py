@@ -17,6 +17,8 @@ def node_row(node: Node) -> dict[str, Any]:
         "size": node.entry.size,
         "layer": node.layer,
         "link": node.entry.link if symlink else node.hardlink_of,
+        "capabilities": node.entry.capabilities,
+        "xattrs": dict(node.entry.xattrs),
     }
 
 
@@ -37,7 +39,8 @@ def layer_rows(fs: RootFS, layer: int, top: str = "/") -> list[dict[str, Any]]:
         node = fs.nodes.get(path)
         change = Change.REMOVED if changes[-1] is Change.REMOVED else changes[0]
         row = node_row(node) if node is not None and change is not Change.REMOVED else {
-            "path": path, "type": None, "mode": None, "size": 0, "layer": layer, "link": None}
+            "path": path, "type": None, "mode": None, "size": 0, "layer": layer, "link": None,
+            "capabilities": None, "xattrs": {}}
         row["change"] = change.value
         rows.append(row)
     return rows

@@ -80,6 +80,7 @@ class EntrypointVerdict:
     failure: str | None = None
     message: str | None = None
     fix: str | None = None
+    capabilities: str | None = None  # the program's file capabilities as getcap prints them (#66)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class BinaryInfo:
     debug_bytes: int = 0
     verdict: str = "ok"
     failure: str | None = None
+    capabilities: str | None = None  # file capabilities as getcap prints them (`cap_net_raw=ep`), or `invalid …`
 
 
 @dataclass

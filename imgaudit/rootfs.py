@@ -42,12 +42,22 @@ class Node:
         return self.entry.type is EntryType.DIR
 
 
+@dataclass(frozen=True, slots=True)
+class LostCapabilities:
+    """A later layer wrote `path` again without the file capabilities a lower layer gave it."""
+
+    path: str
+    capabilities: str
+    set_in: int
+    lost_in: int
+
+
 class SymlinkLoop(Exception):
     """More than MAXSYMLINKS hops (ELOOP: 'too many levels of symbolic links')."""
 
 
 _ROOT = Node(Entry("/", EntryType.DIR, mode=0o755), -1)
-_DIR, _SYMLINK, _HARDLINK = EntryType.DIR, EntryType.SYMLINK, EntryType.HARDLINK
+_DIR, _FILE, _SYMLINK, _HARDLINK = EntryType.DIR, EntryType.FILE, EntryType.SYMLINK, EntryType.HARDLINK
 Event = tuple[int, Change]
 
 
@@ -88,6 +98,7 @@ class RootFS:
         self.skipped: list[Skipped] = []
         self.layer_count = 0
         self.contents: dict[str, bytes] = {}
+        self.lost_capabilities: list[LostCapabilities] = []
 
     @classmethod
     def build(cls, scans: list[LayerScan] | tuple[LayerScan, ...]) -> RootFS:
@@ -154,6 +165,8 @@ class RootFS:
             entry, hardlink_of = bound
         existing = self.nodes.get(path)
         if existing is not None:
+            if existing.entry.xattrs and entry.type is _FILE:
+                self._note_lost_capabilities(existing, entry, layer)
             if existing.entry.type is _DIR and entry.type is _DIR:
                 self.nodes[path] = Node(entry, layer)
                 self._record(path, layer, Change.MODIFIED)
@@ -163,6 +176,13 @@ class RootFS:
         else:
             change = Change.ADDED
         self._insert(Node(entry, layer, hardlink_of), layer, change)
+
+    def _note_lost_capabilities(self, lower: Node, entry: Entry, layer: int) -> None:
+        """A file rewritten without the capabilities it had (a later chown, chmod or COPY writes a new copy,
+        and the kernel clears security.capability on chown)."""
+        caps = lower.entry.capabilities
+        if caps is not None and entry.capabilities is None:
+            self.lost_capabilities.append(LostCapabilities(entry.path, caps, lower.layer, layer))
 
     def _bind_hardlink(self, entry: Entry, layer: int) -> tuple[Entry, str] | None:
         """A hard link shares the target's content as it is when the link is read (moby os.Link)."""

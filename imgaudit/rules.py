@@ -122,6 +122,14 @@ RULES: tuple[Rule, ...] = (
        "scripts nest deeper than the kernel allows.",
        "unable to find user app: no matching entries in passwd file",
        "Create the user in the image (`useradd`/`adduser`) or use a numeric USER uid:gid."),
+    _r("too-many-layers", S, W, "More layers than Docker's layer store takes",
+       "Docker's classic image store chains at most 125 layers (moby `layer/layer_store.go`: `maxLayerDepth = "
+       "125`, \"to account for the 127 max in some graphdrivers plus the 2 additional layers used to create a "
+       "rwlayer\"; overlay2 itself mounts at most 128 lower directories). Registering layer 126 fails, so the image "
+       "cannot be pulled, loaded or run there (RELIABILITY.md #32; docker/for-linux#414, moby/buildkit#3067). "
+       "containerd's snapshotters have other limits.",
+       "failed to register layer: max depth exceeded",
+       "Merge RUN steps, COPY in fewer steps, or squash the result (a multi-stage build: `COPY --from=build / /`)."),
     # ---- size (bloat) ----
     # Severity grows with the bytes at stake: info under 10 MB, a warning from there (checks/bloat.py).
     _r("apt-lists", Z, W, "apt package lists left in the image",
@@ -184,6 +192,24 @@ RULES: tuple[Rule, ...] = (
     _r("duplicate-content", Z, W, "Identical content at several paths",
        "Files with the same sha256 at different paths of the final filesystem: every copy but one is waste.", None,
        "Keep one copy and hard-link or symlink the others, or COPY it once."),
+    # ---- other: what the layers hold that an audit should see ----
+    _r("file-capabilities", Category.OTHER, N, "A file carries file capabilities",
+       "The file has a `security.capability` extended attribute (PAX `SCHILY.xattr.security.capability`): a "
+       "process that executes it gains these capabilities, as `getcap` shows them. A value the kernel would "
+       "refuse (wrong size or revision) is a warning.", None,
+       "Check the program needs them; remove them with `setcap -r FILE`, or grant them at run time "
+       "(`docker run --cap-add …`)."),
+    _r("capability-dropped", Category.OTHER, W, "A later layer wrote a file again without its capabilities",
+       "A lower layer gave the file capabilities; a later layer replaced it (a chown, chmod or COPY writes a whole "
+       "new copy, and chown clears capabilities) without them, so the program runs without the privilege it was "
+       "given.", None,
+       "Run `setcap` after the last step that writes the file, or set owner and mode where it is added "
+       "(`COPY --chown=… --chmod=…`)."),
+    _r("link-climbs-above-root", Category.OTHER, N, "A symlink target climbs above the root",
+       "A relative target has more `..` than the link has parents (`../../../../etc/shadow`). The kernel stops `..` "
+       "at `/` inside the container, so the link points inside the image; tools that resolve it on the host "
+       "would escape.", None,
+       "Make the target absolute, or relative without climbing above `/`."),
     # ---- budgets (policy) ----
     _r("budget-size", B, E, "The image is larger than --max-size",
        "The sum of all layers, uncompressed (what `docker images` shows), is over the budget.", None,

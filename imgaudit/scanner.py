@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from imgaudit.cache import ScanCache
-from imgaudit.errors import CorruptImage
+from imgaudit.errors import CorruptImage, escape
 from imgaudit.image import Image, Layer
 from imgaudit.layers import ElfReader, LayerScan, Skipped, scan_layer, verify
 from imgaudit.progress import CountingReader, ProgressFn
+
+log = logging.getLogger(__name__)
 
 
 def layer_label(layer: Layer, count: int) -> str:
@@ -53,7 +56,7 @@ class Scanner:
             raise ImageResolved(None)
         cached = self.cached(layer, count, raw)
         if cached is not None:
-            return cached
+            return warn_media_type(layer, cached, count)
         label = layer_label(layer, count)
         if self.progress is not None:
             raw = CountingReader(raw, label, self.progress)  # type: ignore[assignment]
@@ -61,7 +64,7 @@ class Scanner:
         verify(scan, label=label, digest=layer.digest, diff_id=layer.diff_id or None, size=layer.size)
         if self.cache is not None and _deterministic(scan):
             self.cache.put(scan, elf=self.elf_reader is not None)
-        return scan
+        return warn_media_type(layer, scan, count)
 
     def cached(self, layer: Layer, count: int, raw: BinaryIO | None) -> LayerScan | None:
         """The cached scan of a layer whose blob digest is known before its bytes are read, once `raw`
@@ -116,7 +119,7 @@ class Scanner:
             if self.trust_digests:  # no need to open (download) the blob to use its cached scan
                 cached = self.cached(layer, count, None)
                 if cached is not None:
-                    return cached
+                    return warn_media_type(layer, cached, count)
             opener = _opener(layer)
             with opener() as raw:
                 return self.scan(layer, raw, count)
@@ -131,6 +134,25 @@ class Scanner:
 
 
 FOREIGN_MARKERS = (".foreign.", ".nondistributable.")
+# What a layer media type promises: OCI `+gzip`/`+zstd`, Docker `.tar.gzip`/`.tar.zstd`; a bare `.tar` is plain.
+_PROMISED = (("gzip", "gzip"), ("zstd", "zstd"), ("tar", "tar"))
+
+
+def promised_compression(media_type: str) -> str | None:
+    """The compression a layer media type names, None when it names none (an empty type, a legacy archive)."""
+    suffix = media_type.rsplit("+", 1)[1] if "+" in media_type else media_type.rsplit(".", 1)[-1]
+    return next((kind for name, kind in _PROMISED if suffix == name), None)
+
+
+def warn_media_type(layer: Layer, scan: LayerScan, count: int) -> LayerScan:
+    """The magic bytes decide how a layer is read; a media type that says otherwise is a warning, since other
+    tools trust it and fail (trivy #1527 "gzip: invalid header"; RELIABILITY.md #30). A 0-byte blob is an
+    empty layer whatever its type (#34)."""
+    promised = promised_compression(layer.media_type)
+    if promised is not None and scan.compressed_size and scan.compression != promised:
+        log.warning("%s: media type %s says %s but the bytes are %s: read by their magic bytes",
+                    layer_label(layer, count), escape(layer.media_type)[:100], promised, scan.compression)
+    return scan
 
 
 def is_foreign(layer: Layer) -> bool:

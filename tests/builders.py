@@ -35,10 +35,11 @@ class Item:
     mode: int | None = None
     uid: int = 0
     gid: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)  # written as PAX SCHILY.xattr.NAME records
 
 
-def f(name: str, data: bytes | str = b"", mode: int = 0o644) -> Item:
-    return Item(name, "file", data.encode() if isinstance(data, str) else data, mode=mode)
+def f(name: str, data: bytes | str = b"", mode: int = 0o644, *, xattrs: dict[str, bytes] | None = None) -> Item:
+    return Item(name, "file", data.encode() if isinstance(data, str) else data, mode=mode, xattrs=xattrs or {})
 
 
 def d(name: str, mode: int = 0o755) -> Item:
@@ -78,6 +79,8 @@ def make_layer(items: list[Item], *, fmt: int = tarfile.PAX_FORMAT) -> bytes:
             info.uid, info.gid = it.uid, it.gid
             info.mtime = 1700000000
             info.linkname = it.link
+            # tarfile writes a value that is not UTF-8 as its raw bytes (with hdrcharset=BINARY), as GNU tar does
+            info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in it.xattrs.items()}
             if it.kind == "file":
                 info.size = len(it.data)
                 tar.addfile(info, io.BytesIO(it.data))

@@ -41,8 +41,15 @@ GLIBC_LIBS = ("libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.
 MAX_STALE_LISTED = 5
 
 
+NOT_APPLICABLE = "ELF linkage not applicable: a {os} image (start-up checks cover Linux images)"
+
+
 def analyse(loaded: Loaded, report: Report) -> None:
     rootfs, config = loaded.rootfs, loaded.image.config
+    if config.platform.os == "windows":  # PE binaries and Windows' loader: nothing here applies (#67)
+        report.entrypoint = EntrypointVerdict(entrypoint.argv_of(config),
+                                              message=NOT_APPLICABLE.format(os=config.platform.os))
+        return
     machine = _machine(config)
     facts = runtime_facts(rootfs, machine)
     report.runtime = facts.info()

@@ -39,6 +39,10 @@ def render_inspect(report: Report, *, color: bool = False, show_all: bool = Fals
     con.print(f"entrypoint {term(str(img.entrypoint))}  cmd {term(str(img.cmd))}")
     if report.entrypoint.verdict != "unknown":
         print_linkage(con, report, show_all=show_all)  # the linkage part lives in linkage_text.py
+    elif report.entrypoint.message:  # why there is no verdict (a Windows image)
+        con.print(f"entrypoint - {term(report.entrypoint.message)}")
+    if report.entrypoint.capabilities:
+        con.print(f"  capabilities {term(report.entrypoint.capabilities)}")
     rt = report.runtime
     if rt.libc != "unknown" or rt.distro.id:
         distro = rt.distro.pretty_name or rt.distro.id or "-"
@@ -71,5 +75,6 @@ def render_listing(rows: list[dict[str, object]]) -> str:
     out = []
     for row in rows:
         link = f" -> {safe(str(row['link']))}" if row.get("link") else ""
-        out.append(f"{row['modestr']} {row['size']:>12} L{row['layer']:<3} {safe(str(row['path']))}{link}")
+        caps = f"  [{safe(str(row['capabilities']))}]" if row.get("capabilities") else ""  # getcap's text
+        out.append(f"{row['modestr']} {row['size']:>12} L{row['layer']:<3} {safe(str(row['path']))}{link}{caps}")
     return "\n".join(out) + ("\n" if out else "")

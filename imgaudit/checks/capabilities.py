@@ -1,0 +1,63 @@
+"""File capabilities in the final filesystem (RELIABILITY.md #66): the files that carry them
+(`file-capabilities`), the ones a later layer wrote again without them (`capability-dropped`), and the
+entrypoint's and each binary's own in the report (`capabilities`, as getcap prints them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from imgaudit.layers import EntryType
+from imgaudit.report import Finding, Report, Severity
+from imgaudit.xattrs import INVALID
+
+if TYPE_CHECKING:
+    from imgaudit.audit import Loaded
+    from imgaudit.rootfs import RootFS
+
+SET_FIX = ("Check the program needs them; drop them with `setcap -r FILE` in the step that installs it, or grant "
+           "them at run time instead (`docker run --cap-add …`).")
+INVALID_FIX = "Rewrite the capabilities with `setcap` in the image build, or remove them with `setcap -r FILE`."
+DROPPED_FIX = ("Run `setcap` after the last step that writes the file (a chown clears file capabilities), or set "
+               "owner and mode where the file is added (`COPY --chown=… --chmod=…`).")
+
+
+def analyse(loaded: Loaded, report: Report) -> None:
+    fs = loaded.rootfs
+    carriers = sorted((path, node) for path, node in fs.nodes.items()
+                      if node.entry.xattrs and node.entry.type is EntryType.FILE)
+    for path, node in carriers:
+        caps = node.entry.capabilities
+        if caps is not None:
+            report.findings.append(_carrier(path, node.layer, caps))
+    report.findings.extend(_dropped(fs))
+    for binary in report.binaries:
+        binary.capabilities = _capabilities(fs, binary.path)
+    report.entrypoint.capabilities = _capabilities(fs, report.entrypoint.path)
+
+
+def _carrier(path: str, layer: int, caps: str) -> Finding:
+    if caps.startswith(INVALID):
+        return Finding("file-capabilities", Severity.WARNING,
+                       f"security.capability is {caps}: the kernel refuses such a value (EINVAL)", path, layer,
+                       INVALID_FIX)
+    return Finding("file-capabilities", Severity.INFO,
+                   f"file capabilities {caps}: a process that executes it gains them", path, layer, SET_FIX)
+
+
+def _dropped(fs: RootFS) -> list[Finding]:
+    """Only where the final file still lacks them: a later layer that sets them again repairs the loss.
+    The last loss of a path is the one that stands."""
+    out = []
+    for lost in {lost.path: lost for lost in fs.lost_capabilities}.values():
+        node = fs.nodes.get(lost.path)
+        if node is None or node.entry.capabilities is not None or node.layer < lost.lost_in:
+            continue
+        out.append(Finding("capability-dropped", Severity.WARNING,
+                           f"had file capabilities {lost.capabilities} from layer {lost.set_in}; layer "
+                           f"{lost.lost_in} wrote it again without them", lost.path, lost.lost_in, DROPPED_FIX))
+    return out
+
+
+def _capabilities(fs: RootFS, path: str | None) -> str | None:
+    node = fs.get(path) if path else None
+    return node.entry.capabilities if node is not None else None
