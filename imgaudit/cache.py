@@ -39,7 +39,8 @@ from imgaudit import __version__
 from imgaudit.errors import escape
 from imgaudit.layers import Entry, EntryType, LayerScan, Skipped
 
-FORMAT_VERSION = 3  # 2: heads only of ELF and `#!` files, shared mode and owner ints (issue 7); 3: xattrs
+FORMAT_VERSION = 4  # 2: heads only of ELF and `#!` files, shared mode and owner ints (issue 7); 3: xattrs;
+# 4: overlay whiteouts
 MAGIC = b"IMGAUDIT-SCAN\0"
 REPORT_MAGIC = b"IMGAUDIT-RPRT\0"
 REPORT_SUFFIX = ".report"
@@ -332,6 +333,7 @@ def _plain_scan(scan: LayerScan) -> tuple[Any, ...]:
         dict(scan.files),
         tuple((s.what, s.reason) for s in scan.skipped),
         scan.trailing_bytes,
+        scan.overlay_whiteouts,
     )
 
 
@@ -341,7 +343,7 @@ def _plain_entry(e: Entry) -> tuple[Any, ...]:
 
 
 def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
-    digest, diff_id, csize, size, compression, entries, files, skipped, trailing = p
+    digest, diff_id, csize, size, compression, entries, files, skipped, trailing, overlay_whiteouts = p
     types = _ENTRY_TYPES
     from_elf = _elf_from_plain
     out = [
@@ -352,7 +354,7 @@ def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
     scan = LayerScan(
         digest=digest, diff_id=diff_id, compressed_size=csize, size=size, compression=compression,
         entries=tuple(out), files=files, skipped=tuple(Skipped(w, r) for w, r in skipped),
-        trailing_bytes=trailing,
+        trailing_bytes=trailing, overlay_whiteouts=overlay_whiteouts,
     )
     _ = scan.repeated  # now, while no merged filesystem is held (LayerScan.repeated)
     return scan

@@ -141,6 +141,9 @@ class LayerScan:
     files: dict[str, bytes] = field(default_factory=dict)  # content of SMALL_FILES by sha256 hex
     skipped: tuple[Skipped, ...] = ()
     trailing_bytes: int = 0
+    # char 0:0 entries: overlayfs marks a deletion so in its upper directory; a tar of that directory carries
+    # them, and a runtime extracts a device node, not a deletion (RELIABILITY.md #63). Kept as devices.
+    overlay_whiteouts: tuple[str, ...] = ()
 
     @cached_property
     def repeated(self) -> frozenset[str]:
@@ -807,6 +810,7 @@ def _walk(stream: LayerStream, offload: _Offload, *, label: str, elf_reader: Elf
         files=walker.files,
         skipped=tuple(walker.skipped),
         trailing_bytes=trailing,
+        overlay_whiteouts=tuple(walker.overlay_whiteouts),
     )
     _ = scan.repeated  # now, while no merged filesystem is held
     return scan
@@ -853,6 +857,7 @@ class _Walker:
         self.entries: list[Entry] = []
         self.files: dict[str, bytes] = {}
         self.skipped: list[Skipped] = []
+        self.overlay_whiteouts: list[str] = []
         self.last = ""
         self.end_offset: int | None = None
         self.stream: LayerStream | None = None
@@ -954,6 +959,8 @@ class _Walker:
             return Entry(path, EntryType.HARDLINK, link=target, **common)
         if m.ischr() or m.isblk() or m.isfifo():
             kind = EntryType.CHAR if m.ischr() else EntryType.BLOCK if m.isblk() else EntryType.FIFO
+            if kind is EntryType.CHAR and m.devmajor == m.devminor == 0:
+                self.overlay_whiteouts.append(path)
             return Entry(path, kind, **common)
         if m.isreg():
             return self._file(tar, m, path, common)

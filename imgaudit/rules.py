@@ -210,6 +210,13 @@ RULES: tuple[Rule, ...] = (
        "at `/` inside the container, so the link points inside the image; tools that resolve it on the host "
        "would escape.", None,
        "Make the target absolute, or relative without climbing above `/`."),
+    _r("overlay-whiteout-in-tar", Category.OTHER, W, "An overlayfs whiteout (char 0:0) leaked into a layer tar",
+       "overlayfs records a deletion in its upper directory as a character device 0:0. A layer made by tarring "
+       "such a directory carries the device itself, not an OCI whiteout (`.wh.NAME`): a runtime extracts a "
+       "device node there, and whatever the build deleted from the layers below is still in the image. "
+       "imgaudit keeps it as a device, as the runtime does.", None,
+       "Build the layer with a tool that writes OCI whiteouts (`.wh.` files): docker build, buildah, umoci, "
+       "kaniko; do not tar an overlay upper directory."),
     # ---- budgets (policy) ----
     _r("budget-size", B, E, "The image is larger than --max-size",
        "The sum of all layers, uncompressed (what `docker images` shows), is over the budget.", None,

@@ -1,6 +1,7 @@
 """What the runtime makes of the layer stack and the links when it mounts the image: more layers than Docker
-registers (`too-many-layers`, RELIABILITY.md #32) and symlinks whose target climbs above the root, which the
-kernel stops at `/` (`link-climbs-above-root`, #78)."""
+registers (`too-many-layers`, RELIABILITY.md #32), symlinks whose target climbs above the root, which the
+kernel stops at `/` (`link-climbs-above-root`, #78), and overlayfs whiteouts tarred as char 0:0 devices, which
+delete nothing (`overlay-whiteout-in-tar`, #63)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 # plus the 2 additional layers used to create a rwlayer"); registering a layer whose parent chain is already
 # 125 deep fails with ErrMaxDepthExceeded, whatever the graph driver (overlay2's own cap is 128 lower dirs).
 MAX_LAYERS = 125
-MAX_CLIMB_FINDINGS = 100  # one finding each; the rest are counted in one more
+MAX_CLIMB_FINDINGS = 100  # one finding each (per layer for char 0:0); the rest are counted in one more
 
 
 def analyse(loaded: Loaded, report: Report) -> None:
@@ -29,6 +30,24 @@ def analyse(loaded: Loaded, report: Report) -> None:
             f"fails with \"max depth exceeded\"", None, None,
             "Merge RUN steps, COPY in fewer steps or squash the image (multi-stage build: COPY --from=… /)"))
     report.findings.extend(_climbing_links(loaded))
+    report.findings.extend(_overlay_whiteouts(loaded))
+
+
+def _overlay_whiteouts(loaded: Loaded) -> list[Finding]:
+    out = []
+    for layer, scan in enumerate(loaded.scans):
+        for path in scan.overlay_whiteouts[:MAX_CLIMB_FINDINGS]:
+            out.append(Finding(
+                "overlay-whiteout-in-tar", Severity.WARNING,
+                "a char 0:0 device: an overlayfs whiteout tarred as it is; runtimes extract a device node here, "
+                "so what it meant to delete from the layers below stays", path, layer,
+                "Build the layer with a tool that writes OCI whiteouts (`.wh.` files): docker build, buildah, "
+                "umoci, kaniko; do not tar an overlay upper directory"))
+        if len(scan.overlay_whiteouts) > MAX_CLIMB_FINDINGS:
+            out.append(Finding("overlay-whiteout-in-tar", Severity.WARNING,
+                               f"{len(scan.overlay_whiteouts) - MAX_CLIMB_FINDINGS} more char 0:0 devices in this "
+                               f"layer (first {MAX_CLIMB_FINDINGS} listed)", None, layer))
+    return out
 
 
 def _climbing_links(loaded: Loaded) -> list[Finding]:

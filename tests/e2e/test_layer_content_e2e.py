@@ -91,3 +91,29 @@ def test_32_docker_loads_125_layers_and_refuses_126() -> None:
             else:
                 assert loaded.returncode == 0, loaded.stderr
                 assert flagged == []
+
+
+def test_63_a_char_0_0_whiteout_in_a_layer_tar_deletes_nothing_in_docker(tmp_path: Path) -> None:
+    """The daemon extracts an overlayfs-style whiteout (a char 0:0 device in the tar) as a device node: the
+    file below is not deleted but replaced by a device, as imgaudit's finding says."""
+    from fuzz import hostile as h
+
+    require_docker()
+    base = ensure_runtimes(["alpine-3.20"])["alpine-3.20"]
+    upper = h.tar_of(h.member("etc/motd", typeflag=b"3", mode=0), h.member("etc/.wh.issue"))
+    (tmp_path / "upper.tar").write_bytes(upper)
+    (tmp_path / "Dockerfile").write_text(f"FROM {base}\nADD upper.tar /\n")
+    tag = "imgaudit-e2e/overlay-whiteout:latest"
+    built = subprocess.run(["docker", "build", "-q", "-t", tag, str(tmp_path)], capture_output=True, text=True,
+                           timeout=600, check=False, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    assert built.returncode == 0, built.stderr
+    try:
+        code, printed = docker_run(tag, ["-c", "stat -c %F /etc/motd; test -e /etc/issue || echo issue-gone"],
+                                   entrypoint="/bin/sh")
+        assert code == 0, printed
+        assert printed.split() == ["character", "special", "file", "issue-gone"]  # the OCI whiteout did delete
+        report = json.loads(imgaudit("inspect", "--format", "json", "--fail-on", "never", tag).stdout)
+        found = [(x["rule"], x["path"]) for x in report["findings"] if x["rule"] == "overlay-whiteout-in-tar"]
+        assert found == [("overlay-whiteout-in-tar", "/etc/motd")]
+    finally:
+        _rmi(tag)

@@ -263,3 +263,18 @@ def test_78_findings_for_climbing_links_are_bounded(tmp_path: Path) -> None:
     assert len(found) == 101
     assert [x["message"] for x in found if x["path"] is None] == ["50 more symlinks climb above / (first 100 listed)"]
 
+
+
+# -- #63 an overlayfs whiteout (char 0:0) tarred as it is -----------------------------------------------------
+
+
+def test_63_char_0_0_is_kept_as_a_device_and_flagged(tmp_path: Path) -> None:
+    scan = scan_layer(io.BytesIO(h.layers()["63-specials"]), label="layer 1/1")
+    assert scan.overlay_whiteouts == ("/gone",)  # not /dev/null (1:3), not the block device 8:0
+    base = make_layer([f("etc/motd", b"welcome\n"), f("etc/keep", b"k")])
+    upper = h.tar_of(h.member("etc/motd", typeflag=b"3"), h.member("etc/null", typeflag=b"3", devmajor=1, devminor=3))
+    ref = layout(tmp_path, [base, upper])
+    found = [x for x in inspect_json(ref)["findings"] if x["rule"] == "overlay-whiteout-in-tar"]
+    assert [(x["path"], x["layer"], x["severity"]) for x in found] == [("/etc/motd", 1, "warning")]
+    rows = {row["path"]: row for row in json.loads(cli("ls", "--format", "json", ref).stdout)}
+    assert rows["/etc/motd"]["type"] == "char"  # what a runtime extracts: a device, the file is not deleted
