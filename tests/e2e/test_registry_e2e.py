@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -196,10 +197,23 @@ def assert_same_as_archive(world: World, run: Run, name: str) -> None:
     assert comparable(report) == archive_report(world, name)
 
 
+# `skopeo copy --preserve-digests docker-archive:… docker://…` keeps the archive's plain tar layers but lists
+# them under Docker's gzip media type, so imgaudit warns once per such layer (RELIABILITY.md #30). The images
+# of `team/app` and `big` are pushed so; tests of other output set these lines aside, and only these.
+_PRESERVED_LAYER = re.compile(r"imgaudit: warning: layer \d+/\d+ sha256:[0-9a-f]{12}: media type "
+                              r"application/vnd\.docker\.image\.rootfs\.diff\.tar\.gzip says gzip but the bytes "
+                              r"are tar: read by their magic bytes")
+
+
+def other_stderr(run: Run) -> str:
+    """stderr without the media-type warnings the pushed images are known to earn."""
+    return "".join(line for line in run.err.splitlines(keepends=True) if not _PRESERVED_LAYER.fullmatch(line.strip()))
+
+
 def assert_one_line_error(run: Run, *needles: str) -> None:
     """Exit 3, one `imgaudit: error:` line naming the problem, and no credential anywhere."""
     assert run.code == 3, (run.code, run.out, run.err)
-    lines = run.err.strip().splitlines()
+    lines = other_stderr(run).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imgaudit: error: "), run.err
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -633,7 +647,7 @@ def test_12_missing_content_digest_by_tag_is_computed(world: World, proxy: rs.Fa
                        *(["--platform", f"linux/{arch}"] if arch else []))
     assert_same_as_archive(world, run, archive)
     assert run.json()["image"]["manifest_digest"] == expected
-    assert run.err == ""
+    assert other_stderr(run) == ""
     manifests = proxy.requests_to(r"/manifests/")
     assert len(manifests) == (2 if arch else 1) and all(e["digest_sent"] == "" for e in manifests)
     assert {e["method"] for e in proxy.log} == {"GET"}
@@ -650,7 +664,7 @@ def test_12_wrong_content_digest_by_tag_warns_and_reports_the_computed_digest(
                        *(["--platform", f"linux/{arch}"] if arch else []))
     assert_same_as_archive(world, run, archive)
     assert run.json()["image"]["manifest_digest"] == expected
-    lines = run.err.splitlines()
+    lines = other_stderr(run).splitlines()
     assert len(lines) == 1 and lines[0].startswith("imgaudit: warning: ") and "\x1b" not in run.err, run.err
     for needle in ("Docker-Content-Digest", "v1", sha(served), wrong.replace("\x1b", "\\x1b")):
         assert needle in lines[0], lines[0]

@@ -93,7 +93,7 @@ def test_04_retried_status_then_200_gives_the_right_report(world: World, proxy: 
                      rs.Fault(config, "status", status=status, retry_after=retry_after)]
     run = inspect_json(world, f"docker://{proxy.address}/team/app:v1")
     assert_same_as_archive(world, run, "app")
-    assert run.err == ""
+    assert base.other_stderr(run) == ""
     for path in (r"/manifests/v1$", config):
         tries = proxy.requests_to(path)
         assert len(tries) == 2, path
