@@ -571,17 +571,23 @@ class _Offload:
 
     def _once(self, content: hashlib._Hash | str | None, hashed: Future[None] | None, reader: ElfReader,
               path: str, data: bytes) -> ElfFacts:
+        if not _ELF_SEEN.size_seen(reader, len(data)):
+            return _ELF_SEEN.keep(reader, self._digest(content, hashed), reader(path, data))
         digest = self._digest(content, hashed)
         return _ELF_SEEN.get(reader, digest) or _ELF_SEEN.keep(reader, digest, reader(path, data))
 
     def _once_uploaded(self, content: hashlib._Hash | None, hashed: Future[None] | None, upload: ElfUpload
                        ) -> ElfFacts:
+        reader = upload.session.reader
+        if not _ELF_SEEN.size_seen(reader, upload.size):
+            # no earlier file of this size: not a copy, so the parse need not wait for the content hash
+            facts = upload.facts()
+            return _ELF_SEEN.keep(reader, self._digest(content, hashed), facts)
         try:
             digest = self._digest(content, hashed)
         except BaseException:  # the hashing was cancelled (the scan is closing): free the slot all the same
             upload.discard()
             raise
-        reader = upload.session.reader
         seen = _ELF_SEEN.get(reader, digest)
         if seen is not None:
             upload.discard()
@@ -652,7 +658,20 @@ class _SeenElf:
     def __init__(self) -> None:
         # (id(reader), digest) -> (reader, facts): holding the reader keeps its id from being reused
         self._facts: dict[tuple[int, str], tuple[object, ElfFacts]] = {}
+        self._sizes: set[tuple[int, int]] = set()  # (id(reader), size) of every file parsed: copies share one
         self._lock = threading.Lock()
+
+    def size_seen(self, reader: object, size: int) -> bool:
+        """Whether a file of `size` bytes went to `reader` before (and note that one does now). A wrong yes
+        (an id reused by another reader) only costs a wait for the digest, which then finds nothing."""
+        key = (id(reader), size)
+        with self._lock:
+            if key in self._sizes:
+                return True
+            if len(self._sizes) >= 8 * self.CAP:
+                self._sizes.clear()
+            self._sizes.add(key)
+            return False
 
     def get(self, reader: object, digest: str | None) -> ElfFacts | None:
         if digest is None:
