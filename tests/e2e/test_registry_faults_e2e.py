@@ -43,11 +43,7 @@ ACCEPT = ("application/vnd.oci.image.index.v1+json, application/vnd.docker.distr
           "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
 
 
-@pytest.fixture
-def proxy(world: World) -> Iterator[rs.FaultProxy]:
-    server = rs.FaultProxy(world.plain.address)
-    yield server
-    server.stop()
+proxy = base.proxy  # the fault proxy in front of the plain registry, one per test
 
 
 def _config_digest(world: World) -> str:
