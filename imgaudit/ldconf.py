@@ -12,7 +12,7 @@ import fnmatch
 import posixpath
 import re
 
-from imgaudit.rootfs import RootFS
+from imgaudit.rootfs import RootFS, SymlinkLoop
 
 CONF = "/etc/ld.so.conf"
 MAX_FILES = 256
@@ -27,7 +27,7 @@ def conf_dirs(rootfs: RootFS, path: str = CONF) -> list[str]:
 
 
 def _parse(rootfs: RootFS, path: str, dirs: list[str], seen: set[str]) -> None:
-    real = rootfs.resolve(path) if path.startswith("/") else None
+    real = _resolve(rootfs, path) if path.startswith("/") else None
     if real is None or real in seen or len(seen) >= MAX_FILES:
         return
     seen.add(real)
@@ -53,13 +53,21 @@ def _glob(rootfs: RootFS, pattern: str) -> list[str]:
     """glob(3) of the last component only (what distributions use: `/etc/ld.so.conf.d/*.conf`),
     sorted like glob's default."""
     directory, base = posixpath.split(pattern)
-    real_dir = rootfs.resolve(directory)
+    real_dir = _resolve(rootfs, directory)
     if real_dir is None:
         return []
     if not any(ch in base for ch in "*?["):
         return [pattern]
     names = [n for n in rootfs.listdir(real_dir) if fnmatch.fnmatchcase(n, base) and not n.startswith(".")]
     return [posixpath.join(directory, n) for n in sorted(names)]
+
+
+def _resolve(rootfs: RootFS, path: str) -> str | None:
+    """A symlink loop is a file ldconfig cannot open (ELOOP): skipped, like a missing one."""
+    try:
+        return rootfs.resolve(path)
+    except SymlinkLoop:
+        return None
 
 
 def _clean(directory: str) -> str:

@@ -451,8 +451,8 @@ class MuslLoader:
 
     def _plan(self, name: str, chain: list[LoadedObject]) -> _Plan:
         """The steps before the system path, with their dirs."""
-        if "/" in name:
-            return ((Step.PATH, (name,)),)
+        if "/" in name:  # open(2) as written: a relative name is from the cwd, the image's WorkingDir
+            return ((Step.PATH, (name if name.startswith("/") else posixpath.join(self.env.cwd, name),)),)
         plan = [(Step.LD_LIBRARY_PATH, self.library_path)] if self.env.library_path else []
         for obj in chain:
             dirs = self._rpath(obj)
