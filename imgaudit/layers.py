@@ -6,6 +6,7 @@ stdlib `r|gz` fails on multi-member gzip and never checks the CRC (RELIABILITY.m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import posixpath
@@ -537,7 +538,8 @@ class _Offload:
               ) -> Future[ElfFacts]:
         """Parses on the helper thread; the bytes reserved for `data` are released once it is done.
         `content`: the file's digest, or the hash fed with its bytes (see parse_upload)."""
-        return self._submit(len(data), self._once, content, self._hashed(), reader, path, data)
+        return self._submit(len(data), self._once, reader, len(data), content, self._hashed(),
+                            functools.partial(reader, path, data), _keep_nothing)
 
     def upload(self, reader: StreamingElfReader, size: int) -> ElfUpload:
         """A slot of the scan's parser session to write a file of `size` bytes into (waits while
@@ -551,7 +553,8 @@ class _Offload:
         (the hash given every byte of it through `update`) was parsed before in this process is not parsed
         again (RELIABILITY #98: 10 000 copies of one ELF cost one parse)."""
         try:
-            return self._submit(upload.size, self._once_uploaded, content, self._hashed(), upload)
+            return self._submit(upload.size, self._once, upload.session.reader, upload.size, content, self._hashed(),
+                                upload.facts, upload.discard)
         except BaseException:
             upload.discard()
             raise
@@ -569,30 +572,24 @@ class _Offload:
             hashed.result()
         return content.hexdigest()
 
-    def _once(self, content: hashlib._Hash | str | None, hashed: Future[None] | None, reader: ElfReader,
-              path: str, data: bytes) -> ElfFacts:
-        if not _ELF_SEEN.size_seen(reader, len(data)):
-            return _ELF_SEEN.keep(reader, self._digest(content, hashed), reader(path, data))
-        digest = self._digest(content, hashed)
-        return _ELF_SEEN.get(reader, digest) or _ELF_SEEN.keep(reader, digest, reader(path, data))
-
-    def _once_uploaded(self, content: hashlib._Hash | None, hashed: Future[None] | None, upload: ElfUpload
-                       ) -> ElfFacts:
-        reader = upload.session.reader
-        if not _ELF_SEEN.size_seen(reader, upload.size):
+    def _once(self, reader: object, size: int, content: hashlib._Hash | str | None, hashed: Future[None] | None,
+              parse: Callable[[], ElfFacts], drop: Callable[[], None]) -> ElfFacts:
+        """The facts of a file of `size` bytes: `parse()`d, unless a copy went to `reader` before (then the
+        file is `drop()`ped, and so it is if its hashing was cancelled)."""
+        if not _ELF_SEEN.size_seen(reader, size):
             # no earlier file of this size: not a copy, so the parse need not wait for the content hash
-            facts = upload.facts()
+            facts = parse()
             return _ELF_SEEN.keep(reader, self._digest(content, hashed), facts)
         try:
             digest = self._digest(content, hashed)
         except BaseException:  # the hashing was cancelled (the scan is closing): free the slot all the same
-            upload.discard()
+            drop()
             raise
         seen = _ELF_SEEN.get(reader, digest)
         if seen is not None:
-            upload.discard()
+            drop()
             return seen
-        return _ELF_SEEN.keep(reader, digest, upload.facts())
+        return _ELF_SEEN.keep(reader, digest, parse())
 
     def _submit(self, size: int, fn: Callable[..., ElfFacts], *args: Any) -> Future[ElfFacts]:
         """Runs fn(*args) on the helper thread; once it has started, the reservation is the
@@ -690,6 +687,10 @@ class _SeenElf:
 
 
 _ELF_SEEN = _SeenElf()
+
+
+def _keep_nothing() -> None:
+    """What a file read into memory needs once its copy's facts serve instead: nothing to free."""
 
 
 def _hash_batch(batch: list[tuple[hashlib._Hash, bytes | memoryview]]) -> None:
