@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # plus the 2 additional layers used to create a rwlayer"); registering a layer whose parent chain is already
 # 125 deep fails with ErrMaxDepthExceeded, whatever the graph driver (overlay2's own cap is 128 lower dirs).
 MAX_LAYERS = 125
-MAX_CLIMB_FINDINGS = 100  # one finding each (per layer for char 0:0); the rest are counted in one more
+MAX_LISTED = 100  # links climbing above / (per layer: char 0:0 devices) with a finding each; one more counts the rest
 
 
 def analyse(loaded: Loaded, report: Report) -> None:
@@ -36,17 +36,17 @@ def analyse(loaded: Loaded, report: Report) -> None:
 def _overlay_whiteouts(loaded: Loaded) -> list[Finding]:
     out = []
     for layer, scan in enumerate(loaded.scans):
-        for path in scan.overlay_whiteouts[:MAX_CLIMB_FINDINGS]:
+        for path in scan.overlay_whiteouts[:MAX_LISTED]:
             out.append(Finding(
                 "overlay-whiteout-in-tar", Severity.WARNING,
                 "a char 0:0 device: an overlayfs whiteout tarred as it is; runtimes extract a device node here, "
                 "so what it meant to delete from the layers below stays", path, layer,
                 "Build the layer with a tool that writes OCI whiteouts (`.wh.` files): docker build, buildah, "
                 "umoci, kaniko; do not tar an overlay upper directory"))
-        if len(scan.overlay_whiteouts) > MAX_CLIMB_FINDINGS:
+        if len(scan.overlay_whiteouts) > MAX_LISTED:
             out.append(Finding("overlay-whiteout-in-tar", Severity.WARNING,
-                               f"{len(scan.overlay_whiteouts) - MAX_CLIMB_FINDINGS} more char 0:0 devices in this "
-                               f"layer (first {MAX_CLIMB_FINDINGS} listed)", None, layer))
+                               f"{len(scan.overlay_whiteouts) - MAX_LISTED} more char 0:0 devices in this "
+                               f"layer (first {MAX_LISTED} listed)", None, layer))
     return out
 
 
@@ -61,15 +61,15 @@ def _climbing_links(loaded: Loaded) -> list[Finding]:
         if inside is None:
             continue
         climbing += 1
-        if climbing <= MAX_CLIMB_FINDINGS:
+        if climbing <= MAX_LISTED:
             out.append(Finding("link-climbs-above-root", Severity.INFO,
                                f"symlink target {target} climbs above /; the kernel stops at / so it points to "
                                f"{inside} in the container", path, node.layer,
                                f"Make the target absolute ({inside}) or relative without climbing above /."))
-    if climbing > MAX_CLIMB_FINDINGS:
+    if climbing > MAX_LISTED:
         out.append(Finding("link-climbs-above-root", Severity.INFO,
-                           f"{climbing - MAX_CLIMB_FINDINGS} more symlinks climb above / (first "
-                           f"{MAX_CLIMB_FINDINGS} listed)"))
+                           f"{climbing - MAX_LISTED} more symlinks climb above / (first "
+                           f"{MAX_LISTED} listed)"))
     return out
 
 
