@@ -275,14 +275,17 @@ class LayerStream:
     it needs (a header, a member's data) instead of `r|` mode's 10 KiB pieces (DESIGN.md §3b), and
     `consume` passes file contents to a hash without copying them.
 
-    Reading, inflating and both digests run on a decoder thread a few pieces ahead of the tar walk
-    (each of them releases the GIL for milliseconds at a time), so they overlap the walk's Python work;
-    `close` stops the thread."""
+    Reading and inflating run on a decoder thread a few pieces ahead of the tar walk, and both digests
+    on a digest thread behind it (each of them releases the GIL for milliseconds at a time). Inflate
+    alone is then the critical path: with the sha256 of 2.5 GB on the decoder thread too, the walk
+    waited for it most of the time (DESIGN.md §3b). `close` stops both threads."""
 
     # Plain bytes decoded ahead of the reader (one piece may exceed it alone; a piece is at most 4 MiB, 32 MiB
     # for zstd the scout lost). The queue fills while the walk waits for the ELF parser, i.e. while the
     # worker holds its biggest file: 64 MiB ahead raised the process tree's peak by 48 MiB over 16.
     AHEAD_BYTES = 16 << 20
+    # Pieces handed to the digest thread and not hashed yet; most of them are the queue's pieces too.
+    DIGEST_INFLIGHT = 16 << 20
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
@@ -309,6 +312,8 @@ class LayerStream:
         self._room = threading.Condition()
         self._stop = threading.Event()
         self._ended = False
+        self._digester = ThreadPoolExecutor(1, thread_name_prefix="imgaudit-digest")  # one thread: in order
+        self._digesting: deque[tuple[Future[None], int]] = deque()
         self._decoder = threading.Thread(target=self._decode_ahead, name="imgaudit-decode", daemon=True)
         self._decoder.start()
 
@@ -350,6 +355,18 @@ class LayerStream:
         with self._room:
             self._room.notify()
         self._decoder.join()
+        self._digester.shutdown(wait=True, cancel_futures=True)
+
+    def _hash(self, h: hashlib._Hash, data: bytes) -> None:
+        """`h.update(data)` on the digest thread, in order (on the decoder thread)."""
+        self._digesting.append((self._digester.submit(h.update, data), len(data)))
+        _bound(self._digesting, self.DIGEST_INFLIGHT)
+
+    def _settled(self) -> None:
+        """Waits until every piece the decoder produced is hashed (it has stopped once the end was read)."""
+        self._decoder.join()
+        while self._digesting:
+            self._digesting.popleft()[0].result()
 
     def _produce(self) -> bytes:
         """The next non-empty piece of plain bytes, b"" at the end of the blob (on the decoder thread)."""
@@ -361,7 +378,7 @@ class LayerStream:
             self._pending = None
             if not chunk:
                 return b""
-            self._stored_hash.update(chunk)
+            self._hash(self._stored_hash, chunk)
             self.stored_size += len(chunk)
             plain = self._decode(chunk)
             if plain:
@@ -379,7 +396,7 @@ class LayerStream:
         if len(self.head) < 8:
             self.head += plain[:8]
         if not self._plain_is_stored:
-            self._plain_hash.update(plain)
+            self._hash(self._plain_hash, plain)
         self.plain_size += len(plain)
         if self.plain_size > BOMB_FLOOR and self.plain_size > MAX_RATIO * self.stored_size:
             raise _OverCap(f"{self.compression} data expands more than {MAX_RATIO}:1 ({self.plain_size >> 20} MiB "
@@ -482,11 +499,13 @@ class LayerStream:
 
     @property
     def digest(self) -> str:
-        """Complete once the stream has been drained (the decoder hashes a piece before queueing it)."""
+        """Complete once the stream has been drained (the decoder hands a piece on before queueing it)."""
+        self._settled()
         return "sha256:" + self._stored_hash.hexdigest()
 
     @property
     def diff_id(self) -> str:
+        self._settled()
         return self.digest if self._plain_is_stored else "sha256:" + self._plain_hash.hexdigest()
 
 
@@ -543,7 +562,7 @@ class _Offload:
 
     def upload(self, reader: StreamingElfReader, size: int) -> ElfUpload:
         """A slot of the scan's parser session to write a file of `size` bytes into (waits while
-        the parser holds both); hand it to `parse_upload`, or `discard` it."""
+        the parser holds them all); hand it to `parse_upload`, or `discard` it."""
         if self._elf_session is None:
             self._elf_session = reader.session()
         return self._elf_session.upload(size)
