@@ -294,6 +294,27 @@ def test_trimmed_parser_config_gives_the_same_facts_as_a_full_parse(fixtures: Pa
         assert reader.read(str(path), data) == reader._read_op(data, elf._OP_PARSE_ALL), path
 
 
+def test_every_slot_of_a_session_answers_for_its_own_file(fixtures: Path, reader: ElfReader) -> None:
+    """The scan fills all slots ahead of the parser; each file's facts must come from its own slot
+    (the worker once folded slot numbers onto two memfds, and six of eight files got another's facts)."""
+    names = [p for p in sorted(fixtures.rglob("*")) if p.is_file() and p.read_bytes()[:4] == elf.ELF_MAGIC]
+    files = [p.read_bytes() for p in names]
+    distinct = list({reader.read("x", data): data for data in files}.items())  # no read() in a session
+    assert len(distinct) >= elf.SLOTS + 2
+    session = reader.session()
+    for start in (0, 2):
+        batch = distinct[start:start + elf.SLOTS]
+        uploads = []
+        for _, data in batch:
+            upload = session.upload(len(data))
+            for at in range(0, len(data), 4096):
+                upload.write(data[at:at + 4096])
+            uploads.append(upload)
+        assert sorted(u.slot for u in uploads) == list(range(elf.SLOTS))
+        for (facts, _), upload in zip(batch, uploads):
+            assert upload.facts() == facts
+
+
 def test_without_section_headers_lief_reads_the_symbols(fixtures: Path, reader: ElfReader) -> None:
     """sstrip-style files have no section headers; .dynsym is then found through DT_SYMTAB."""
     data = bytearray((fixtures / "greet" / "bin" / "greet-app").read_bytes())
