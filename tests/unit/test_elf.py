@@ -311,7 +311,7 @@ def test_every_slot_of_a_session_answers_for_its_own_file(fixtures: Path, reader
                 upload.write(data[at:at + 4096])
             uploads.append(upload)
         assert sorted(u.slot for u in uploads) == list(range(elf.SLOTS))
-        for (facts, _), upload in zip(batch, uploads):
+        for (facts, _), upload in zip(batch, uploads, strict=True):
             assert upload.facts() == facts
 
 
