@@ -106,7 +106,7 @@ def _cached_report(reference: str, options: Options, cache: ScanCache) -> Report
     ref = parse_reference(reference)
     if ref.bare or ref.transport not in _RANDOM_ACCESS:
         return None  # a daemon's save stream would be started only to be dropped
-    probe = Scanner(probe=True, jobs=max(2, options.jobs), trust_digests=ref.transport == "registry")
+    probe = Scanner(probe=True, jobs=max(2, options.jobs), cache=cache, trust_digests=ref.transport == "registry")
     try:
         load_image(ref, platform=options.platform, scanner=probe, source=options.source,
                    registry=options.registry)

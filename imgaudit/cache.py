@@ -43,12 +43,14 @@ FORMAT_VERSION = 4  # 2: heads only of ELF and `#!` files, shared mode and owner
 # 4: overlay whiteouts
 MAGIC = b"IMGAUDIT-SCAN\0"
 REPORT_MAGIC = b"IMGAUDIT-RPRT\0"
+HASHED_MAGIC = b"IMGAUDIT-HASH\0"
 REPORT_SUFFIX = ".report"
 _HEADER = len(MAGIC) + 2 + 32  # magic, version, codec, sha256(payload)
 _CODEC_RAW, _CODEC_ZSTD = 0, 1
 DEFAULT_MAX_BYTES = 2 << 30
 STALE_TEMP_SECONDS = 3600
 SUFFIX = ".scan"
+HASHED_SUFFIX = ".hashed"
 _ENTRY_TYPES = {t.value: t for t in EntryType}
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -173,6 +175,28 @@ class ScanCache:
         blob = REPORT_MAGIC + bytes((FORMAT_VERSION, _CODEC_RAW)) + hashlib.sha256(payload).digest() + payload
         self._write(self.report_path(key), blob)
 
+    # -- blob hashes by file identity (scanner.blob_identity) ----------------------------------
+
+    def hashed_path(self, identity: str) -> Path:
+        return self.root / f"hashed-{identity[:64]}{HASHED_SUFFIX}"
+
+    def hashed(self, identity: str) -> tuple[str, int] | None:
+        """The (digest, size) a blob had when its file had this identity; None when not known."""
+        if not self.usable:
+            return None
+        return _read_entry(self.hashed_path(identity), _hash_record)
+
+    def put_hashed(self, identity: str, digest: str, size: int) -> None:
+        """A hint for the next run, so a failed write costs nothing and says nothing (a read-only cache
+        still serves its scans quietly); other writes evict these tiny records with the rest."""
+        if not self.usable:
+            return
+        payload = json.dumps([digest, size]).encode()
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_atomic(self.hashed_path(identity), HASHED_MAGIC + bytes((FORMAT_VERSION, _CODEC_RAW))
+                          + hashlib.sha256(payload).digest() + payload)
+
     # -- writing -------------------------------------------------------------------------------
 
     def put(self, scan: LayerScan, *, elf: bool) -> None:
@@ -215,7 +239,7 @@ class ScanCache:
                 if now - st.st_mtime > STALE_TEMP_SECONDS:
                     with contextlib.suppress(OSError):
                         path.unlink()
-            elif path.name.endswith((SUFFIX, REPORT_SUFFIX)):
+            elif path.name.endswith((SUFFIX, REPORT_SUFFIX, HASHED_SUFFIX)):
                 entries.append((st.st_mtime, st.st_size, path))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
@@ -227,7 +251,7 @@ class ScanCache:
 
     def clear(self) -> None:
         for path in _listdir(self.root):
-            if path.name.endswith((SUFFIX, REPORT_SUFFIX)) or path.name.startswith(".tmp-"):
+            if path.name.endswith((SUFFIX, REPORT_SUFFIX, HASHED_SUFFIX)) or path.name.startswith(".tmp-"):
                 with contextlib.suppress(OSError):
                     path.unlink()
 
@@ -315,6 +339,13 @@ def _verified(blob: bytes, magic: bytes) -> memoryview:
     if codec != _CODEC_RAW:
         raise ValueError(f"codec {codec}")
     return payload
+
+
+def _hash_record(blob: bytes) -> tuple[str, int]:
+    digest, size = json.loads(bytes(_verified(blob, HASHED_MAGIC)))
+    if not (isinstance(digest, str) and digest.startswith("sha256:") and isinstance(size, int) and size >= 0):
+        raise ValueError("not a hash record")
+    return digest, size
 
 
 class _ReportUnpickler(pickle.Unpickler):

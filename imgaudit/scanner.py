@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
+import stat
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -41,7 +45,9 @@ class Scanner:
     A cached scan is used only for a layer whose blob digest the manifest names, and only after the
     blob's bytes hash to that digest (sha256 of the stored bytes: no inflate, no tar), so a blob that
     changed under its name is still caught (issue 7's integrity matrix). `trust_digests` (a registry,
-    which serves blobs by digest and has no local copy to decay) skips that re-hash."""
+    which serves blobs by digest and has no local copy to decay) skips that re-hash. A local blob's
+    hash is remembered by its file's identity (see `blob_identity`), so an unchanged file is not
+    hashed again by the next run."""
 
     elf_reader: ElfReader | None = None
     jobs: int = 1
@@ -82,27 +88,56 @@ class Scanner:
         if not self.trust_digests:
             if raw is None:
                 return None
-            digest, size = blob_digest(raw)
+            digest, size = self.stored_digest(raw)
             verify(replace(scan, digest=digest, compressed_size=size), label=label, digest=layer.digest,
                    diff_id=None, size=layer.size)
         return scan
 
     def blobs_intact(self, image: Image) -> bool:
-        """Every layer blob hashes to the digest its manifest names (the check a cached report needs)."""
-        if not all(layer.digest and layer.open and not is_foreign(layer) for layer in image.layers):
+        """Every layer blob hashes to the digest its manifest names, or without one to its diff_id (a plain
+        layer of a `docker save` before Docker 25): the check a cached report needs."""
+        if not all(_stored_id(layer) and layer.open and not is_foreign(layer) for layer in image.layers):
             return False
-        if self.trust_digests:
+        if self.trust_digests and all(layer.digest for layer in image.layers):
             return True
 
         def intact(layer: Layer) -> bool:
             with _opener(layer)() as raw:
-                digest, size = blob_digest(raw)
-            return digest == layer.digest and (layer.size is None or size == layer.size)
+                digest, size = self.stored_digest(raw)
+            return digest == _stored_id(layer) and (layer.size is None or size == layer.size)
 
-        unique = sorted({layer.digest: layer for layer in image.layers}.values(), key=lambda x: -(x.size or 0))
+        unique = sorted({_stored_id(layer): layer for layer in image.layers}.values(), key=lambda x: -(x.size or 0))
         # two threads even at --jobs 1: hashing releases the GIL and this is all a warm run does
         with ThreadPoolExecutor(max(2, self.jobs)) as pool:
             return all(pool.map(intact, unique))
+
+    def cached_plain(self, layer: Layer, opener: Callable[[], BinaryIO]) -> LayerScan | None:
+        """A layer whose manifest names no blob digest (a `docker save` before Docker 25: plain tars named
+        by diff_id) is served from the cache when its blob hashes to its diff_id: its bytes are then that
+        plain tar. A blob that hashes to anything else is scanned (and verified) as usual."""
+        if self.cache is None or not layer.diff_id:
+            return None
+        scan = self.cache.get(layer.diff_id, elf=self.elf_reader is not None)
+        if scan is None or scan.compression != "tar" or scan.diff_id != layer.diff_id:
+            return None
+        with opener() as raw:
+            digest, size = self.stored_digest(raw)
+        if digest != layer.diff_id or (layer.size is not None and size != layer.size):
+            return None
+        return scan
+
+    def stored_digest(self, raw: BinaryIO) -> tuple[str, int]:
+        """`blob_digest(raw)`, or what it was when this run or an earlier one hashed the same bytes of
+        a file that has not changed since (the cache remembers it by `blob_identity`)."""
+        identity = blob_identity(raw) if self.cache is not None else None
+        if identity is not None and self.cache is not None:
+            known = self.cache.hashed(identity)
+            if known is not None:
+                return known
+        digest, size = blob_digest(raw)
+        if identity is not None and self.cache is not None:
+            self.cache.put_hashed(identity, digest, size)
+        return digest, size
 
     def scan_image(self, image: Image) -> tuple[LayerScan, ...]:
         """Scans every layer of a random-access image (layers with `open`), each distinct blob once."""
@@ -121,6 +156,10 @@ class Scanner:
                 if cached is not None:
                     return warn_media_type(layer, cached, count)
             opener = _opener(layer)
+            if not layer.digest:
+                cached = self.cached_plain(layer, opener)
+                if cached is not None:
+                    return cached
             with opener() as raw:
                 return self.scan(layer, raw, count)
 
@@ -177,6 +216,32 @@ def blob_digest(raw: BinaryIO) -> tuple[str, int]:
         h.update(chunk)
         size += len(chunk)
     return "sha256:" + h.hexdigest(), size
+
+
+def _stored_id(layer: Layer) -> str:
+    """The digest a layer's stored bytes must have: the manifest's, else (a plain `docker save` layer) its diff_id."""
+    return layer.digest or layer.diff_id
+
+
+# A file changed less than this long ago may change again within the same timestamp tick, unseen by
+# its stat: its hash is not remembered (git's "racy clean" problem).
+RACY_NS = 2_000_000_000
+
+
+def blob_identity(raw: BinaryIO) -> str | None:
+    """Names the stored bytes `raw` will yield by the file that holds them: device, inode, size,
+    mtime and ctime (no user can set a ctime back: any write, truncate or rename-over changes it),
+    and the member's span inside an archive. None when no such file vouches for them (a pipe, a
+    download) or it changed in the last RACY_NS."""
+    try:
+        st = os.fstat(raw.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    if not stat.S_ISREG(st.st_mode) or time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+        return None
+    span = getattr(getattr(raw, "raw", raw), "span", None)  # (offset, size) of an archive member
+    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, span)
+    return hashlib.sha256(repr(ident).encode()).hexdigest()
 
 
 def _deterministic(scan: LayerScan) -> bool:

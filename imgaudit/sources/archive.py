@@ -206,6 +206,10 @@ class _MemberReader(io.RawIOBase):
         self._file.seek(offset)
         self._left = size
         self._label = label
+        self.span = (offset, size)  # where the member lies in the file (scanner.blob_identity)
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
     def readable(self) -> bool:
         return True

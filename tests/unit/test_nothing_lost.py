@@ -161,6 +161,9 @@ def check_cache(cache_dir: Path) -> tuple[int, int]:
         elif path.name.endswith(getattr(cache, "REPORT_SUFFIX", "\0")):
             cache._verified(blob, cache.REPORT_MAGIC)
             entries += 1
+        elif path.name.endswith(cache.HASHED_SUFFIX):
+            cache._hash_record(blob)
+            entries += 1
         else:
             pytest.fail(f"unexpected file in the cache: {path.name}")
     return entries, temps
