@@ -64,12 +64,15 @@ class Scanner:
         if cached is not None:
             return warn_media_type(layer, cached, count)
         label = layer_label(layer, count)
+        identity = blob_identity(raw) if self.cache is not None else None  # before reading: see blob_identity
         if self.progress is not None:
             raw = CountingReader(raw, label, self.progress)  # type: ignore[assignment]
         scan = scan_layer(raw, label=label, elf_reader=self.elf_reader)
         verify(scan, label=label, digest=layer.digest, diff_id=layer.diff_id or None, size=layer.size)
         if self.cache is not None and _deterministic(scan):
             self.cache.put(scan, elf=self.elf_reader is not None)
+        if self.cache is not None and identity is not None:  # the scan hashed the stored bytes: the next run need not
+            self.cache.put_hashed(identity, scan.digest, scan.compressed_size)
         return warn_media_type(layer, scan, count)
 
     def cached(self, layer: Layer, count: int, raw: BinaryIO | None) -> LayerScan | None:
