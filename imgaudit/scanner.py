@@ -42,12 +42,12 @@ class Scanner:
     """Scans and verifies layers; `elf_reader` None skips ELF facts (listing only). A `probe` scanner
     scans nothing: it raises ImageResolved as soon as the source asks for a layer.
 
-    A cached scan is used only for a layer whose blob digest the manifest names, and only after the
-    blob's bytes hash to that digest (sha256 of the stored bytes: no inflate, no tar), so a blob that
-    changed under its name is still caught (issue 7's integrity matrix). `trust_digests` (a registry,
-    which serves blobs by digest and has no local copy to decay) skips that re-hash. A local blob's
-    hash is remembered by its file's identity (see `blob_identity`), so an unchanged file is not
-    hashed again by the next run."""
+    A cached scan is used only for a layer whose blob digest the manifest names (or, for a plain
+    `docker save` layer, its diff_id), and only after the blob's bytes hash to that digest (sha256 of
+    the stored bytes: no inflate, no tar), so a blob that changed under its name is still caught
+    (issue 7's integrity matrix). `trust_digests` (a registry, which serves blobs by digest and has
+    no local copy to decay) skips that re-hash. A local blob's hash is remembered by its file's
+    identity (see `blob_identity`), so an unchanged file is not hashed again by the next run."""
 
     elf_reader: ElfReader | None = None
     jobs: int = 1
@@ -162,7 +162,7 @@ class Scanner:
             if not layer.digest:
                 cached = self.cached_plain(layer, opener)
                 if cached is not None:
-                    return cached
+                    return warn_media_type(layer, cached, count)
             with opener() as raw:
                 return self.scan(layer, raw, count)
 
