@@ -14,6 +14,7 @@ IMGAUDIT_REQUIRE_GO=1 (CI, .ci/run) makes that a failure.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import io
 import json
@@ -300,6 +301,7 @@ ITEMS = [
 ]
 
 
+@functools.cache
 def built_layers() -> dict[str, bytes]:
     """tests/builders.py layers in ustar (names that fit it), GNU and PAX, plain, gzip and zstd."""
     fits = [it for it in ITEMS if len(it.name) <= 255 and len(it.link) <= 100]
@@ -401,6 +403,7 @@ def oddities() -> dict[str, bytes]:
     }
 
 
+@functools.cache
 def hostile_tars() -> dict[str, bytes]:
     return {**h.layers(), **oddities()}
 
