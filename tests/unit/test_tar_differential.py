@@ -3,9 +3,19 @@
 The same layer bytes go through imgaudit's real layer scan (`scan_layer`: decompression, tarfile with
 FastTarInfo, the walk into entries) and through tests/differential/tarlist, a stdlib-only Go program that
 reads the tar as containerd and Docker apply a layer (Reader.Next, io.Copy of the data). Both views are
-reduced to (normalised path, type, size, link target) in stream order and must be equal. A difference is a
-failure unless it is listed in AMBIGUOUS below with why the parsers differ and what imgaudit does instead:
-there imgaudit must flag the layer (an error, exit 3), never read something else silently.
+reduced to (normalised path, type, size, link target) in stream order and must be equal, and so must the
+entries imgaudit keeps out of its view with a reason (`_go_row` predicts them from Go's headers: whiteouts as
+containerd applies them, names over PATH_MAX, a non-directory at the root, unknown types, hard links out of
+the image, sparse members; a name climbing above the root must make imgaudit refuse the layer, as containerd
+does). A difference is a failure unless it is listed in AMBIGUOUS below with why the parsers differ and what
+imgaudit does instead: there imgaudit must flag the layer (an error, exit 3), never read something else
+silently, but for the one difference by design listed there.
+
+Corpora: (a) the real layers of ../shared/corpus (three Alpine minirootfs tarballs; the docker-archive,
+OCI gzip/zstd/uncompressed, eStargz and kaniko test images), 19 layers and 2 029 members; (b) tests/builders.py
+layers in ustar, GNU and PAX (plain, gzip, zstd) and GNU tar's own gnu/oldgnu/posix/ustar/v7 output with long
+names and links, a FIFO and a sparse file; (c) every hostile tar of fuzz/hostile.py (#53-#81) and #61's
+PAX and GNU oddities in `oddities()`.
 
 Go is built once per session from source; without `go` on PATH the module is skipped, unless
 IMGAUDIT_REQUIRE_GO=1 (CI, .ci/run) makes that a failure.
@@ -284,7 +294,7 @@ def test_68_real_layers_read_the_same_in_go_and_imgaudit(tarlist: Path) -> None:
         go, ours = compare(tarlist, stored, plain_of(stored))
         assert go.error is None, f"{label}: {go.error}"
         members += len(ours.rows)
-    assert len(layers) >= 3 + 5 and members > 1500, (len(layers), members)
+    assert len(layers) >= 19 and members >= 2029, (len(layers), members)
     assert time.monotonic() - started < 60
 
 
