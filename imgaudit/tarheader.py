@@ -57,14 +57,14 @@ def _text(field: bytes | bytearray, encoding: str, errors: str) -> str:
 class FastTarInfo(tarfile.TarInfo):
     """A TarInfo whose `frombuf` takes a fast path for plain headers."""
 
-    __slots__ = ("_gnu_link", "_gnu_magic", "_gnu_name", "_pax_applied")
+    __slots__ = ("_gnu_link", "_gnu_name", "_pax_applied", "_refusal")
 
     def __init__(self, name: str = "") -> None:
         super().__init__(name)
         self._gnu_name: str | None = None
         self._gnu_link: str | None = None
         self._pax_applied = False
-        self._gnu_magic = False  # only the old GNU sparse type asks (stdlib's frombuf reads it)
+        self._refusal: str | None = None
 
     @classmethod
     def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> FastTarInfo:
@@ -77,7 +77,7 @@ class FastTarInfo(tarfile.TarInfo):
             except ValueError:
                 pass
         obj = super().frombuf(buf, encoding, errors)
-        obj._gnu_magic = buf[257:265] == _GNU_MAGIC
+        obj._refusal = _refusal(obj, buf)  # only here: the fast path's octal numbers cannot pass 2**36
         return obj
 
     @classmethod
@@ -107,14 +107,8 @@ class FastTarInfo(tarfile.TarInfo):
         return obj
 
     def _proc_member(self, tar: Any) -> tarfile.TarInfo:
-        # Go's archive/tar refuses a base-256 number past int64 and an old GNU sparse header without the GNU
-        # magic, and so do the runtimes. InvalidHeaderError is stdlib's "not a header": exit 3 either way.
-        # An extension header's size is left to the cap on what it may hold (#60: exit 6).
-        fields = _NUMBERS_BUT_SIZE if self.type in _EXTENSIONS else _NUMBER_FIELDS
-        if any(not _INT64_MIN <= getattr(self, f) <= _INT64_MAX for f in fields):
-            raise _INVALID("a number field over 64 bits (Go's archive/tar refuses it)")
-        if self.type == tarfile.GNUTYPE_SPARSE and not self._gnu_magic:
-            raise _INVALID("old GNU sparse header without the GNU magic (Go's archive/tar refuses it)")
+        if self._refusal:  # InvalidHeaderError is stdlib's "not a header": the layer is corrupt (exit 3)
+            raise _INVALID(self._refusal)
         member: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
         return member
 
@@ -160,15 +154,30 @@ class FastTarInfo(tarfile.TarInfo):
         return member
 
     def _apply_pax_info(self, pax_headers: dict[str, str], encoding: str, errors: str) -> None:
-        if self._pax_applied:  # a farther `x` header: Go keeps only the nearest one
+        # _proc_builtin applies the global records to every member: always none here. Of several `x` headers the
+        # farther come later: Go keeps only the nearest one.
+        if not pax_headers or self._pax_applied:
             return
-        self._pax_applied = bool(pax_headers)  # _proc_builtin applies the (always empty) global records first
-        super()._apply_pax_info({k: v for k, v in pax_headers.items() if v != ""}, encoding, errors)  # type: ignore[misc]
+        self._pax_applied = True
+        kept = {k: v for k, v in pax_headers.items() if v != ""} if "" in pax_headers.values() else pax_headers
+        super()._apply_pax_info(kept, encoding, errors)  # type: ignore[misc]
         self.pax_headers = dict(pax_headers)
         if self._gnu_name is not None:
             self.name = self._gnu_name.rstrip("/") if self.isdir() else self._gnu_name
         if self._gnu_link is not None:
             self.linkname = self._gnu_link
+
+
+def _refusal(header: tarfile.TarInfo, buf: bytes | bytearray) -> str | None:
+    """Why Go's archive/tar, and so the runtime, refuses a header stdlib reads: a base-256 number past int64,
+    an old GNU sparse header without the GNU magic. An extension header's size is left to the cap on what it
+    may hold (#60: exit 6)."""
+    fields = _NUMBERS_BUT_SIZE if header.type in _EXTENSIONS else _NUMBER_FIELDS
+    if any(not _INT64_MIN <= getattr(header, f) <= _INT64_MAX for f in fields):
+        return "a number field over 64 bits (Go's archive/tar refuses it)"
+    if header.type == tarfile.GNUTYPE_SPARSE and buf[257:265] != _GNU_MAGIC:
+        return "old GNU sparse header without the GNU magic (Go's archive/tar refuses it)"
+    return None
 
 
 def _check_cap(header: tarfile.TarInfo, what: str) -> None:
