@@ -228,6 +228,7 @@ def _layers_e() -> dict[str, bytes]:
 def _old_gnu_sparse(realsize: int) -> bytes:
     """Old GNU sparse (`S`): four (offset, numbytes) slots at 386, isextended at 482, realsize at 483."""
     h = bytearray(header("sparse", typeflag=b"S", size=BLOCK))
+    h[257:265] = b"ustar  \0"  # the GNU magic GNU tar writes: Go refuses an `S` header without it
     h[386:398] = _number(realsize - BLOCK, 12)
     h[398:410] = _number(BLOCK, 12)
     h[482] = 0

@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict, runtime_checkable
 
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
-from imgaudit.tarheader import FastTarInfo
+from imgaudit.tarheader import FastTarInfo, HeaderOverCap
 from imgaudit.xattrs import MAX_XATTRS, Xattrs, capabilities, from_pax
 from imgaudit.xattrs import PREFIX as XATTR_PREFIX
 from imgaudit.zstdscout import ZstdScout
@@ -831,7 +831,7 @@ def _walk(stream: LayerStream, offload: _Offload, *, label: str, elf_reader: Elf
         raise CorruptImage(f"{label}: tar data is truncated or malformed{where}: {err}") from err
     except EOFError as err:
         raise CorruptImage(f"{label}: stream ends early (truncated)") from err
-    except _OverCap as err:
+    except (_OverCap, HeaderOverCap) as err:
         raise LimitExceeded(f"{label}: {err}") from err
     except RecursionError as err:  # tarfile recurses once per chained extension header (PAX, GNU L/K)
         where = f" after entry \"{escape(walker.last)}\"" if walker.last else ""
