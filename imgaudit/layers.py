@@ -312,8 +312,7 @@ class LayerStream:
         self._room = threading.Condition()
         self._stop = threading.Event()
         self._ended = False
-        self._digester = ThreadPoolExecutor(1, thread_name_prefix="imgaudit-digest")  # one thread: in order
-        self._digesting: deque[tuple[Future[None], int]] = deque()
+        self._digests = _OrderedHasher("imgaudit-digest", batch=0, inflight=self.DIGEST_INFLIGHT)
         self._decoder = threading.Thread(target=self._decode_ahead, name="imgaudit-decode", daemon=True)
         self._decoder.start()
 
@@ -355,18 +354,12 @@ class LayerStream:
         with self._room:
             self._room.notify()
         self._decoder.join()
-        self._digester.shutdown(wait=True, cancel_futures=True)
-
-    def _hash(self, h: hashlib._Hash, data: bytes) -> None:
-        """`h.update(data)` on the digest thread, in order (on the decoder thread)."""
-        self._digesting.append((self._digester.submit(h.update, data), len(data)))
-        _bound(self._digesting, self.DIGEST_INFLIGHT)
+        self._digests.close()
 
     def _settled(self) -> None:
         """Waits until every piece the decoder produced is hashed (it has stopped once the end was read)."""
         self._decoder.join()
-        while self._digesting:
-            self._digesting.popleft()[0].result()
+        self._digests.wait()
 
     def _produce(self) -> bytes:
         """The next non-empty piece of plain bytes, b"" at the end of the blob (on the decoder thread)."""
@@ -378,7 +371,7 @@ class LayerStream:
             self._pending = None
             if not chunk:
                 return b""
-            self._hash(self._stored_hash, chunk)
+            self._digests.update(self._stored_hash, chunk)
             self.stored_size += len(chunk)
             plain = self._decode(chunk)
             if plain:
@@ -396,7 +389,7 @@ class LayerStream:
         if len(self.head) < 8:
             self.head += plain[:8]
         if not self._plain_is_stored:
-            self._hash(self._plain_hash, plain)
+            self._digests.update(self._plain_hash, plain)
         self.plain_size += len(plain)
         if self.plain_size > BOMB_FLOOR and self.plain_size > MAX_RATIO * self.stored_size:
             raise _OverCap(f"{self.compression} data expands more than {MAX_RATIO}:1 ({self.plain_size >> 20} MiB "
@@ -519,30 +512,14 @@ class _Offload:
     HASH_INFLIGHT = 32 << 20
 
     def __init__(self) -> None:
-        self._hash_pool: ThreadPoolExecutor | None = None
+        self._hashes = _OrderedHasher("imgaudit-hash", batch=self.HASH_BATCH, inflight=self.HASH_INFLIGHT)
         self._elf_pool: ThreadPoolExecutor | None = None
         self._elf_session: ElfSession | None = None
-        self._batch: list[tuple[hashlib._Hash, bytes | memoryview]] = []
-        self._batch_bytes = 0
-        self._hashing: deque[tuple[Future[None], int]] = deque()
         self._parsing: deque[tuple[Future[ElfFacts], int]] = deque()
 
     def update(self, h: hashlib._Hash, data: bytes | memoryview) -> None:
         """`h.update(data)`, later but in order; `data` must stay unchanged (bytes or a view of bytes)."""
-        self._batch.append((h, data))
-        self._batch_bytes += len(data)
-        if self._batch_bytes >= self.HASH_BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._batch:
-            return
-        if self._hash_pool is None:
-            self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="imgaudit-hash")
-        batch, size = self._batch, self._batch_bytes
-        self._batch, self._batch_bytes = [], 0
-        self._hashing.append((self._hash_pool.submit(_hash_batch, batch), size))
-        _bound(self._hashing, self.HASH_INFLIGHT)
+        self._hashes.update(h, data)
 
     @staticmethod
     def reserve(size: int) -> None:
@@ -580,8 +557,7 @@ class _Offload:
 
     def _hashed(self) -> Future[None] | None:
         """A future done once every `update` so far has been applied (hashing runs in order, on one thread)."""
-        self._flush()
-        return self._hashing[-1][0] if self._hashing else None
+        return self._hashes.flush()
 
     @staticmethod
     def _digest(content: hashlib._Hash | str | None, hashed: Future[None] | None) -> str | None:
@@ -621,20 +597,63 @@ class _Offload:
         return future
 
     def finish(self) -> None:
-        self._flush()
-        for pending in (self._hashing, self._parsing):
-            while pending:
-                pending.popleft()[0].result()
+        self._hashes.wait()
+        while self._parsing:
+            self._parsing.popleft()[0].result()
 
     def close(self) -> None:
         """Stops the helper threads (after an error too: queued work is dropped)."""
-        for pool in (self._hash_pool, self._elf_pool):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        self._hash_pool = self._elf_pool = None
+        self._hashes.close()
+        if self._elf_pool is not None:
+            self._elf_pool.shutdown(wait=True, cancel_futures=True)
+            self._elf_pool = None
         if self._elf_session is not None:  # after the pool: no parse is running any more
             self._elf_session.close()
             self._elf_session = None
+
+
+class _OrderedHasher:
+    """sha256 updates applied later but in order, on one thread of its own, handed over in batches of at least
+    `batch` bytes (0: each update alone); at most `inflight` bytes wait to be hashed (one batch may exceed it)."""
+
+    def __init__(self, name: str, *, batch: int, inflight: int) -> None:
+        self._name = name
+        self._batch_min = batch
+        self._inflight = inflight
+        self._pool: ThreadPoolExecutor | None = None
+        self._batch: list[tuple[hashlib._Hash, bytes | memoryview]] = []
+        self._batch_bytes = 0
+        self._pending: deque[tuple[Future[None], int]] = deque()
+
+    def update(self, h: hashlib._Hash, data: bytes | memoryview) -> None:
+        """`h.update(data)`, later; `data` must stay unchanged (bytes or a view of bytes)."""
+        self._batch.append((h, data))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= self._batch_min:
+            self.flush()
+
+    def flush(self) -> Future[None] | None:
+        """Hands the batch over; returns a future done once every update so far is applied (None: all are)."""
+        if self._batch:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix=self._name)
+            batch, size = self._batch, self._batch_bytes
+            self._batch, self._batch_bytes = [], 0
+            self._pending.append((self._pool.submit(_hash_batch, batch), size))
+            _bound(self._pending, self._inflight)
+        return self._pending[-1][0] if self._pending else None
+
+    def wait(self) -> None:
+        """Every update applied; raises what a batch raised."""
+        self.flush()
+        while self._pending:
+            self._pending.popleft()[0].result()
+
+    def close(self) -> None:
+        """Stops the thread; updates not yet applied are dropped."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class _ByteBudget:
