@@ -172,8 +172,7 @@ class ScanCache:
             payload = pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError):
             return
-        blob = REPORT_MAGIC + bytes((FORMAT_VERSION, _CODEC_RAW)) + hashlib.sha256(payload).digest() + payload
-        self._write(self.report_path(key), blob)
+        self._write(self.report_path(key), _framed(REPORT_MAGIC, payload))
 
     # -- blob hashes by file identity (scanner.blob_identity) ----------------------------------
 
@@ -194,8 +193,7 @@ class ScanCache:
         payload = json.dumps([digest, size]).encode()
         with contextlib.suppress(OSError):
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write_atomic(self.hashed_path(identity), HASHED_MAGIC + bytes((FORMAT_VERSION, _CODEC_RAW))
-                          + hashlib.sha256(payload).digest() + payload)
+            _write_atomic(self.hashed_path(identity), _framed(HASHED_MAGIC, payload))
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -294,7 +292,12 @@ def encode(scan: LayerScan, *, compress: bool = False) -> bytes:
         import zstandard
 
         payload, codec = zstandard.ZstdCompressor(level=1).compress(payload), _CODEC_ZSTD
-    return MAGIC + bytes((FORMAT_VERSION, codec)) + hashlib.sha256(payload).digest() + payload
+    return _framed(MAGIC, payload, codec)
+
+
+def _framed(magic: bytes, payload: bytes, codec: int = _CODEC_RAW) -> bytes:
+    """An entry as `_verified` reads it back: magic, format version, codec, sha256(payload), payload."""
+    return magic + bytes((FORMAT_VERSION, codec)) + hashlib.sha256(payload).digest() + payload
 
 
 def _read_entry(path: Path, load: Callable[[bytes], T]) -> T | None:

@@ -132,15 +132,15 @@ class Scanner:
     def stored_digest(self, raw: BinaryIO) -> tuple[str, int]:
         """`blob_digest(raw)`, or what it was when this run or an earlier one hashed the same bytes of
         a file that has not changed since (the cache remembers it by `blob_identity`)."""
-        identity = blob_identity(raw) if self.cache is not None else None
-        if identity is not None and self.cache is not None:
-            known = self.cache.hashed(identity)
-            if known is not None:
-                return known
-        digest, size = blob_digest(raw)
-        if identity is not None and self.cache is not None:
-            self.cache.put_hashed(identity, digest, size)
-        return digest, size
+        cache = self.cache
+        identity = blob_identity(raw) if cache is not None else None
+        if cache is None or identity is None:
+            return blob_digest(raw)
+        known = cache.hashed(identity)
+        if known is None:
+            known = blob_digest(raw)
+            cache.put_hashed(identity, *known)
+        return known
 
     def scan_image(self, image: Image) -> tuple[LayerScan, ...]:
         """Scans every layer of a random-access image (layers with `open`), each distinct blob once."""
@@ -254,7 +254,7 @@ def _deterministic(scan: LayerScan) -> bool:
 
 
 def _key(layer: Layer) -> str:
-    return layer.digest or layer.diff_id or f"#{layer.index}"
+    return _stored_id(layer) or f"#{layer.index}"
 
 
 def _opener(layer: Layer) -> Callable[[], BinaryIO]:
