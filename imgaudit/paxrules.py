@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from imgaudit.errors import escape
+
 NAME_KEYS = frozenset({"path", "linkpath", "uname", "gname"})
 INT_KEYS = frozenset({"uid", "gid", "size"})
 TIME_KEYS = frozenset({"atime", "mtime", "ctime"})
@@ -33,7 +35,7 @@ def records(body: bytes) -> list[tuple[str, str]]:
         digits = rest[:space].decode("ascii", "replace") if space >= 0 else ""
         length = int(digits) if _INT.fullmatch(digits) else -1
         if length < 5 or length > len(rest) or space + 1 >= length - 1:
-            raise AmbiguousPax(f"PAX record length {escape_short(rest[:space] if space >= 0 else rest)} is wrong")
+            raise AmbiguousPax(f"PAX record length {_shown(rest[:space] if space >= 0 else rest)} is wrong")
         record, newline, rest = rest[space + 1:length - 1], rest[length - 1:length], rest[length:]
         key, eq, value = record.partition(b"=")
         if newline != b"\n" or not eq or not key:
@@ -57,15 +59,17 @@ def check(body: bytes) -> None:
             continue  # Go keeps the header's own value
         elif key in INT_KEYS:
             if not _INT.fullmatch(value) or not -_INT64_MAX - 1 <= int(value) <= _INT64_MAX:
-                raise AmbiguousPax(f"PAX {key} {escape_short(value.encode())} is not a 64-bit integer")
+                raise AmbiguousPax(f"PAX {key} {_shown(value)} is not a 64-bit integer")
             if key == "size" and int(value) < 0:
                 raise AmbiguousPax(f"PAX size {value} is negative")
         elif key in TIME_KEYS:
             seconds = _TIME.fullmatch(value)
             if seconds is None or not -_INT64_MAX - 1 <= int(seconds.group(1)) <= _INT64_MAX:
-                raise AmbiguousPax(f"PAX {key} {escape_short(value.encode())} is not a time")
+                raise AmbiguousPax(f"PAX {key} {_shown(value)} is not a time")
 
 
-def escape_short(raw: bytes) -> str:
-    """At most 40 bytes of a hostile record, printable (the error message ends up on a terminal)."""
-    return repr(raw[:40])[1:]
+def _shown(text: str | bytes) -> str:
+    """At most 40 characters of a hostile record, escaped like every other untrusted text in a message."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    return escape(text[:40])

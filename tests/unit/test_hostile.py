@@ -449,6 +449,12 @@ def test_54_long_names_are_skipped_with_a_reason_and_odd_names_kept() -> None:
         scan_layer(io.BytesIO(h.layers()["54-nul-in-pax-path"]))
 
 
+def test_61_a_pax_value_that_is_not_utf8_is_named_escaped_in_the_refusal() -> None:
+    blob = h.tar_of(h.pax({b"size": b"\xff1"}), h.member("a", b"x"))
+    with pytest.raises(CorruptImage, match=r"ambiguous tar: PAX size \\xff1 is not a 64-bit integer"):
+        scan_layer(io.BytesIO(blob))
+
+
 def test_55_duplicates_last_wins() -> None:
     fs = _fs(h.layers()["55-dup-file-file"])
     assert fs.nodes["/a"].entry.digest == h.sha(b"two")[7:]

@@ -372,6 +372,7 @@ def oddities() -> dict[str, bytes]:
     return {
         "pax-size-smaller": h.tar_of(h.pax({b"size": b"2"}), h.member("a", b"x" * 600), h.member("b", b"y")),
         "pax-size-underscore": h.tar_of(h.pax({b"size": b"1_0"}), h.member("a", b"x" * 10)),
+        "pax-size-not-utf8": h.tar_of(h.pax({b"size": b"\xff1"}), a),
         "pax-size-plus": h.tar_of(h.pax({b"size": b"+1"}), a),
         "pax-size-spaces": h.tar_of(h.pax({b"size": b" 1"}), a),
         "pax-size-empty": h.tar_of(h.pax({b"size": b""}), a),
