@@ -13,6 +13,8 @@ from __future__ import annotations
 import array
 import atexit
 import contextlib
+import fcntl
+import functools
 import gc
 import io
 import itertools
@@ -40,7 +42,7 @@ Linking = Literal["static", "static-pie", "dynamic"]
 Endian = Literal["little", "big", ""]
 
 ELF_MAGIC = b"\x7fELF"
-_Bytes = bytes | bytearray | mmap.mmap  # a file's content, or a map of the slot holding it
+_Bytes = bytes | bytearray | mmap.mmap | memoryview  # a file's content, a map of its slot, or LIEF's copy
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MEMORY_LIMIT = 4 << 30
 DEFAULT_MAX_BYTES = 1 << 30
@@ -50,6 +52,8 @@ MAX_CONSECUTIVE_CRASHES = 20
 # Memfds a worker reads files from. Two made the scan wait for the worker at every run of small ELF
 # files (2.5 s of 11 on the bench image); eight let it run ahead within the layer's ELF byte budget.
 SLOTS = 8
+# A request pipe this big (Linux's default cap for unprivileged users) carries a streamed file in 1 MiB steps.
+_STREAM_PIPE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +300,7 @@ def _error_facts(data: _Bytes, error: str) -> ElfFacts:
 # ABORT and HANG exist to test the fault paths; PARSE_ALL to compare our ParserConfig with a full parse.
 _OP_PARSE, _OP_ABORT, _OP_HANG, _OP_PARSE_ALL = 0, 1, 2, 3
 _OP_PARSE_DYNSYM = 4  # internal: a re-parse with LIEF reading .dynsym
-_DynsymAt = tuple[int, int, int, int, int]  # .dynsym offset, size, entry size; its string table offset, size
+_OP_STREAM = 5  # the file's bytes follow the request on the request pipe (see ElfSession.stream)
 _REQUEST = struct.Struct("<QBB")  # size, op, slot
 _LENGTH = struct.Struct("<I")
 _ET_NAMES: dict[int, ElfType] = {1: "rel", 2: "exec", 4: "core"}
@@ -325,11 +329,13 @@ _MUSL_VERSION = re.compile(rb"\0(\d+\.\d+\.\d+(?:[-_][0-9A-Za-z._+-]*)?)\0")
 
 
 class _Parser:
-    """Turns a slot's current content (a memfd) into plain tuples (picklable, LIEF-free)."""
+    """Turns a slot's current content (a memfd), or a file streamed after its request, into plain
+    tuples (picklable, LIEF-free)."""
 
-    def __init__(self, lief: Any, memfds: Sequence[int]) -> None:
+    def __init__(self, lief: Any, memfds: Sequence[int], requests: int) -> None:
         self.lief = lief
         self.memfds = memfds
+        self.requests = requests
         self.path = ""
         self.configs = {
             _OP_PARSE: _parser_config(lief, dynsym=False),
@@ -340,38 +346,51 @@ class _Parser:
         self.symtab = lief.ELF.Section.TYPE.SYMTAB
         self.dynsym = lief.ELF.Section.TYPE.DYNSYM
         self.pt_dynamic = lief.ELF.Segment.TYPE.DYNAMIC
+        self.pt_load = lief.ELF.Segment.TYPE.LOAD
         self.binary: Any = None
-        self.data: mmap.mmap | None = None
 
     def parse(self, size: int, op: int = _OP_PARSE, slot: int = 0) -> tuple[str, Any]:
         self.release()
-        memfd = self.memfds[slot]
-        self.path = f"/proc/self/fd/{memfd}"
-        self.data = mmap.mmap(memfd, size, prot=mmap.PROT_READ)
+        if op == _OP_STREAM:
+            return self.parse_stream(size)
+        self.path = f"/proc/self/fd/{self.memfds[slot]}"
         self.binary = self.lief.ELF.parse(self.path, self.configs[op])
         if self.binary is None:
             return "error", "not a valid ELF (LIEF could not parse it)"
-        return "ok", self.collect(self.binary, self.data, op)
+        return "ok", self.collect(self.binary, op)
+
+    def parse_stream(self, size: int) -> tuple[str, Any]:
+        """The file that follows the request on the request pipe, read by LIEF into the one copy it
+        keeps. There is no second parse to fall back on, so .dynsym is read by LIEF at once (it is only
+        used where the section headers do not locate the table, as with a slot)."""
+        source = _PipedFile(self.requests, size)
+        try:
+            self.binary = self.lief.ELF.parse(source, self.configs[_OP_PARSE_DYNSYM])
+        finally:
+            source.drain()  # whatever LIEF took, the next request starts after this file
+        if source.error is not None:
+            return "error", source.error
+        if self.binary is None:
+            return "error", "not a valid ELF (LIEF could not parse it)"
+        return "ok", self.collect(self.binary, _OP_PARSE_DYNSYM)
 
     def release(self) -> None:
         """Free the last file; called after its answer is sent, so the caller need not wait for
         LIEF's teardown."""
         self.binary = None
-        if self.data is not None:
-            self.data.close()
-            self.data = None
 
-    def collect(self, binary: Any, data: mmap.mmap, op: int) -> dict[str, Any]:
+    def collect(self, binary: Any, op: int) -> dict[str, Any]:
         facts = self.dynamic(binary)
         facts.update(self.versions(binary))
         facts.update(self.header(binary, facts))
         comment, rodata, dynsym = self.sections(binary, facts)
-        table = self.dynsym_table(binary, data, dynsym, facts, op)
+        table = self.dynsym_table(binary, dynsym, facts, op)
         versym = self.versym(binary, facts.pop("versym"), len(table.info), facts["endian"])
         imported, exported = _split_symbols(table, versym, frozenset(facts["version_defs"]))
         facts["static_pie"] = _static_pie(binary.header, facts, exported.names)
-        facts.update(_libc_facts(facts, data, rodata, exported.names))
-        facts["rust"] = _rust_facts(comment, data, rodata, facts)
+        areas = _Areas(rodata, binary, self.pt_load)
+        facts.update(_libc_facts(facts, areas, exported.names))
+        facts["rust"] = _rust_facts(comment, areas, facts)
         facts["symbols"] = _symbols_wire(imported, exported, facts.pop("version_names"))
         return facts
 
@@ -436,13 +455,11 @@ class _Parser:
         self.binary = self.lief.ELF.parse(self.path, self.configs[op])
         return self.binary
 
-    def dynsym_table(
-        self, binary: Any, data: mmap.mmap, dynsym: _DynsymAt | None, facts: dict[str, Any], op: int
-    ) -> _DynsymTable:
+    def dynsym_table(self, binary: Any, dynsym: _DynsymAt | None, facts: dict[str, Any], op: int) -> _DynsymTable:
         """The .dynsym columns: unpacked by us from the section, or read by LIEF when asked to, or
         when no usable section header says where the table is (LIEF then finds it through
         DT_SYMTAB and counts it with the hash tables)."""
-        table = _read_dynsym(data, dynsym, facts) if op == _OP_PARSE else None
+        table = _read_dynsym(dynsym, facts) if op != _OP_PARSE_ALL else None
         if table is not None:
             return table
         if op == _OP_PARSE:
@@ -470,9 +487,9 @@ class _Parser:
             table.byteswap()
         return table
 
-    def sections(self, binary: Any, facts: dict[str, Any]) -> tuple[bytes, tuple[int, int] | None, _DynsymAt | None]:
-        """Fill debug_bytes and stripped; return `.comment`, `.rodata` (offset, size) and where
-        .dynsym and its string table lie."""
+    def sections(self, binary: Any, facts: dict[str, Any]) -> tuple[bytes, memoryview | None, _DynsymAt | None]:
+        """Fill debug_bytes and stripped; return `.comment`, the content of `.rodata`, and .dynsym
+        with its string table (contents as LIEF holds them, so no copy of the file is needed)."""
         debug, symtab, comment, rodata, dynsym = 0, False, b"", None, None
         sections = binary.sections
         for section in sections:
@@ -483,13 +500,73 @@ class _Parser:
                 symtab = True
             elif kind is self.dynsym and dynsym is None and 0 < section.link < len(sections):
                 strtab = sections[section.link]
-                dynsym = (section.offset, section.size, section.entry_size, strtab.offset, strtab.size)
+                dynsym = _DynsymAt(section.content, section.size, section.entry_size, strtab.content, strtab.size)
             elif name == ".comment":
                 comment = bytes(section.content)
             elif name == ".rodata":
-                rodata = (section.offset, section.size)
+                rodata = section.content
         facts.update(debug_bytes=debug, stripped=not symtab)
         return comment, rodata, dynsym
+
+
+class _PipedFile(io.RawIOBase):
+    """The `size` bytes that follow a stream request on the request pipe, as the seekable file
+    LIEF's parse takes. LIEF 1.0 sizes a buffer of its own by seeking to the end, then fills it
+    with one readinto from the start: the bytes go from the pipe straight into that buffer, the
+    only copy of the file anywhere. Any other order of reads is refused (the parse then fails)
+    rather than served from a second copy. The file is checked like a slot's (`_precheck`) once
+    it is whole, while the buffer is still LIEF's to give."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.size = size
+        self.left = size  # not yet taken from the pipe
+        self.pos = 0
+        self.error: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.pos != 0 or self.left != self.size or len(view) < self.size:
+            self.error = "not a valid ELF (parser read it in an unexpected order)"
+            return 0
+        _read_into(self.fd, view[: self.size])
+        self.left = 0
+        self.error = _precheck(view[: self.size], self.size)
+        if self.error is not None:
+            return 0  # LIEF gives up on an empty read
+        self.pos = self.size
+        return self.size
+
+    def drain(self) -> None:
+        """Take what LIEF did not, so the next request is read from its start."""
+        scrap = bytearray(min(self.left, 1 << 20))
+        while self.left:
+            self.left -= _read_into(self.fd, memoryview(scrap)[: min(self.left, len(scrap))])
+
+
+def _read_into(fd: int, view: memoryview) -> int:
+    """Fill `view` from `fd` (a pipe gives at most its capacity per read)."""
+    got = 0
+    while got < len(view):
+        count = os.readv(fd, [view[got:]])
+        if not count:
+            raise EOFError("the caller closed the request pipe mid-file")
+        got += count
+    return got
 
 
 def _parser_config(lief: Any, dynsym: bool) -> Any:
@@ -538,6 +615,17 @@ class _Names:
         return self.strtab[offset : end if end >= 0 else None].decode("utf-8", "surrogateescape")
 
 
+class _DynsymAt(NamedTuple):
+    """.dynsym and its string table as their section headers give them (a content shorter than
+    the size means the section lies outside the file)."""
+
+    content: memoryview
+    size: int
+    entsize: int
+    strtab: memoryview
+    strtab_size: int
+
+
 class _DynsymTable(NamedTuple):
     """.dynsym as columns: st_name, st_info (one byte each), st_shndx, and the names' resolver."""
 
@@ -560,24 +648,23 @@ _NONLOCAL = bytes(int(info >> 4 != _STB_LOCAL) for info in range(256))
 _WEAK = bytes(int(info >> 4 == _STB_WEAK) for info in range(256))
 
 
-def _read_dynsym(data: mmap.mmap, dynsym: _DynsymAt | None, facts: dict[str, Any]) -> _DynsymTable | None:
-    """The columns of .dynsym, sliced in bulk from the table the section headers point at (an
-    object per symbol would cost more than the rest of the parse); None (LIEF then reads it) when
-    they are absent or odd."""
+def _read_dynsym(dynsym: _DynsymAt | None, facts: dict[str, Any]) -> _DynsymTable | None:
+    """The columns of .dynsym, sliced in bulk from the section's content (an object per symbol
+    would cost more than the rest of the parse); None (LIEF then reads it) when the section is
+    absent or odd, or lies (in part) outside the file."""
     if dynsym is None:
         return None
-    offset, size, entsize, str_offset, str_size = dynsym
     is64 = facts["elf_class"] == 64
-    if entsize != (24 if is64 else 16) or size % entsize:
+    if dynsym.entsize != (24 if is64 else 16) or dynsym.size % dynsym.entsize:
         return None
-    if offset + size > len(data) or str_offset + str_size > len(data):
+    if len(dynsym.content) != dynsym.size or len(dynsym.strtab) != dynsym.strtab_size:
         return None
-    raw = data[offset : offset + size]
+    raw = bytes(dynsym.content)
     words, halves = array.array("I", raw), array.array("H", raw)
     if facts["endian"] != sys.byteorder:
         words.byteswap()
         halves.byteswap()
-    strtab = _Names(data[str_offset : str_offset + str_size])
+    strtab = _Names(bytes(dynsym.strtab))
     if is64:  # Elf64_Sym: st_name u32 @0, st_info u8 @4, st_shndx u16 @6, 24 bytes
         return _DynsymTable(words[0::6], raw[4::24], halves[3::12], strtab)
     return _DynsymTable(words[0::4], raw[12::16], halves[7::8], strtab)  # Elf32_Sym: @0, @12, @14, 16 bytes
@@ -653,19 +740,52 @@ def _static_pie(header: Any, facts: dict[str, Any], exported: list[str]) -> bool
     return pie_flag or (facts["soname"] is None and header.entrypoint != 0 and not exported)
 
 
-def _libc_facts(
-    facts: dict[str, Any], data: mmap.mmap, rodata: tuple[int, int] | None, exported: list[str]
-) -> dict[str, Any]:
-    libc = _libc_family(facts, data, rodata, exported)
+class _Areas:
+    """Where text markers are searched: `.rodata`; in a file without one, every section (an object
+    file), or every loaded segment when there are no section headers either. The contents are
+    LIEF's, searched in place with `re` (a memoryview has no find): the worker holds no copy of the
+    file besides LIEF's."""
+
+    def __init__(self, rodata: memoryview | None, binary: Any, pt_load: Any) -> None:
+        self.rodata = rodata
+        self.binary = binary
+        self.pt_load = pt_load
+
+    def __iter__(self) -> Iterator[memoryview]:
+        if self.rodata is not None:
+            yield self.rodata
+            return
+        sections = self.binary.sections
+        if len(sections):
+            yield from (section.content for section in sections)
+            return
+        for segment in self.binary.segments:
+            if segment.type is self.pt_load:
+                yield segment.content
+
+
+@functools.lru_cache(maxsize=64)
+def _literal(needle: bytes) -> re.Pattern[bytes]:
+    return re.compile(re.escape(needle))
+
+
+def _find(area: memoryview, needle: bytes, start: int = 0, end: int = sys.maxsize) -> int:
+    """bytes.find for a memoryview."""
+    match = _literal(needle).search(area, start, end)
+    return match.start() if match else -1
+
+
+def _libc_facts(facts: dict[str, Any], areas: _Areas, exported: list[str]) -> dict[str, Any]:
+    libc = _libc_family(facts, areas, exported)
     banner, version = None, None
     if libc == "glibc" and facts["soname"] == "libc.so.6":
-        banner, version = _glibc_banner(data, facts["version_defs"])
+        banner, version = _glibc_banner(areas, facts["version_defs"])
     elif libc == "musl" and _is_musl_libc(facts):
-        banner, version = _musl_banner(data, rodata)
+        banner, version = _musl_banner(areas)
     return {"libc": libc, "banner": banner, "libc_version": version}
 
 
-def _libc_family(facts: dict[str, Any], data: mmap.mmap, rodata: tuple[int, int] | None, exported: list[str]) -> Libc:
+def _libc_family(facts: dict[str, Any], areas: _Areas, exported: list[str]) -> Libc:
     """Which libc the file is built for, from the loader it names, then what it needs, then markers
     left in static programs and in libc itself."""
     interp, needed, soname = facts["interpreter"] or "", facts["needed"], facts["soname"] or ""
@@ -679,16 +799,15 @@ def _libc_family(facts: dict[str, Any], data: mmap.mmap, rodata: tuple[int, int]
         return "unknown"
     if facts["elf_type"] == "dyn" and "__libc_start_main" not in exported:
         return "none"  # a library that needs nothing (libicudata) and is no libc: not worth a search
-    return _static_libc(data, rodata)
+    return _static_libc(areas)
 
 
-def _static_libc(data: mmap.mmap, rodata: tuple[int, int] | None) -> Libc:
-    """Markers in .rodata (the whole file without section headers): a static Go program of 50 MB
-    would otherwise cost three full searches."""
-    start, end = (rodata[0], rodata[0] + rodata[1]) if rodata else (0, len(data))
-    if data.find(_GLIBC_MARKER, start, end) >= 0:
+def _static_libc(areas: _Areas) -> Libc:
+    """Markers in .rodata (the loaded segments without section headers): a static Go program of
+    50 MB would otherwise cost three full searches."""
+    if any(_find(area, _GLIBC_MARKER) >= 0 for area in areas):
         return "glibc"
-    if any(data.find(marker, start, end) >= 0 for marker in _MUSL_MARKERS):
+    if any(_find(area, marker) >= 0 for area in areas for marker in _MUSL_MARKERS):
         return "musl"
     return "none"
 
@@ -698,8 +817,8 @@ def _is_musl_libc(facts: dict[str, Any]) -> bool:
     return facts["elf_type"] == "dyn" and not facts["needed"] and facts["interpreter"] is None
 
 
-def _glibc_banner(data: mmap.mmap, version_defs: Iterable[str]) -> tuple[str | None, str | None]:
-    banner = _line_at(data, data.find(b"GNU C Library"))
+def _glibc_banner(areas: _Areas, version_defs: Iterable[str]) -> tuple[str | None, str | None]:
+    banner = next(filter(None, (_line_at(area, _find(area, b"GNU C Library")) for area in areas)), None)
     match = _GLIBC_RELEASE.search(banner.encode()) if banner else None
     if match:
         return banner, match.group(1).decode()
@@ -707,23 +826,24 @@ def _glibc_banner(data: mmap.mmap, version_defs: Iterable[str]) -> tuple[str | N
     return banner, max(glibc, key=_version_key, default=None)
 
 
-def _musl_banner(data: mmap.mmap, rodata: tuple[int, int] | None) -> tuple[str | None, str | None]:
+def _musl_banner(areas: _Areas) -> tuple[str | None, str | None]:
     """The banner the loader prints when run without arguments ("musl libc (x86_64)"), and the version."""
-    start, end = (rodata[0], rodata[0] + rodata[1]) if rodata else (0, len(data))
-    at = data.find(b"musl libc (", start, end)
-    if at < 0:
-        return None, None
-    close = data.find(b")", at, at + 64)
-    banner = data[at : close + 1].decode("ascii", "replace") if close > 0 else None
-    match = _MUSL_VERSION.search(data, start, end)
-    return banner, match.group(1).decode("ascii") if match else None
+    for area in areas:
+        at = _find(area, b"musl libc (")
+        if at < 0:
+            continue
+        close = _find(area, b")", at, at + 64)
+        banner = bytes(area[at : close + 1]).decode("ascii", "replace") if close > 0 else None
+        match = _MUSL_VERSION.search(area)
+        return banner, bytes(match.group(1)).decode("ascii") if match else None
+    return None, None
 
 
-def _line_at(data: mmap.mmap, start: int) -> str | None:
+def _line_at(area: memoryview, start: int) -> str | None:
     """The text line starting at `start` (up to a newline or NUL, at most 256 bytes)."""
     if start < 0:
         return None
-    line = data[start : start + 256].split(b"\0", 1)[0].split(b"\n", 1)[0]
+    line = bytes(area[start : start + 256]).split(b"\0", 1)[0].split(b"\n", 1)[0]
     return line.decode("utf-8", "replace").rstrip(". ")
 
 
@@ -732,16 +852,16 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 
 def _rust_facts(
-    comment: bytes, data: mmap.mmap, rodata: tuple[int, int] | None, facts: dict[str, Any]
+    comment: bytes, areas: _Areas, facts: dict[str, Any]
 ) -> tuple[str | None, str | None, str | None, tuple[str, str | None, str] | None] | None:
     match = _RUSTC_VERSION.search(comment)
     if not (match or _may_hide_rust(comment, facts)):
         return None
     version = match.group(1).decode("ascii", "replace") if match else None
-    commit = _rustc_commit(data, rodata)
+    commit = _rustc_commit(areas)
     if version is None and commit is None:
         return None
-    return version, commit, _rust_target(facts), _rust_tls(data, rodata)
+    return version, commit, _rust_target(facts), _rust_tls(areas)
 
 
 def _may_hide_rust(comment: bytes, facts: dict[str, Any]) -> bool:
@@ -752,50 +872,54 @@ def _may_hide_rust(comment: bytes, facts: dict[str, Any]) -> bool:
     return not comment and facts["elf_type"] != "dyn"
 
 
-def _rustc_commit(data: mmap.mmap, rodata: tuple[int, int] | None) -> str | None:
+def _rustc_commit(areas: _Areas) -> str | None:
     """The first `/rustc/<40 hex>/` path: std's panic locations keep it in .rodata even when the
-    binary is stripped. Without section headers the whole file is searched."""
-    start, end = (rodata[0], rodata[0] + rodata[1]) if rodata else (0, len(data))
-    for _ in range(64):  # bounded: a hostile file may hold "/rustc/" everywhere
-        hit = data.find(b"/rustc/", start, end)
-        if hit < 0:
-            return None
-        tail = data[hit + 7 : hit + 48]
-        if _HEX40.fullmatch(tail):
-            return tail[:40].decode("ascii")
-        start = hit + 7
+    binary is stripped."""
+    for area in areas:
+        start = 0
+        for _ in range(64):  # bounded: a hostile file may hold "/rustc/" everywhere
+            hit = _find(area, b"/rustc/", start)
+            if hit < 0:
+                break
+            tail = area[hit + 7 : hit + 48]
+            if _HEX40.fullmatch(tail):
+                return bytes(tail[:40]).decode("ascii")
+            start = hit + 7
     return None
 
 
-def _rust_tls(data: mmap.mmap, rodata: tuple[int, int] | None) -> tuple[str, str | None, str] | None:
+def _rust_tls(areas: _Areas) -> tuple[str, str | None, str] | None:
     """rustls or rust-openssl, by the source paths of their panic locations (cargo builds a crate in
     `<registry>/NAME-VERSION/src/`, a vendored tree in `vendor/NAME/src/`), and whether root
     certificates are compiled in: the webpki-roots crate has no panic location of its own, but its
     table holds the roots' subject names."""
-    start, end = (rodata[0], rodata[0] + rodata[1]) if rodata else (0, len(data))
     for library in ("rustls", "openssl"):
-        found, version = _crate(data, start, end, library)
-        if found:
-            embedded = _crate(data, start, end, "webpki-roots")[0] or any(
-                data.find(name, start, end) >= 0 for name in _EMBEDDED_ROOTS)
-            return library, version, "embedded" if embedded else "system"
+        for area in areas:
+            found, version = _crate(area, library)
+            if found:
+                return library, version, "embedded" if _has_roots(areas) else "system"
     return None
 
 
-def _crate(data: mmap.mmap, start: int, end: int, name: str) -> tuple[bool, str | None]:
-    """Whether a crate's sources appear in [start, end), and its version when a registry path says it.
+def _has_roots(areas: _Areas) -> bool:
+    return any(_crate(area, "webpki-roots")[0] or any(_find(area, name) >= 0 for name in _EMBEDDED_ROOTS)
+               for area in areas)
+
+
+def _crate(area: memoryview, name: str) -> tuple[bool, str | None]:
+    """Whether a crate's sources appear in `area`, and its version when a registry path says it.
     `/rustls-` also starts rustls-webpki and rustls-pki-types: only a digit after the dash is a version."""
-    if data.find(b"/vendor/%s/src/" % name.encode(), start, end) >= 0:
+    if _find(area, b"/vendor/%s/src/" % name.encode()) >= 0:
         return True, None
     needle = b"/%s-" % name.encode()
-    at = start
+    at = 0
     for _ in range(64):  # bounded: a hostile file may repeat the prefix everywhere
-        hit = data.find(needle, at, end)
+        hit = _find(area, needle, at)
         if hit < 0:
             return False, None
-        match = _CRATE_VERSION.match(data[hit + len(needle) : hit + len(needle) + 64])
+        match = _CRATE_VERSION.match(area[hit + len(needle) : hit + len(needle) + 64])
         if match:
-            return True, match.group(1).decode("ascii")
+            return True, bytes(match.group(1)).decode("ascii")
         at = hit + len(needle)
     return False, None
 
@@ -821,7 +945,7 @@ def _serve(argv: list[str]) -> None:
         import lief
 
         lief.logging.disable()  # "Can't access the content of section #N" (RELIABILITY item 94)
-        parser = _Parser(lief, memfds)
+        parser = _Parser(lief, memfds, requests)
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         limit = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))  # a blow-up fails here, not the host
@@ -867,7 +991,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 def _parse_guarded(parser: _Parser, size: int, op: int, slot: int, memory_limit: int) -> tuple[str, Any]:
-    if slot >= len(parser.memfds):
+    if slot >= len(parser.memfds) and op != _OP_STREAM:
         return "error", f"no slot {slot}"
     try:
         return parser.parse(size, op, slot)
@@ -960,7 +1084,10 @@ class _Channel:
         """Have the file in `slot` parsed, return the worker's (status, payload); a dead or stuck
         worker becomes an ("error", why) answer and is replaced on the next call."""
         self.check_owner()
-        worker = self.send_request(size, op, slot)
+        return self.answer(self.send_request(size, op, slot))
+
+    def answer(self, worker: _Worker) -> tuple[str, Any]:
+        """The worker's reply to the request just sent (see exchange)."""
         try:
             reply = _receive(worker.results, time.monotonic() + self.timeout)
         except _WorkerTimeout:
@@ -971,6 +1098,17 @@ class _Channel:
             return self.failed(f"parser reply malformed ({err})")
         self.crashes = 0
         return reply
+
+    def send_piece(self, worker: _Worker, view: memoryview) -> None:
+        """Part of a streamed file (_OP_STREAM). The worker takes it at once unless it is stuck:
+        waiting is bounded by the timeout (the pipe is non-blocking on this side)."""
+        poller = select.poll()
+        poller.register(worker.requests, select.POLLOUT)
+        while view:
+            if not poller.poll(self.timeout * 1000):
+                raise _WorkerTimeout
+            with contextlib.suppress(BlockingIOError):
+                view = view[os.write(worker.requests, view) :]
 
     def failed(self, why: str) -> tuple[str, str]:
         self.drop_worker()
@@ -1006,6 +1144,9 @@ class _Channel:
         finally:
             os.close(requests_r)
             os.close(results_w)
+        os.set_blocking(requests_w, False)  # see send_piece
+        with contextlib.suppress(OSError):  # fewer wake-ups per streamed file; the default 64 KiB also works
+            fcntl.fcntl(requests_w, fcntl.F_SETPIPE_SZ, _STREAM_PIPE_BYTES)
         self.worker = _Worker(proc, requests_w, io.FileIO(results_r, "rb"))
         self.await_ready(self.worker)
         return self.worker
@@ -1112,6 +1253,9 @@ class ElfReader:
                 # session may be writing the other one)
                 self._channel.drop_worker()
                 raise
+            finally:
+                if load and len(data) > _SLOT_KEEP:
+                    _empty(self._channel.slot(slot))
         if status == "ok" and isinstance(payload, dict):
             with _gc_paused():
                 return _facts_from_plain(data, payload)
@@ -1121,6 +1265,11 @@ class ElfReader:
 # A slot that held a file this big is emptied once it is parsed, rather than holding its memory until
 # the next file; smaller ones keep their pages, which the next file reuses (SLOTS x this at most).
 _SLOT_KEEP = 4 << 20
+
+
+def _empty(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
 
 
 def _write_slot(fd: int, data: _Bytes) -> None:
@@ -1140,6 +1289,7 @@ class ElfSession:
         self.reader = reader
         self._free = list(range(SLOTS))[::-1]
         self._cond = threading.Condition()
+        self._stream: ElfStream | None = None
 
     def upload(self, size: int) -> ElfUpload:
         """A slot sized for a file of `size` bytes (at least 1), to fill with ElfUpload.write."""
@@ -1159,14 +1309,29 @@ class ElfSession:
 
     def release(self, slot: int, size: int) -> None:
         if size > _SLOT_KEEP:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.reader._channel.slot(slot), 0)
+            _empty(self.reader._channel.slot(slot))
         with self._cond:
             self._free.append(slot)
             self._cond.notify()
 
+    def stream(self, size: int) -> ElfStream:
+        """A file of `size` bytes written straight into the worker as it is read, with no slot: LIEF's
+        buffer is then its only copy (a slot's file is held twice, in the slot and in LIEF). The
+        worker parses it as it arrives, so it must be idle: no upload of this session may be waiting
+        for its facts. The reader is held until the stream's `facts()` (from any thread) or `discard()`."""
+        self.reader._lock.acquire()
+        with self._cond:  # the pages small files left in the idle slots are not needed while LIEF holds this one
+            for slot in self._free:
+                _empty(self.reader._channel.slot(slot))
+        self._stream = ElfStream(self.reader, size)
+        return self._stream
+
     def close(self) -> None:
-        """Give the reader back to the shared pool (when it came from there)."""
+        """Give the reader back to the shared pool (when it came from there), with no stream open:
+        one whose facts were never asked for (a scan cut short) gives the reader up now."""
+        if self._stream is not None:
+            self._stream.discard()
+            self._stream = None
         _give_back(self.reader)
 
 
@@ -1206,6 +1371,82 @@ class ElfUpload:
         if not self._released:
             self._released = True
             self.session.release(self.slot, self.size)
+
+
+class ElfStream:
+    """One file streamed to the worker (ElfSession.stream): `write` its bytes in order, then
+    `facts()` once (or `discard()`). A worker that dies or stalls mid-file fails this file only:
+    the rest of its bytes are counted and dropped, and the next file gets a new worker."""
+
+    def __init__(self, reader: ElfReader, size: int) -> None:
+        self.reader = reader
+        self.size = size
+        self.written = 0
+        self.head = bytearray()  # enough of the file for its error facts (_ident)
+        self.worker: _Worker | None = None
+        self.error: str | None = None
+        self._released = False
+        channel = reader._channel
+        try:
+            channel.check_owner()
+            if channel.crashes >= MAX_CONSECUTIVE_CRASHES:
+                self.error = f"parser disabled after {MAX_CONSECUTIVE_CRASHES} failures in a row"
+            else:
+                reader.requests += 1
+                self.worker = channel.send_request(size, _OP_STREAM, 0)
+        except BaseException:
+            self.discard()
+            raise
+
+    def write(self, piece: bytes | memoryview) -> None:
+        view = memoryview(piece)
+        if len(self.head) < _HEAD_BYTES:
+            self.head += view[: _HEAD_BYTES - len(self.head)]
+        self.written += len(view)
+        if self.written > self.size:
+            raise ValueError(f"stream of {self.size} bytes got {self.written}")
+        if self.worker is None:
+            return  # failed already: the caller reads the file to its end all the same
+        channel = self.reader._channel
+        try:
+            channel.send_piece(self.worker, view)
+        except _WorkerTimeout:
+            self.worker = None
+            self.error = channel.failed(f"parser timed out after {channel.timeout:g} s")[1]
+        except OSError:  # EPIPE: the worker died taking this file
+            self.worker = None
+            self.error = channel.failed(_death_message(channel.drop_worker()))[1]
+
+    def facts(self) -> ElfFacts:
+        """The file's facts, as ElfReader.read gives them; gives the reader up."""
+        try:
+            if self.written != self.size:
+                raise ValueError(f"stream of {self.size} bytes got {self.written}")
+            if self.worker is None:
+                status, payload = "error", self.error
+            else:
+                status, payload = self.reader._channel.answer(self.worker)
+                self.worker = None
+        finally:
+            self.discard()
+        if status == "ok" and isinstance(payload, dict):
+            with _gc_paused():
+                return _facts_from_plain(self.head, payload)
+        return _error_facts(self.head, str(payload))
+
+    def discard(self) -> None:
+        """Give the reader up; a worker still waiting for bytes of this file is killed."""
+        if self._released:
+            return
+        self._released = True
+        if self.worker is not None:
+            self.reader._channel.drop_worker()
+            self.worker = None
+        self.reader._lock.release()
+
+
+# The ELF header and a 64-bit file's first program header: what _ident and _precheck read first.
+_HEAD_BYTES = 120
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ class _Decompressor(Protocol):
     def decompress(self, data: bytes | memoryview, /) -> bytes: ...
 
 if TYPE_CHECKING:
-    from imgaudit.elf import ElfFacts, ElfSession, ElfUpload
+    from imgaudit.elf import ElfFacts, ElfSession, ElfStream, ElfUpload
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -540,9 +540,22 @@ class _Offload:
     def upload(self, reader: StreamingElfReader, size: int) -> ElfUpload:
         """A slot of the scan's parser session to write a file of `size` bytes into (waits while
         the parser holds them all); hand it to `parse_upload`, or `discard` it."""
+        return self._session(reader).upload(size)
+
+    def stream(self, reader: StreamingElfReader, size: int) -> ElfStream | None:
+        """For a file above the ELF byte budget (reserved: the parser is idle), a stream straight into the
+        parser, so that LIEF's copy is the only one; None when a file of this size went to the parser
+        before: it may be a copy, recognised by its digest only once it is read whole, so it takes a slot.
+        Hand the stream to `parse_stream`, or `discard` it."""
+        session = self._session(reader)
+        if _ELF_SEEN.size_seen(session.reader, size):
+            return None
+        return session.stream(size)
+
+    def _session(self, reader: StreamingElfReader) -> ElfSession:
         if self._elf_session is None:
             self._elf_session = reader.session()
-        return self._elf_session.upload(size)
+        return self._elf_session
 
     def parse_upload(self, upload: ElfUpload, content: hashlib._Hash | None = None) -> Future[ElfFacts]:
         """Like parse, for a filled upload (its slot is freed once it is parsed). A file whose content
@@ -554,6 +567,21 @@ class _Offload:
         except BaseException:
             upload.discard()
             raise
+
+    def parse_stream(self, stream: ElfStream, content: hashlib._Hash | None = None) -> Future[ElfFacts]:
+        """The facts of a fully written stream, kept for its copies like parse_upload's. The file's bytes
+        are in the parser now, not in this process: its reservation is released at once."""
+        try:
+            future = self._submit(0, self._streamed, stream, content, self._hashed())
+        except BaseException:
+            stream.discard()
+            raise
+        _ELF_BUDGET.release(stream.size)
+        return future
+
+    def _streamed(self, stream: ElfStream, content: hashlib._Hash | None, hashed: Future[None] | None) -> ElfFacts:
+        facts = stream.facts()
+        return _ELF_SEEN.keep(stream.reader, self._digest(content, hashed), facts)
 
     def _hashed(self) -> Future[None] | None:
         """A future done once every `update` so far has been applied (hashing runs in order, on one thread)."""
@@ -1102,13 +1130,22 @@ class _Walker:
 
     def _stream_elf(self, reader: LayerStream, elf_reader: StreamingElfReader, size: int,
                     h: hashlib._Hash | None) -> Future[ElfFacts]:
-        """Writes a member into a parser slot as it is inflated (the process never holds it whole),
-        hashing the same pieces; the parse then takes over the slot and the budget reservation."""
-        upload = self.offload.upload(elf_reader, size)
+        """Writes a member to the parser as it is inflated (the process never holds it whole), hashing
+        the same pieces: into a slot, or, above the ELF byte budget, straight into the parser; the parse
+        then takes over the slot or stream and the budget reservation."""
+        stream = self.offload.stream(elf_reader, size) if size > _ELF_BUDGET.cap else None
+        if stream is None:
+            upload = self.offload.upload(elf_reader, size)
+            self._fill(reader, size, upload, h)
+            return self.offload.parse_upload(upload, h)
+        self._fill(reader, size, stream, h)
+        return self.offload.parse_stream(stream, h)
+
+    def _fill(self, reader: LayerStream, size: int, target: ElfUpload | ElfStream, h: hashlib._Hash | None) -> None:
         offload = self.offload
 
         def sink(view: memoryview) -> None:
-            upload.write(view)
+            target.write(view)
             if h is not None:
                 offload.update(h, view)
 
@@ -1116,9 +1153,8 @@ class _Walker:
             if reader.consume(size, sink) != size:
                 raise tarfile.ReadError("unexpected end of data")
         except BaseException:
-            upload.discard()
+            target.discard()
             raise
-        return self.offload.parse_upload(upload, h)
 
     def finish(self) -> None:
         """Fills in the digests and ELF facts the helper threads produced."""
