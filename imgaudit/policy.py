@@ -26,6 +26,7 @@ else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
 from imgaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from imgaudit.render.text import human
 from imgaudit.report import Finding, Report, Severity, SizeInfo
+from imgaudit.rules import rule as catalogued
 
 
 class FailOn(str, Enum):
@@ -291,12 +292,11 @@ def user_wasted_ratio(size: SizeInfo) -> float:
     return 0.0 if size.wasted_bytes == 0 else math.inf
 
 
-def _over(rule: str, what: str, actual: int, limit: int | None, option: str) -> Finding | None:
+def _over(rule: str, what: str, actual: int, limit: int | None) -> Finding | None:
     if limit is None or actual <= limit:
         return None
     return Finding(rule, Severity.ERROR, f"{what} is {human(actual)} ({actual} bytes), over the budget of "
-                   f"{human(limit)} ({limit} bytes)", bytes=actual - limit,
-                   fix=f"shrink the image (see the size findings), or raise `{option}`")
+                   f"{human(limit)} ({limit} bytes)", bytes=actual - limit, fix=catalogued(rule).fix)
 
 
 def _ratio(value: float) -> str:
@@ -306,31 +306,25 @@ def _ratio(value: float) -> str:
 def budget_findings(size: SizeInfo, budgets: Budgets) -> list[Finding]:
     """One error finding per budget the image breaks; equal to the limit passes, as in dive."""
     found = [
-        _over("budget-size", "the image (all layers, uncompressed)", size.uncompressed_bytes, budgets.max_size,
-              "--max-size"),
-        _over("budget-compressed-size", "the compressed image", size.compressed_bytes, budgets.max_compressed_size,
-              "--max-compressed-size"),
-        _over("budget-wasted", "wasted space (dive's definition)", size.wasted_bytes, budgets.max_wasted,
-              "--max-wasted"),
+        _over("budget-size", "the image (all layers, uncompressed)", size.uncompressed_bytes, budgets.max_size),
+        _over("budget-compressed-size", "the compressed image", size.compressed_bytes, budgets.max_compressed_size),
+        _over("budget-wasted", "wasted space (dive's definition)", size.wasted_bytes, budgets.max_wasted),
         _over("budget-reclaimable", "reclaimable space (hidden by later layers)", size.reclaimable_bytes,
-              budgets.max_reclaimable, "--max-reclaimable"),
+              budgets.max_reclaimable),
     ]
     layers = len(size.layers)
     if budgets.max_layers is not None and layers > budgets.max_layers:
         found.append(Finding("budget-layers", Severity.ERROR, f"the image has {layers} layers, over the budget of "
-                             f"{budgets.max_layers}", fix="merge RUN steps or use a multi-stage build, or raise "
-                             "`--max-layers`"))
+                             f"{budgets.max_layers}", fix=catalogued("budget-layers").fix))
     if budgets.min_efficiency is not None and size.efficiency < budgets.min_efficiency:
         found.append(Finding("budget-efficiency", Severity.ERROR, f"efficiency is {_ratio(size.efficiency)}, "
                              f"under the minimum of {_ratio(budgets.min_efficiency)}",
-                             fix="stop rewriting and deleting files across layers, or lower `--min-efficiency`",
-                             bytes=size.wasted_bytes))
+                             fix=catalogued("budget-efficiency").fix, bytes=size.wasted_bytes))
     ratio = user_wasted_ratio(size)
     if budgets.max_user_wasted is not None and ratio > budgets.max_user_wasted:
         found.append(Finding("budget-user-wasted", Severity.ERROR, f"wasted space is {_ratio(ratio)} of the bytes "
                              f"added after the base layer, over the maximum of {_ratio(budgets.max_user_wasted)}",
-                             fix="stop rewriting and deleting files across layers, or raise "
-                             "`--max-user-wasted`", bytes=size.wasted_bytes))
+                             fix=catalogued("budget-user-wasted").fix, bytes=size.wasted_bytes))
     return [f for f in found if f is not None]
 
 

@@ -173,8 +173,10 @@ RULES: tuple[Rule, ...] = (
        "Build in a separate stage; in the runtime stage install the runtime packages, not the `-dev` ones."),
     _r("docs-man-locales", Z, W, "Documentation, man pages or translations in the image",
        "/usr/share/doc, man, info, locale: nothing in a container reads them.", None,
-       "Debian: dpkg `path-exclude` rules in /etc/dpkg/dpkg.cfg.d/ before installing (keep copyright files); "
-       "Alpine: skip `*-doc` packages; else remove them in the same RUN."),
+       "Debian/Ubuntu: before installing, add `path-exclude=/usr/share/doc/*`, "
+       "`path-include=/usr/share/doc/*/copyright`, `path-exclude=/usr/share/man/*` and "
+       "`path-exclude=/usr/share/locale/*` to /etc/dpkg/dpkg.cfg.d/excludes; Alpine: do not install `*-doc` "
+       "packages; else `rm -rf` them in the same RUN (keep licence files)."),
     _r("unstripped-elf", Z, W, "ELF files carrying debug information",
        "Debug sections (.debug_*) in shipped binaries and libraries: useful to a debugger, dead weight in an image.",
        None, "Rust: `[profile.release] strip = true` (or `debug = false`); C/C++: link with -s or "

@@ -16,11 +16,10 @@ from imgaudit.layers import LayerScan
 from imgaudit.render.text import human
 from imgaudit.report import Finding, Severity
 from imgaudit.rootfs import Node, RootFS
+from imgaudit.rules import rule as catalogued
 
 if TYPE_CHECKING:
     from imgaudit.checks.size import DirTotal, SizeFacts
-
-DIFFERENT_STAGE = "build in a separate stage and COPY only the result into the runtime image (multi-stage build)"
 
 
 @dataclass(frozen=True)
@@ -36,26 +35,19 @@ class Leftover:
     rule: str
     what: str
     pattern: re.Pattern[str]  # matches the directory (a prefix of the files it holds)
-    fix: str
 
 
 _HOME = r"(?:/root|/home/[^/]+|/usr/local/share)"
 LEFTOVERS: tuple[Leftover, ...] = (
-    Leftover("apt-lists", "apt package lists", re.compile(r"^/var/lib/apt/lists$"),
-             "`rm -rf /var/lib/apt/lists/*` in the same RUN as `apt-get install`"),
-    Leftover("apt-archives", "apt's downloaded .deb files and package caches", re.compile(r"^/var/cache/apt$"),
-             "`apt-get clean` in the same RUN as `apt-get install` (or a `--mount=type=cache` for /var/cache/apt)"),
-    Leftover("apk-cache", "the apk package cache", re.compile(r"^/(?:var/cache/apk|etc/apk/cache)$"),
-             "`apk add --no-cache …` (or `rm -rf /var/cache/apk/*` in the same RUN)"),
-    Leftover("pip-cache", "the pip download cache", re.compile(rf"^{_HOME}/\.cache/pip$"),
-             "`pip install --no-cache-dir …` (or `ENV PIP_NO_CACHE_DIR=1`, or a `--mount=type=cache`)"),
-    Leftover("npm-cache", "the npm/yarn cache", re.compile(rf"^{_HOME}/(?:\.npm|\.cache/yarn)$"),
-             "`npm ci && npm cache clean --force` in one RUN (or a `--mount=type=cache,target=/root/.npm`)"),
+    Leftover("apt-lists", "apt package lists", re.compile(r"^/var/lib/apt/lists$")),
+    Leftover("apt-archives", "apt's downloaded .deb files and package caches", re.compile(r"^/var/cache/apt$")),
+    Leftover("apk-cache", "the apk package cache", re.compile(r"^/(?:var/cache/apk|etc/apk/cache)$")),
+    Leftover("pip-cache", "the pip download cache", re.compile(rf"^{_HOME}/\.cache/pip$")),
+    Leftover("npm-cache", "the npm/yarn cache", re.compile(rf"^{_HOME}/(?:\.npm|\.cache/yarn)$")),
     Leftover("cargo-registry", "the Cargo registry and git checkouts",
-             re.compile(rf"^(?:{_HOME}/\.cargo|/usr/local/cargo)/(?:registry|git)$"),
-             DIFFERENT_STAGE + "; or a `--mount=type=cache` for the registry"),
+             re.compile(rf"^(?:{_HOME}/\.cargo|/usr/local/cargo)/(?:registry|git)$")),
     Leftover("go-cache", "the Go build and module caches",
-             re.compile(rf"^(?:{_HOME}/\.cache/go-build|{_HOME}/go/pkg/mod|/go/pkg/mod)$"), DIFFERENT_STAGE),
+             re.compile(rf"^(?:{_HOME}/\.cache/go-build|{_HOME}/go/pkg/mod|/go/pkg/mod)$")),
 )
 
 DOCS = re.compile(r"^/usr/(?:local/)?share/(?:doc|man|info|locale|gtk-doc|help)$")
@@ -100,10 +92,11 @@ def _severity(size: int, limits: Thresholds) -> Severity:
     return Severity.WARNING if size >= limits.warn else Severity.INFO
 
 
-def _finding(rule: str, path: str, size: int, layer: int | None, message: str, fix: str,
-             limits: Thresholds) -> Finding:
+def _finding(rule: str, path: str, size: int, layer: int | None, message: str, limits: Thresholds,
+             fix: str | None = None) -> Finding:
+    """`fix` only for advice built for this finding; else the rule catalogue's, which the docs show too."""
     return Finding(rule, _severity(size, limits), f"{message} ({human(size)})", path=path,
-                   layer=max(layer, 0) if layer is not None else None, fix=fix, bytes=size)
+                   layer=max(layer, 0) if layer is not None else None, fix=fix or catalogued(rule).fix, bytes=size)
 
 
 def _outermost(paths: Iterable[str]) -> list[str]:
@@ -120,7 +113,7 @@ def leftovers(totals: dict[str, DirTotal], limits: Thresholds) -> Iterator[Findi
         for path in _outermost(p for p in totals if rule.pattern.match(p)):
             d = totals[path]
             yield _finding(rule.rule, path, d.bytes, d.layer, f"{rule.what} left in the image, {_files(d.files)}",
-                           rule.fix, limits)
+                           limits)
 
 
 def _is_cargo_target(path: str, totals: dict[str, DirTotal]) -> bool:
@@ -134,8 +127,7 @@ def target_dirs(totals: dict[str, DirTotal], limits: Thresholds) -> Iterator[Fin
     for path in _outermost(p for p in totals if _is_cargo_target(p, totals)):
         d = totals[path]
         yield _finding("cargo-target", path, d.bytes, d.layer,
-                       f"a Cargo build directory (target/) left in the image, {_files(d.files)}", DIFFERENT_STAGE,
-                       limits)
+                       f"a Cargo build directory (target/) left in the image, {_files(d.files)}", limits)
 
 
 def toolchains(owned: Sequence[Node], totals: dict[str, DirTotal], limits: Thresholds) -> Iterator[Finding]:
@@ -148,7 +140,7 @@ def toolchains(owned: Sequence[Node], totals: dict[str, DirTotal], limits: Thres
     for rule, what, pattern in groups:
         for path in _outermost(p for p in totals if pattern.match(p)):
             d = totals[path]
-            yield _finding(rule, path, d.bytes, d.layer, f"{what} in a runtime image", DIFFERENT_STAGE, limits)
+            yield _finding(rule, path, d.bytes, d.layer, f"{what} in a runtime image", limits)
     yield from _file_group(
         "toolchain-binaries", "compiler and build-tool binaries (rustc, cargo, gcc, as, ld…) in a runtime image",
         [n for n in owned if TOOL_BINARIES.match(n.path)], limits)
@@ -162,18 +154,14 @@ def _file_group(rule: str, what: str, nodes: list[Node], limits: Thresholds) -> 
     size = sum(n.entry.size for n in nodes)
     biggest = max(nodes, key=lambda n: (n.entry.size, n.path))
     more = f"{biggest.path} and {len(nodes) - 1} more" if len(nodes) > 1 else biggest.path
-    yield _finding(rule, biggest.path, size, biggest.layer, f"{what}: {more}", DIFFERENT_STAGE, limits)
+    yield _finding(rule, biggest.path, size, biggest.layer, f"{what}: {more}", limits)
 
 
 def docs(totals: dict[str, DirTotal], limits: Thresholds) -> Iterator[Finding]:
     for path in _outermost(p for p in totals if DOCS.match(p)):
         d = totals[path]
-        fix = ("Debian/Ubuntu: before installing, add `path-exclude=/usr/share/doc/*`, "
-               "`path-include=/usr/share/doc/*/copyright`, `path-exclude=/usr/share/man/*` and "
-               "`path-exclude=/usr/share/locale/*` to /etc/dpkg/dpkg.cfg.d/excludes; Alpine: do not install "
-               "`*-doc` packages; else `rm -rf` them in the same RUN (keep licence files)")
         yield _finding("docs-man-locales", path, d.bytes, d.layer,
-                       f"documentation, man pages or translations, {_files(d.files)}", fix, limits)
+                       f"documentation, man pages or translations, {_files(d.files)}", limits)
 
 
 def _debug(node: Node) -> ElfDebug | None:
@@ -193,15 +181,12 @@ def unstripped(owned: Sequence[Node], limits: Thresholds) -> Iterator[Finding]:
             continue
         yield _finding("unstripped-elf", node.path, elf.debug_bytes, node.layer,
                        f"debug information in {'a Rust' if elf.rust is not None else 'an'} ELF file",
-                       _strip_fix(node.path, elf), limits)
+                       limits, _strip_fix(node.path, elf))
     total = sum(elf.debug_bytes for _, elf in small)
     if small and total >= limits.report:
-        rust = any(elf.rust is not None for _, elf in small)
-        fix = ("Rust: `[profile.release] strip = true` (or `debug = false`) in Cargo.toml; C/C++: link with -s or "
-               "`strip --strip-debug`" if rust else "`strip --strip-debug` them (or link with -s / install -s)")
         yield _finding("unstripped-elf", posixpath.commonpath([n.path for n, _ in small]) if len(small) > 1
                        else small[0][0].path, total, small[0][0].layer,
-                       f"debug information in {len(small)} ELF files", fix, limits)
+                       f"debug information in {len(small)} ELF files", limits)
 
 
 def _strip_fix(path: str, elf: ElfDebug) -> str:
@@ -213,27 +198,24 @@ def _strip_fix(path: str, elf: ElfDebug) -> str:
 
 _HIDDEN_RULES = {
     "removed": ("removed-later", "added in layer {layer} and removed in layer {hidden_by}: the bytes still ship in "
-                "layer {layer}", "delete files in the same RUN that creates them, or " + DIFFERENT_STAGE),
+                "layer {layer}"),
     "opaque": ("removed-later", "added in layer {layer}, hidden by an opaque directory in layer {hidden_by}: the "
-               "bytes still ship in layer {layer}", "delete files in the same RUN that creates them, or "
-               + DIFFERENT_STAGE),
+               "bytes still ship in layer {layer}"),
     "replaced": ("removed-later", "added in layer {layer}, its parent replaced in layer {hidden_by}: the bytes still "
-                 "ship in layer {layer}", "delete files in the same RUN that creates them, or " + DIFFERENT_STAGE),
+                 "ship in layer {layer}"),
     "overwritten": ("rewritten-later", "written in layer {layer} and again in layer {hidden_by} (chmod, chown, touch "
-                    "or an edit copies the whole file): both copies ship",
-                    "set mode and owner where the file is added (`COPY --chmod=… --chown=…`) or in the same RUN"),
-    "duplicate-entry": ("duplicate-entry", "the same path twice in layer {layer}: the first copy is dead weight",
-                        "fix the tool that wrote the layer (the image-spec forbids duplicate entries)"),
+                    "or an edit copies the whole file): both copies ship"),
+    "duplicate-entry": ("duplicate-entry", "the same path twice in layer {layer}: the first copy is dead weight"),
 }
 
 
 def hidden_later(facts: SizeFacts, limits: Thresholds) -> Iterator[Finding]:
     """Bytes of lower layers nobody sees: a later `rm` or rewrite never shrinks an image."""
     for item in facts.reclaim.contributors:
-        rule, message, fix = _HIDDEN_RULES[item.reason]
+        rule, message = _HIDDEN_RULES[item.reason]
         files = f", {item.files} files" if item.files > 1 else ""
         yield _finding(rule, item.path, item.bytes, item.layer,
-                       message.format(layer=item.layer, hidden_by=item.hidden_by) + files, fix, limits)
+                       message.format(layer=item.layer, hidden_by=item.hidden_by) + files, limits)
 
 
 def duplicates(facts: SizeFacts, limits: Thresholds) -> Iterator[Finding]:
@@ -243,5 +225,4 @@ def duplicates(facts: SizeFacts, limits: Thresholds) -> Iterator[Finding]:
             break  # ranked by wasted bytes
         yield _finding("duplicate-content", paths[0], wasted, None,
                        f"the same content ({digest[:19]}) at {len(paths)} paths: {', '.join(paths[:4])}"
-                       f"{' …' if len(paths) > 4 else ''}",
-                       "keep one copy and hard-link or symlink the others, or COPY it once", limits)
+                       f"{' …' if len(paths) > 4 else ''}", limits)

@@ -8,17 +8,15 @@ from typing import TYPE_CHECKING
 
 from imgaudit.layers import EntryType
 from imgaudit.report import Finding, Report, Severity
+from imgaudit.rules import rule
 from imgaudit.xattrs import INVALID
 
 if TYPE_CHECKING:
     from imgaudit.audit import Loaded
     from imgaudit.rootfs import RootFS
 
-SET_FIX = ("Check the program needs them; drop them with `setcap -r FILE` in the step that installs it, or grant "
-           "them at run time instead (`docker run --cap-add …`).")
+# A value the kernel refuses needs other advice than the rule page's (which is for capabilities that work).
 INVALID_FIX = "Rewrite the capabilities with `setcap` in the image build, or remove them with `setcap -r FILE`."
-DROPPED_FIX = ("Run `setcap` after the last step that writes the file (a chown clears file capabilities), or set "
-               "owner and mode where the file is added (`COPY --chown=… --chmod=…`).")
 
 
 def analyse(loaded: Loaded, report: Report) -> None:
@@ -41,7 +39,8 @@ def _carrier(path: str, layer: int, caps: str) -> Finding:
                        f"security.capability is {caps}: the kernel refuses such a value (EINVAL)", path, layer,
                        INVALID_FIX)
     return Finding("file-capabilities", Severity.INFO,
-                   f"file capabilities {caps}: a process that executes it gains them", path, layer, SET_FIX)
+                   f"file capabilities {caps}: a process that executes it gains them", path, layer,
+                   rule("file-capabilities").fix)
 
 
 def _dropped(fs: RootFS) -> list[Finding]:
@@ -54,7 +53,8 @@ def _dropped(fs: RootFS) -> list[Finding]:
             continue
         out.append(Finding("capability-dropped", Severity.WARNING,
                            f"had file capabilities {lost.capabilities} from layer {lost.set_in}; layer "
-                           f"{lost.lost_in} wrote it again without them", lost.path, lost.lost_in, DROPPED_FIX))
+                           f"{lost.lost_in} wrote it again without them", lost.path, lost.lost_in,
+                           rule("capability-dropped").fix))
     return out
 
 

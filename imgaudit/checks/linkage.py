@@ -26,6 +26,7 @@ from imgaudit.loader import (
 )
 from imgaudit.report import BinaryInfo, EntrypointVerdict, Finding, Incomplete, Report, RustInfo, Severity, TlsInfo
 from imgaudit.rootfs import Node, RootFS
+from imgaudit.rules import rule
 from imgaudit.runtime import RuntimeFacts, runtime_facts
 
 if TYPE_CHECKING:
@@ -187,14 +188,13 @@ def _binary_findings(node: Node, facts: ElfFacts, info: BinaryInfo, res: Resolut
     if res is not None and res.flavour == "musl" and facts.libc == "glibc":
         out.append(Finding("libc-mismatch", Severity.WARNING,
                            f"glibc binary runs through musl's loader ({res.interpreter}), a compat layer",
-                           node.path, node.layer, _musl_target_fix(facts)))
+                           node.path, node.layer,
+                           _musl_target_fix(facts) if _is_rust(facts) else rule("libc-mismatch").fix))
     tls = _tls_without_roots(facts)
     if role != "library" and tls is not None and runtime.ca_bundle is None:
         out.append(Finding("no-ca-certificates", Severity.WARNING,
                            f"{tls} but the image has no CA bundle (/etc/ssl/certs/ca-certificates.crt)",
-                           node.path, node.layer, "install ca-certificates (Debian/Alpine: the `ca-certificates` "
-                           "package) or COPY a CA bundle to /etc/ssl/certs/ca-certificates.crt"
-                           + (", or build rustls with webpki-roots" if "rustls" in tls else "")))
+                           node.path, node.layer, rule("no-ca-certificates").fix))
     return out
 
 
@@ -242,7 +242,7 @@ def stale_cache(rootfs: RootFS, runtime: RuntimeFacts, machine: str = "x86_64") 
     return [Finding("ld-cache-stale", Severity.WARNING,
                     f"/etc/ld.so.cache does not list {len(missing)} librar{'y' if len(missing) == 1 else 'ies'} "
                     f"in the dirs ldconfig scans: {shown}", "/etc/ld.so.cache", _layer(rootfs, "/etc/ld.so.cache"),
-                    "run `ldconfig` in the Dockerfile after copying or installing libraries (RUN ldconfig)")]
+                    rule("ld-cache-stale").fix)]
 
 
 def _uncached(rootfs: RootFS, dirs: list[str], known: set[str]) -> set[str]:
@@ -276,7 +276,7 @@ def fix_for(ep: entrypoint.Verdict, rootfs: RootFS, config: ImageConfig, runtime
     if handler is not None:
         return handler()
     if ep.message and ep.message.startswith("unable to find user"):
-        return f"add the user to /etc/passwd in the image, or use a numeric USER (e.g. USER {65532}:{65532})"
+        return rule("other").fix  # the catalogue's `other` fix is the one for a missing user
     return None
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from imgaudit.layers import EntryType
 from imgaudit.report import Finding, Report, Severity
+from imgaudit.rules import rule
 
 if TYPE_CHECKING:
     from imgaudit.audit import Loaded
@@ -27,8 +28,7 @@ def analyse(loaded: Loaded, report: Report) -> None:
         report.findings.append(Finding(
             "too-many-layers", Severity.WARNING,
             f"{count} layers: Docker's layer store takes at most {MAX_LAYERS}; pulling or loading the image "
-            f"fails with \"max depth exceeded\"", None, None,
-            "Merge RUN steps, COPY in fewer steps or squash the image (multi-stage build: COPY --from=… /)"))
+            f"fails with \"max depth exceeded\"", None, None, rule("too-many-layers").fix))
     report.findings.extend(_climbing_links(loaded))
     report.findings.extend(_overlay_whiteouts(loaded))
 
@@ -41,8 +41,7 @@ def _overlay_whiteouts(loaded: Loaded) -> list[Finding]:
                 "overlay-whiteout-in-tar", Severity.WARNING,
                 "a char 0:0 device: an overlayfs whiteout tarred as it is; runtimes extract a device node here, "
                 "so what it meant to delete from the layers below stays", path, layer,
-                "Build the layer with a tool that writes OCI whiteouts (`.wh.` files): docker build, buildah, "
-                "umoci, kaniko; do not tar an overlay upper directory"))
+                rule("overlay-whiteout-in-tar").fix))
         if len(scan.overlay_whiteouts) > MAX_LISTED:
             out.append(Finding("overlay-whiteout-in-tar", Severity.WARNING,
                                f"{len(scan.overlay_whiteouts) - MAX_LISTED} more char 0:0 devices in this "
