@@ -13,7 +13,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,25 +36,6 @@ LD_SCRIPT = b"""/* GNU ld script
 OUTPUT_FORMAT(elf64-x86-64)
 GROUP ( /lib/x86_64-linux-gnu/libc.so.6 /usr/lib/x86_64-linux-gnu/libc_nonshared.a )
 """
-
-
-@pytest.fixture(scope="session")
-def fixtures() -> Path:
-    """fixtures/build, built once per session by scripts/build-fixtures."""
-    for tool in ("gcc", "musl-gcc", "strip"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not found: cannot build the ELF fixtures")
-    run = subprocess.run(
-        [str(REPO / "scripts" / "build-fixtures")], capture_output=True, text=True, check=False, timeout=600
-    )
-    assert run.returncode == 0, f"scripts/build-fixtures failed:\n{run.stdout}\n{run.stderr}"
-    return BUILD
-
-
-@pytest.fixture(scope="module")
-def reader() -> Iterator[ElfReader]:
-    with ElfReader() as shared:
-        yield shared
 
 
 @pytest.fixture
