@@ -584,9 +584,9 @@ def _parser_config(lief: Any, dynsym: bool) -> Any:
 
 
 class _Names:
-    """Symbol names by string table offset. An ASCII table (nearly all) is decoded once and split at
-    its NULs, so each name is a dict lookup; other offsets (a suffix of another name, or past the
-    end) and other tables take the slow path, one find and one decode per name."""
+    """Symbol names by string table offset. The table is decoded once and split at its NULs, so each
+    name is a dict lookup; other offsets (a suffix of another name, or past the end) take the slow
+    path, one find and one decode per name."""
 
     def __init__(self, strtab: bytes, by_index: list[str] | None = None) -> None:
         self.strtab = strtab
@@ -596,10 +596,10 @@ class _Names:
     def __call__(self, offsets: list[int]) -> list[str]:
         if self.by_index is not None:
             return list(map(self.by_index.__getitem__, offsets))
-        if not self.strtab.isascii():
-            return [self.slow(offset) for offset in offsets]
         if self.starts is None:
-            parts = self.strtab.decode("ascii").split("\0")
+            parts = self.strtab.decode("latin-1").split("\0")  # one character per byte: offsets stay offsets
+            if not self.strtab.isascii():  # C++ and Rust libraries may hold UTF-8 names; decode those as slow() does
+                parts = [p if p.isascii() else p.encode("latin-1").decode("utf-8", "surrogateescape") for p in parts]
             # a part starts after the parts before it and one NUL each
             starts = map(operator.add, itertools.accumulate(map(len, parts), initial=0), itertools.count())
             self.starts = dict(zip(starts, parts, strict=False))  # count() never ends

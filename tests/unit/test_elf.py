@@ -548,3 +548,14 @@ def test_a_failed_parse_is_not_reused() -> None:
     assert seen.get(reader, "sha256:aa") is None
     assert seen.get(reader, "sha256:bb") == ElfFacts(machine="x86_64")
     assert seen.get(object(), "sha256:bb") is None  # another reader's facts are its own
+
+
+def test_symbol_names_from_a_table_that_is_not_ascii_read_as_each_name_alone() -> None:
+    """A .dynstr with UTF-8 (C++, Rust) or stray bytes: every offset, at a name's start or inside one (the
+    linker shares tails), reads as the bytes from there to the NUL, decoded as os.fsdecode would."""
+    table = b"\0main\0caf\xc3\xa9\0x\xff\0_ZN4core3fmt\0"
+    names = elf._Names(table)
+    offsets = [1, 6, 12, 15, 19, 8, 9, 13, 27]
+    want = [table[o : table.index(b"\0", o)].decode("utf-8", "surrogateescape") for o in offsets]
+    assert want[:4] == ["main", "café", "x\udcff", "_ZN4core3fmt"]
+    assert names(offsets) == want
