@@ -3,9 +3,11 @@
 This is the only module that imports `lief`, and only inside the worker: LIEF can segfault, hang or
 exhaust memory on hostile files (RELIABILITY.md 1.6, items 90-98), so the caller's process never
 loads it. A long-lived worker gets each file through a shared in-memory file (`memfd_create`, so
-LIEF parses a path: DESIGN.md 3b), answers with plain tuples, and is killed and respawned after a
-crash or a timeout. Bad input never raises: the file gets `ElfFacts.error` instead. LIEF locates
-everything; the worker unpacks the .dynsym table itself, in bulk, as that is where the time goes.
+LIEF parses a path: DESIGN.md 3b), or, for a file too big to hold twice, through the request pipe
+straight into LIEF's own buffer (ElfSession.stream); it answers with plain tuples, and is killed and
+respawned after a crash or a timeout. Bad input never raises: the file gets `ElfFacts.error` instead.
+LIEF locates everything; the worker unpacks the .dynsym table itself, in bulk, as that is where the
+time goes, and reads everything else it searches from LIEF's copy of the file.
 """
 
 from __future__ import annotations

@@ -705,9 +705,9 @@ class _ByteBudget:
             self._cond.notify_all()
 
 
-# ELF files read for the parser and not yet parsed. Process-wide: layers scanned in parallel share one
-# LIEF worker, so holding more files than it can take buys nothing, and a bigger file waits until the
-# parser is idle before it is read (libxul is 184 MB; two of those at once would double the peak).
+# ELF files read for the parser and not yet parsed. Process-wide: holding more files than the LIEF workers
+# can take buys nothing. A bigger file waits until the parsers are idle, then is streamed into one (no slot
+# holds it, so LIEF's copy is the only one: libxul is 184 MB), and gives its reservation back once it is sent.
 _ELF_BUDGET = _ByteBudget(32 << 20)
 
 
