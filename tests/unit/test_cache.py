@@ -381,3 +381,22 @@ def test_the_elf_budget_is_given_back_after_success_failure_and_truncation() -> 
     with pytest.raises(Exception, match=r"truncated|unexpected end"):
         scan_layer(io.BytesIO(ELF_LAYER[: len(ELF_LAYER) // 3]), label="x", elf_reader=reader)
     assert layers._ELF_BUDGET.used == 0
+
+
+def test_the_scan_fingerprint_covers_every_module_a_scan_comes_from() -> None:
+    """A cached scan is reused until the code that made it changes: every imgaudit module that layers.py, elf.py
+    or cache.py import, at any depth, is hashed into the key (tarheader.py and paxrules.py once were not, so a
+    change to how PAX headers are read kept serving scans read the old way)."""
+    import ast
+
+    package = Path(cache_mod.__file__).parent
+    todo, seen = ["layers.py", "elf.py", "cache.py"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((package / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgaudit."):
+                todo.append(node.module.split(".")[1] + ".py")
+    assert seen == set(cache_mod.SCAN_MODULES)
