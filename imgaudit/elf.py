@@ -1325,6 +1325,8 @@ class ElfSession:
         with self._cond:  # the pages small files left in the idle slots are not needed while LIEF holds this one
             for slot in self._free:
                 _empty(self.reader._channel.slot(slot))
+        if _TRIM is not None:  # glibc keeps the scan's freed buffers in its arenas (~50 MB): give them back
+            _TRIM(0)  # before the moment of the peak, LIEF's copy of the biggest file
         self._stream = ElfStream(self.reader, size)
         return self._stream
 
@@ -1446,6 +1448,8 @@ class ElfStream:
             self.worker = None
         self.reader._lock.release()
 
+
+_TRIM = _malloc_trim()
 
 # The ELF header and a 64-bit file's first program header: what _ident and _precheck read first.
 _HEAD_BYTES = 120
