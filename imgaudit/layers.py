@@ -820,8 +820,9 @@ def _starts_frame(data: memoryview, kind: str) -> bool:
 
 
 def normalise(name: str) -> str | None:
-    """Archive name → absolute image path; None when it would climb above the root."""
-    name = name.replace("\\", "/") if name.startswith(("\\", "..\\")) else name
+    """Archive name → absolute image path; None when it would climb above the root. `\\` is a character
+    like any other, as for the runtimes on Linux (Go's archive/tar and filepath there): `\\x` is a file of
+    that name, and `..\\..\\x` climbs nowhere."""
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):

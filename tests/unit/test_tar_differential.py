@@ -225,14 +225,6 @@ class Ambiguous:
 
 
 AMBIGUOUS: dict[str, Ambiguous] = {
-    "53-traversal-6": Ambiguous(
-        "Go (so containerd on Linux) keeps `\\x` as a file literally named so; imgaudit's scan does not know the "
-        "image's OS and reads a name that starts with `\\` with Windows separators, rooted (RELIABILITY.md #53).",
-        go_rows=(("/\\x", "file", 4, None),), ours=(("/x", "file", 4, None),)),
-    "53-traversal-7": Ambiguous(
-        "`..\\..\\x`: a plain name for Go on Linux; imgaudit reads Windows separators there (#53) and refuses "
-        "the layer as climbing above the root (exit 3).",
-        go_rows=(("/..\\..\\x", "file", 4, None),), flag="climbs above the root"),
     "60-pax-chain-2000": Ambiguous(
         "2000 PAX headers before one member: Go keeps the last; CPython's tarfile recurses once per header and "
         "imgaudit refuses the layer (exit 3, RELIABILITY.md #60) rather than hit the recursion limit.",
