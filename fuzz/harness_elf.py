@@ -3,7 +3,8 @@
 mutated file is the entrypoint of a tiny image with a musl and a glibc loader, so hostile DT_NEEDED, RPATH
 and interpreter strings reach the path search.
 
-Nothing LIEF does may reach this process: a worker crash or hang must come back as `ElfFacts.error`. The
+Nothing LIEF does may reach this process: a worker crash or hang must come back as `ElfFacts.error`. A quarter
+of the inputs are also streamed to the worker (ElfSession.stream) and must get the same facts. The
 worker's own timeout is 3 s here, under the 5 s hang limit of `scripts/fuzz`. Worker crashes and timeouts are
 counted (contained, not failures) and kept in `$IMGAUDIT_FUZZ_ELF_LOG.<pid>` when that is set (rewritten as
 they change: libFuzzer ends the process without running Python's atexit).
@@ -79,10 +80,25 @@ def _base_entries() -> list[Entry]:
 BASE = _base_entries()
 
 
+def streamed(data: bytes) -> ElfFacts:
+    """The same file streamed into LIEF's buffer (the way in for files above the scan's ELF budget)."""
+    stream = _reader.session().stream(len(data))
+    stream.write(data)
+    return stream.facts()
+
+
+def _contained(facts: ElfFacts) -> bool:
+    return facts.error is not None and any(w in facts.error for w in ("crashed", "exited unexpectedly", "timed out"))
+
+
 def test(data: bytes) -> None:
     facts = read(data)
     if not isinstance(facts, ElfFacts):
         raise Broken(f"read_elf returned {type(facts).__name__}")
+    if data and len(data) % 4 == 0 and not _contained(facts):  # a quarter of the inputs, both ways in
+        other = streamed(data)
+        if other != facts and not _contained(other):
+            raise Broken(f"streamed and slot facts differ: {other.error!r} against {facts.error!r}")
     if facts.error is None and not all(isinstance(n, str) for n in facts.needed + facts.rpath + facts.runpath):
         raise Broken("ELF facts hold non-string names")
     digest = "sha256:" + hashlib.sha256(data).hexdigest()

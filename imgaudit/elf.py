@@ -229,7 +229,8 @@ def is_elf(head: _Bytes) -> bool:
 
 def is_ld_script(head: _Bytes) -> bool:
     """A GNU ld script (`libc.so` on Debian): the linker reads it, the loader never does."""
-    return b"GNU ld script" in head[:256] or _LD_SCRIPT.match(head[:4096]) is not None
+    head = bytes(head[:4096])  # `in` on a memoryview looks for an item, not a run of bytes
+    return b"GNU ld script" in head[:256] or _LD_SCRIPT.match(head) is not None
 
 
 def machine_name(e_machine: int, elf_class: int, endian: str, fallback: str = "") -> str:

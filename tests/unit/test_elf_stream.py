@@ -85,6 +85,13 @@ def test_mutated_files_get_the_same_answer_streamed_and_the_next_file_is_unaffec
     assert count >= 100
 
 
+def test_files_that_are_not_elf_get_the_same_reason_streamed(reader: ElfReader) -> None:
+    """Found by fuzz/harness_elf.py: the stream's check ran on a memoryview, where `in` looks for an item."""
+    for data in (b"/* GNU ld script\n */\nGROUP ( libc.so.6 )\n", b"INPUT(-lfoo)\n", b"\x7fELX" + bytes(60)):
+        assert streamed(reader, data) == reader.read("x", data)
+    assert streamed(reader, b"INPUT(-lfoo)\n").error == "GNU ld script"
+
+
 def worker_pid(reader: ElfReader) -> int:
     worker = reader._channel.worker
     assert worker is not None
