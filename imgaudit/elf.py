@@ -351,6 +351,7 @@ class _Parser:
         self.pt_dynamic = lief.ELF.Segment.TYPE.DYNAMIC
         self.pt_load = lief.ELF.Segment.TYPE.LOAD
         self.binary: Any = None
+        self.with_dynsym = False  # whether LIEF read .dynsym in the parse self.binary holds
 
     def parse(self, size: int, op: int = _OP_PARSE, slot: int = 0) -> tuple[str, Any]:
         self.release()
@@ -358,6 +359,7 @@ class _Parser:
             return self.parse_stream(size)
         self.path = f"/proc/self/fd/{self.memfds[slot]}"
         self.binary = self.lief.ELF.parse(self.path, self.configs[op])
+        self.with_dynsym = op != _OP_PARSE
         if self.binary is None:
             return "error", "not a valid ELF (LIEF could not parse it)"
         return "ok", self.collect(self.binary, op)
@@ -369,6 +371,7 @@ class _Parser:
         source = _PipedFile(self.requests, size)
         try:
             self.binary = self.lief.ELF.parse(source, self.configs[_OP_PARSE_DYNSYM])
+            self.with_dynsym = True
         finally:
             source.drain()  # whatever LIEF took, the next request starts after this file
         if source.error is not None:
@@ -388,7 +391,7 @@ class _Parser:
         facts.update(self.header(binary, facts))
         comment, rodata, dynsym = self.sections(binary, facts)
         table = self.dynsym_table(binary, dynsym, facts, op)
-        versym = self.versym(binary, facts.pop("versym"), len(table.info), facts["endian"])
+        versym = self.versym(facts.pop("versym"), len(table.info), facts["endian"])
         imported, exported = _split_symbols(table, versym, frozenset(facts["version_defs"]))
         facts["static_pie"] = _static_pie(binary.header, facts, exported.names)
         areas = _Areas(rodata, binary, self.pt_load)
@@ -456,6 +459,7 @@ class _Parser:
     def reparse(self, op: int) -> Any:
         """Parse the same file again with another config (kept, so release() frees it)."""
         self.binary = self.lief.ELF.parse(self.path, self.configs[op])
+        self.with_dynsym = True
         return self.binary
 
     def dynsym_table(self, binary: Any, dynsym: _DynsymAt | None, facts: dict[str, Any], op: int) -> _DynsymTable:
@@ -479,12 +483,16 @@ class _Parser:
         info = bytes(min(int(sym.binding), 15) << 4 for sym in symbols)
         return _DynsymTable(range(len(names)), info, [sym.shndx for sym in symbols], _Names(b"", names))
 
-    def versym(self, binary: Any, address: int, count: int, endian: str) -> Sequence[int]:
+    def versym(self, address: int, count: int, endian: str) -> Sequence[int]:
         """The .gnu.version array, one entry per dynamic symbol. Read in bulk through DT_VERSYM:
-        asking LIEF symbol by symbol costs more than the rest of the parse."""
-        raw = binary.get_content_from_virtual_address(address, 2 * count) if address else b""
+        asking LIEF symbol by symbol costs more than the rest of the parse. Without it, LIEF's
+        versions of the symbols it read (so from a parse that read them: a stream's, or a re-parse)."""
+        if not count:
+            return []
+        raw = self.binary.get_content_from_virtual_address(address, 2 * count) if address else b""
         if len(raw) != 2 * count:
-            return [version.value for version in binary.symbols_version]
+            binary = self.binary if self.with_dynsym else self.reparse(_OP_PARSE_DYNSYM)
+            return [version.value for version in binary.symbols_version] if binary is not None else []
         table = array.array("H", bytes(raw))
         if endian != sys.byteorder:
             table.byteswap()

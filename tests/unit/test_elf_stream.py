@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 import signal
+import struct
 import tarfile
 import threading
 import time
@@ -90,6 +91,32 @@ def test_files_that_are_not_elf_get_the_same_reason_streamed(reader: ElfReader) 
     for data in (b"/* GNU ld script\n */\nGROUP ( libc.so.6 )\n", b"INPUT(-lfoo)\n", b"\x7fELX" + bytes(60)):
         assert streamed(reader, data) == reader.read("x", data)
     assert streamed(reader, b"INPUT(-lfoo)\n").error == "GNU ld script"
+
+
+def phdr_swollen(data: bytes) -> bytes:
+    """The file with its PT_PHDR segment's memory size blown up (as a fuzzer left it): the segment then covers
+    .gnu.version's address with no bytes behind it, so DT_VERSYM reads nothing and the versions must come from
+    LIEF, which finds the table through its section header."""
+    out = bytearray(data)
+    phoff, = struct.unpack_from("<Q", out, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", out, 0x36)
+    for index in range(phnum):
+        at = phoff + index * phentsize
+        if struct.unpack_from("<I", out, at)[0] == 6:  # PT_PHDR
+            struct.pack_into("<Q", out, at + 40, 0xF6 << 40)  # p_memsz
+            return bytes(out)
+    raise AssertionError("no PT_PHDR")
+
+
+def test_symbol_versions_without_a_usable_dt_versym_are_lief_s_both_ways(fixtures: Path, reader: ElfReader) -> None:
+    """Found by fuzz/harness_elf.py: without a usable DT_VERSYM a slot took LIEF's versions from a parse that had
+    not read the symbols (so none: every import unversioned), the stream from one that had."""
+    data = (fixtures / "glibc" / "hello-dynamic").read_bytes()
+    want = reader.read("whole", data).imported_symbols
+    assert "GLIBC_2.34" in want.versions()
+    swollen = phdr_swollen(data)
+    assert reader.read("swollen", swollen).imported_symbols == want
+    assert streamed(reader, swollen).imported_symbols == want
 
 
 def worker_pid(reader: ElfReader) -> int:
