@@ -1102,9 +1102,9 @@ class _Channel:
         try:
             reply = _receive(worker.results, time.monotonic() + self.timeout)
         except _WorkerTimeout:
-            return self.failed(f"parser timed out after {self.timeout:g} s")
+            return self.timed_out()
         except _WorkerGone:
-            return self.failed(_death_message(self.drop_worker()))
+            return self.died()
         except _BadReply as err:
             return self.failed(f"parser reply malformed ({err})")
         self.crashes = 0
@@ -1125,6 +1125,19 @@ class _Channel:
         self.drop_worker()
         self.crashes += 1
         return "error", why
+
+    def timed_out(self) -> tuple[str, str]:
+        return self.failed(f"parser timed out after {self.timeout:g} s")
+
+    def died(self) -> tuple[str, str]:
+        """The worker closed its end (a crash): reaped here, so its exit status names the cause."""
+        return self.failed(_death_message(self.drop_worker()))
+
+    def disabled(self) -> str | None:
+        """Why no file is sent any more, once the worker has failed too often in a row."""
+        if self.crashes >= MAX_CONSECUTIVE_CRASHES:
+            return f"parser disabled after {MAX_CONSECUTIVE_CRASHES} failures in a row"
+        return None
 
     def send_request(self, size: int, op: int, slot: int) -> _Worker:
         """Send to the live worker; one that died after its last answer is replaced, once."""
@@ -1252,8 +1265,9 @@ class ElfReader:
         """Facts of the file in `slot` (first written there from `data` when `load`); `data` also
         serves the error facts."""
         with self._lock:
-            if self._channel.crashes >= MAX_CONSECUTIVE_CRASHES:
-                return _error_facts(data, f"parser disabled after {MAX_CONSECUTIVE_CRASHES} failures in a row")
+            disabled = self._channel.disabled()
+            if disabled is not None:
+                return _error_facts(data, disabled)
             try:
                 if load:
                     _write_slot(self._channel.slot(slot), data)
@@ -1267,10 +1281,7 @@ class ElfReader:
             finally:
                 if load and len(data) > _SLOT_KEEP:
                     _empty(self._channel.slot(slot))
-        if status == "ok" and isinstance(payload, dict):
-            with _gc_paused():
-                return _facts_from_plain(data, payload)
-        return _error_facts(data, str(payload))
+        return _facts_of_reply(data, status, payload)
 
 
 # A slot that held a file this big is emptied once it is parsed, rather than holding its memory until
@@ -1402,9 +1413,8 @@ class ElfStream:
         channel = reader._channel
         try:
             channel.check_owner()
-            if channel.crashes >= MAX_CONSECUTIVE_CRASHES:
-                self.error = f"parser disabled after {MAX_CONSECUTIVE_CRASHES} failures in a row"
-            else:
+            self.error = channel.disabled()
+            if self.error is None:
                 reader.requests += 1
                 self.worker = channel.send_request(size, _OP_STREAM, 0)
         except BaseException:
@@ -1425,10 +1435,10 @@ class ElfStream:
             channel.send_piece(self.worker, view)
         except _WorkerTimeout:
             self.worker = None
-            self.error = channel.failed(f"parser timed out after {channel.timeout:g} s")[1]
+            self.error = channel.timed_out()[1]
         except OSError:  # EPIPE: the worker died taking this file
             self.worker = None
-            self.error = channel.failed(_death_message(channel.drop_worker()))[1]
+            self.error = channel.died()[1]
 
     def facts(self) -> ElfFacts:
         """The file's facts, as ElfReader.read gives them; gives the reader up."""
@@ -1442,10 +1452,7 @@ class ElfStream:
                 self.worker = None
         finally:
             self.discard()
-        if status == "ok" and isinstance(payload, dict):
-            with _gc_paused():
-                return _facts_from_plain(self.head, payload)
-        return _error_facts(self.head, str(payload))
+        return _facts_of_reply(self.head, status, payload)
 
     def discard(self) -> None:
         """Give the reader up; a worker still waiting for bytes of this file is killed."""
@@ -1460,8 +1467,8 @@ class ElfStream:
 
 _TRIM = _malloc_trim()
 
-# The ELF header and a 64-bit file's first program header: what _ident and _precheck read first.
-_HEAD_BYTES = 120
+# Enough of a streamed file for its error facts: _ident reads class, byte order and machine in the first 20.
+_HEAD_BYTES = 64
 
 
 @contextlib.contextmanager
@@ -1511,6 +1518,14 @@ def _death_message(status: int | None) -> str:
     if status is not None and status < 0:
         return f"parser crashed (signal {-status})"
     return f"parser exited unexpectedly (status {status})"
+
+
+def _facts_of_reply(data: _Bytes, status: str, payload: Any) -> ElfFacts:
+    """The facts a worker's (status, payload) gives for a file starting with `data`."""
+    if status == "ok" and isinstance(payload, dict):
+        with _gc_paused():
+            return _facts_from_plain(data, payload)
+    return _error_facts(data, str(payload))
 
 
 def _facts_from_plain(data: _Bytes, plain: dict[str, Any]) -> ElfFacts:
