@@ -52,14 +52,7 @@ def read(data: bytes) -> ElfFacts:
         _reader.close()  # a run of crashing mutants must not switch the parser off for the rest of the run
         _reader = ElfReader(timeout=WORKER_TIMEOUT)
         facts = _reader.read("/app", data)
-    if facts.error is None:
-        _record("parsed")
-    elif "crashed" in facts.error or "exited unexpectedly" in facts.error:
-        _record("worker-crash")
-    elif "timed out" in facts.error:
-        _record("worker-timeout")
-    else:
-        _record("refused")
+    _record(_outcome(facts))
     return facts
 
 
@@ -87,8 +80,19 @@ def streamed(data: bytes) -> ElfFacts:
     return stream.facts()
 
 
+def _outcome(facts: ElfFacts) -> str:
+    """parsed, refused, or a worker crash or timeout (contained: the file gets an error, this process goes on)."""
+    if facts.error is None:
+        return "parsed"
+    if "crashed" in facts.error or "exited unexpectedly" in facts.error:
+        return "worker-crash"
+    if "timed out" in facts.error:
+        return "worker-timeout"
+    return "refused"
+
+
 def _contained(facts: ElfFacts) -> bool:
-    return facts.error is not None and any(w in facts.error for w in ("crashed", "exited unexpectedly", "timed out"))
+    return _outcome(facts).startswith("worker")
 
 
 def test(data: bytes) -> None:

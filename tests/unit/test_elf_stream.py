@@ -24,7 +24,7 @@ from imgaudit.elf import ElfFacts, ElfReader
 from imgaudit.errors import ImgauditError
 from imgaudit.layers import scan_layer
 from tests.builders import f, make_layer
-from tests.unit.test_elf import ALPINE, CORPUS
+from tests.unit.test_elf import ALPINE, CORPUS, worker_pid
 
 PIECE = 64 << 10  # the size of the pieces a layer hands over, roughly
 
@@ -117,12 +117,6 @@ def test_symbol_versions_without_a_usable_dt_versym_are_lief_s_both_ways(fixture
     swollen = phdr_swollen(data)
     assert reader.read("swollen", swollen).imported_symbols == want
     assert streamed(reader, swollen).imported_symbols == want
-
-
-def worker_pid(reader: ElfReader) -> int:
-    worker = reader._channel.worker
-    assert worker is not None
-    return worker.proc.pid
 
 
 def padded(fixtures: Path, size: int) -> bytes:
