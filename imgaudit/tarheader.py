@@ -1,8 +1,9 @@
 """A faster `tarfile.TarInfo.frombuf` for the headers layers are made of.
 
 The layer walk spends more of its own time decoding 512-byte headers than on anything else: stdlib's
-`frombuf` calls `nti`/`nts` field by field and sums the block twice through `struct` (34 us a header
-here; 15 us this way). `TarInfo.frombuf` is the one place tarfile builds a member from a header, and
+`frombuf` calls `nti`/`nts` field by field and sums the block twice through `struct` (18.6 us a header
+here; 5.8 us this way: one `struct` unpack, and the checksum's byte sum from Adler-32 when the header is
+ASCII). `TarInfo.frombuf` is the one place tarfile builds a member from a header, and
 `tarfile.open(..., tarinfo=FastTarInfo)` puts this class there. Headers it is not sure of (base-256
 numbers, old GNU sparse, a checksum that is not the plain unsigned sum, anything that fails to parse)
 go to stdlib's `frombuf`, so every error and oddity keeps stdlib's behaviour; a differential test holds
@@ -18,13 +19,17 @@ header's own (tarfile takes the farthest, the PAX one, and the empty value).
 
 from __future__ import annotations
 
+import struct
 import tarfile
+import zlib
 from typing import Any, BinaryIO
 
 from imgaudit.paxrules import AmbiguousPax, check
 
 BLOCK = tarfile.BLOCKSIZE
 _NUMBER_STARTS = (100, 108, 116, 124, 136, 148, 329, 337)  # mode uid gid size mtime chksum devmajor devminor
+# name mode uid gid size mtime (chksum) type linkname (magic version) uname gname devmajor devminor prefix
+_USTAR = struct.Struct("100s8s8s8s12s12s8xc100s8x32s32s8s8s155s")
 _BASE256 = (0o200, 0o377)  # a number field starting so is binary (tarfile.nti)
 _NUMBER_FIELDS = ("mode", "uid", "gid", "size", "mtime", "devmajor", "devminor")
 _NUMBERS_BUT_SIZE = tuple(f for f in _NUMBER_FIELDS if f != "size")
@@ -49,9 +54,8 @@ def _number(field: bytes | bytearray) -> int:
     return int((field[:end] if end >= 0 else field).strip() or b"0", 8)
 
 
-def _text(field: bytes | bytearray, encoding: str, errors: str) -> str:
-    end = field.find(b"\0")
-    return (field[:end] if end >= 0 else field).decode(encoding, errors)
+def _text(field: bytes, encoding: str, errors: str) -> str:
+    return field.partition(b"\0")[0].decode(encoding, errors)
 
 
 class FastTarInfo(tarfile.TarInfo):
@@ -68,14 +72,17 @@ class FastTarInfo(tarfile.TarInfo):
 
     @classmethod
     def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> FastTarInfo:
-        if len(buf) == BLOCK and buf[156:157] != tarfile.GNUTYPE_SPARSE and not any(
-                buf[at] in _BASE256 for at in _NUMBER_STARTS):
-            try:
-                chksum = _number(buf[148:156])
-                if chksum == sum(buf) - sum(buf[148:156]) + 256:  # the field counts as eight spaces
-                    return cls._plain(buf, encoding, errors, chksum)
-            except ValueError:
-                pass
+        if len(buf) == BLOCK and buf[156:157] != tarfile.GNUTYPE_SPARSE:
+            ascii = buf.isascii()
+            if ascii or not any(buf[at] in _BASE256 for at in _NUMBER_STARTS):
+                # 512 ASCII bytes sum to less than Adler-32's modulus, so its low half is exactly 1 + their sum
+                total = (zlib.adler32(buf) & 0xFFFF) - 1 if ascii else sum(buf)
+                try:
+                    chksum = _number(buf[148:156])
+                    if chksum == total - sum(buf[148:156]) + 256:  # the field counts as eight spaces
+                        return cls._plain(buf, encoding, errors, chksum)
+                except ValueError:
+                    pass
         obj = super().frombuf(buf, encoding, errors)
         obj._refusal = _refusal(obj, buf)  # only here: the fast path's octal numbers cannot pass 2**36
         return obj
@@ -83,21 +90,22 @@ class FastTarInfo(tarfile.TarInfo):
     @classmethod
     def _plain(cls, buf: bytes | bytearray, encoding: str, errors: str, chksum: int) -> FastTarInfo:
         """What stdlib's frombuf makes of a header without sparse structs, step for step."""
+        name, mode, uid, gid, size, mtime, kind, link, uname, gname, major, minor, prefix = _USTAR.unpack_from(buf)
         obj = cls()
-        obj.name = _text(buf[0:100], encoding, errors)
-        obj.mode = _number(buf[100:108])
-        obj.uid = _number(buf[108:116])
-        obj.gid = _number(buf[116:124])
-        obj.size = _number(buf[124:136])
-        obj.mtime = _number(buf[136:148])
+        obj.name = _text(name, encoding, errors)
+        obj.mode = _number(mode)
+        obj.uid = _number(uid)
+        obj.gid = _number(gid)
+        obj.size = _number(size)
+        obj.mtime = _number(mtime)
         obj.chksum = chksum
-        obj.type = bytes(buf[156:157])
-        obj.linkname = _text(buf[157:257], encoding, errors)
-        obj.uname = _text(buf[265:297], encoding, errors)
-        obj.gname = _text(buf[297:329], encoding, errors)
-        obj.devmajor = _number(buf[329:337])
-        obj.devminor = _number(buf[337:345])
-        prefix = _text(buf[345:500], encoding, errors)
+        obj.type = kind
+        obj.linkname = _text(link, encoding, errors)
+        obj.uname = _text(uname, encoding, errors)
+        obj.gname = _text(gname, encoding, errors)
+        obj.devmajor = _number(major)
+        obj.devminor = _number(minor)
+        prefix = _text(prefix, encoding, errors)
         if obj.type == tarfile.AREGTYPE and obj.name.endswith("/"):
             obj.type = tarfile.DIRTYPE  # V7 tar: a directory is a regular file named with a slash
         if obj.isdir():

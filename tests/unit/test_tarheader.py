@@ -99,3 +99,24 @@ def test_short_empty_and_zero_blocks_raise_stdlib_errors() -> None:
     for buf in (b"", b"\0" * 100, b"\0" * 512):
         assert outcome(FastTarInfo, buf) == outcome(tarfile.TarInfo, buf)
         assert outcome(FastTarInfo, buf)[0] == "error"
+
+
+def test_a_checksum_off_by_adler32s_modulus_is_refused_as_stdlib_refuses_it() -> None:
+    """The fast path sums an ASCII header through Adler-32 (exact below 65,521): a checksum that is right only
+    modulo 65,521 must fail, on a header under the modulus and on one over it (non-ASCII), where the sum is exact."""
+    heavy = bytearray(headers()[0])
+    for start, end in ((157, 257), (265, 329), (345, 500)):  # non-ASCII link, owner names, prefix
+        heavy[start:end] = b"\xe9" * (end - start)
+    heavy = bytearray(_with_checksum(heavy))
+    assert sum(heavy) > 65_521
+    assert outcome(FastTarInfo, bytes(heavy)) == outcome(tarfile.TarInfo, bytes(heavy))
+    assert outcome(FastTarInfo, bytes(heavy))[0] == "ok"
+    for buf in [*headers(), bytes(heavy)]:
+        true_sum = sum(buf[:148]) + 256 + sum(buf[156:])
+        for wrong in (true_sum + 65_521, true_sum - 65_521):
+            if wrong <= 0:
+                continue
+            bad = bytearray(buf)
+            bad[148:156] = b"%07o\0" % wrong
+            assert outcome(FastTarInfo, bytes(bad)) == outcome(tarfile.TarInfo, bytes(bad))
+            assert outcome(FastTarInfo, bytes(bad))[0] == "error"
