@@ -8,13 +8,13 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 
-from rich.console import Console
-from rich.markup import escape as _markup
 from rich.table import Table
+from rich.text import Text
 
 from imgaudit.compare import ImageColumn, smallest
 from imgaudit.diff import ImageDiff, Totals
 from imgaudit.render.size_text import CONVENTION, percent
+from imgaudit.render.table import console
 from imgaudit.render.text import human, safe
 
 Row = tuple[str, Callable[[ImageColumn], str]]
@@ -38,12 +38,6 @@ ROWS: tuple[Row, ...] = (
 )
 
 
-def term(text: str) -> str:
-    """`safe` for text rich prints: markup from an image (`[/bin]`, `[link=…]`) is escaped too, so it can neither
-    style the terminal nor fail the run with a MarkupError (RELIABILITY.md #105)."""
-    return _markup(safe(text))
-
-
 def label(reference: str) -> str:
     """A column heading: `docker-daemon:docker.io/library/x:1` → `x:1`, `oci-archive:/a/b/img.tar` → `img.tar`."""
     transport, sep, rest = reference.partition(":")
@@ -54,22 +48,17 @@ def label(reference: str) -> str:
     return rest.removeprefix("docker.io/").removeprefix("library/")
 
 
-def _console(buf: io.StringIO, color: bool) -> Console:
-    return Console(file=buf, width=160, no_color=not color, color_system="auto" if color else None,
-                   highlight=False, soft_wrap=True)
-
-
 def compare_table(columns: Sequence[ImageColumn], *, color: bool = False) -> str:
     buf = io.StringIO()
-    con = _console(buf, color)
+    con = console(buf, color=color, width=160)
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("")
     for c in columns:
-        table.add_column(term(label(c.reference)), justify="right")
+        table.add_column(safe(label(c.reference)), justify="right")
     for name, cell in ROWS:
-        table.add_row(name, *(term(cell(c)) for c in columns))
+        table.add_row(name, *(safe(cell(c)) for c in columns))
     con.print(table)
-    con.print(f"smallest: {term(label(smallest(columns) or '-'))}  ({CONVENTION})")
+    con.print(f"smallest: {safe(label(smallest(columns) or '-'))}  ({CONVENTION})")
     return buf.getvalue()
 
 
@@ -140,8 +129,8 @@ def _counts_line(diff: ImageDiff) -> str:
 
 def diff_table(diff: ImageDiff, *, color: bool = False) -> str:
     buf = io.StringIO()
-    con = _console(buf, color)
-    con.print(f"[bold]{term(diff.old)}[/bold] → [bold]{term(diff.new)}[/bold]  ({CONVENTION})")
+    con = console(buf, color=color, width=160)
+    con.print(Text.assemble((safe(diff.old), "bold"), " → ", (safe(diff.new), "bold"), f"  ({CONVENTION})"))
     con.print(_table(("", "old", "new", "change"), _total_rows(diff)))
     con.print("layers (matched by diff_id)")
     con.print(_table(("", "#", "size", "created by"), _layer_rows(diff)))
@@ -152,7 +141,7 @@ def diff_table(diff: ImageDiff, *, color: bool = False) -> str:
         con.print("packages")
         con.print(_table(("change", "name", "version", "size"), _package_rows(diff)))
     for f in diff.findings:
-        con.print(f"{f.change:5} {f.severity:8} {f.rule:22} {term(f.path or '')}  {term(f.message)}")
+        con.print(f"{f.change:5} {f.severity:8} {f.rule:22} {safe(f.path or '')}  {safe(f.message)}")
     return buf.getvalue()
 
 
@@ -161,7 +150,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
     for h in header:
         table.add_column(h, justify="left" if h in ("", "path", "name", "created by", "change", "version") else "right")
     for row in rows:
-        table.add_row(*(_markup(cell) for cell in row))  # cells are safe()d text, shared with markdown
+        table.add_row(*row)  # cells are safe()d text, shared with markdown
     return table
 
 

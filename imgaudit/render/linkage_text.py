@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape as markup
+from rich.text import Text
 
 from imgaudit.loader import Link, Resolution
 from imgaudit.render.text import safe
@@ -21,19 +21,15 @@ COLOURS = {"ok": "green", "fail": "red", "warn": "yellow"}
 SHOWN_PER_KIND = 5
 
 
-def _text(value: str) -> str:
-    return markup(safe(value))
-
-
 def print_linkage(con: Console, report: Report, *, show_all: bool = False) -> None:
     ep = report.entrypoint
     colour = COLOURS.get(ep.verdict, "white")
     why = f" ({ep.failure})" if ep.failure else ""
-    argv = f" {_text(' '.join(ep.argv))}" if ep.argv else ""
-    line = f"[{colour}]entrypoint {ep.verdict.upper()}{why}[/{colour}]{argv}"
-    con.print(line + (f": {_text(ep.message)}" if ep.message else ""))
+    argv = f" {' '.join(ep.argv)}" if ep.argv else ""
+    message = f": {ep.message}" if ep.message else ""
+    con.print(Text.assemble((safe(f"entrypoint {ep.verdict.upper()}{why}"), colour), safe(argv + message)))
     if ep.fix:
-        con.print(f"  fix: {_text(ep.fix)}")
+        con.print(f"  fix: {safe(ep.fix)}")
     _problems(con, report, show_all)
     if show_all:
         _binaries(con, report)
@@ -53,11 +49,11 @@ def _problems(con: Console, report: Report, show_all: bool) -> None:
         for finding in items[:limit]:
             where = finding.path or "-"
             message = finding.message if finding.message.startswith(where) else f"{where}: {finding.message}"
-            con.print(f"  {_text(message)}")
+            con.print(f"  {safe(message)}")
         if len(items) > limit:
             con.print(f"  … {len(items) - limit} more (--all)")
         if items[0].fix:
-            con.print(f"  fix: {_text(items[0].fix)}")
+            con.print(f"  fix: {safe(items[0].fix)}")
 
 
 def _binaries(con: Console, report: Report) -> None:
@@ -66,8 +62,8 @@ def _binaries(con: Console, report: Report) -> None:
         colour = COLOURS.get(b.verdict, "white")
         glibc = f" needs glibc {b.glibc_required}" if b.glibc_required else ""
         rust = f" rust {b.rust.rustc_version or '?'}" if b.rust else ""
-        con.print(f"  [{colour}]{b.verdict:4}[/{colour}] {b.role:10} {b.linking:10} {b.libc:5} "
-                  f"{_text(b.path)}{glibc}{rust}")
+        con.print(Text.assemble("  ", (f"{b.verdict:4}", colour),
+                                safe(f" {b.role:10} {b.linking:10} {b.libc:5} {b.path}{glibc}{rust}")))
 
 
 # -- imgaudit ldd --------------------------------------------------------------------------------

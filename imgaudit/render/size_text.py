@@ -6,7 +6,6 @@ Sizes are decimal SI units (1 MB = 1,000,000 bytes, as `docker images` prints th
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape as _markup
 from rich.table import Table
 
 from imgaudit.render.text import human, safe
@@ -16,12 +15,6 @@ BAR_WIDTH = 20
 TOP = 5
 TOP_ALL = 20
 CONVENTION = "sizes in decimal SI units: 1 MB = 1,000,000 bytes"
-
-
-def term(text: str) -> str:
-    """`safe` for text rich prints: markup from an image (`[/bin]`, `[link=…]`) is escaped too, so it can neither
-    style the terminal nor fail the run with a MarkupError (RELIABILITY.md #105)."""
-    return _markup(safe(text))
 
 
 def bar(size: int, biggest: int, width: int = BAR_WIDTH) -> str:
@@ -62,7 +55,7 @@ def layer_table(size: SizeInfo) -> Table:
     for layer in size.layers:
         table.add_row(str(layer.index), human(layer.compressed_bytes), human(layer.uncompressed_bytes),
                       bar(layer.uncompressed_bytes, biggest), str(layer.files_added), str(layer.files_modified),
-                      str(layer.files_removed), term(layer.created_by))
+                      str(layer.files_removed), safe(layer.created_by))
     return table
 
 
@@ -72,7 +65,7 @@ def print_waste(con: Console, size: SizeInfo, top: int) -> None:
               f"{human(size.reclaimable_bytes)} (lower-layer bytes no final path shows)")
     for item in size.reclaimable[:top]:
         count = f", {files(item.files)}" if item.files > 1 else ""
-        con.print(f"  {human(item.bytes):>9}  {term(item.path)}  {item.reason} in layer {item.hidden_by}, "
+        con.print(f"  {human(item.bytes):>9}  {safe(item.path)}  {item.reason} in layer {item.hidden_by}, "
                   f"added in layer {item.layer}{count}")
 
 
@@ -80,17 +73,17 @@ def print_biggest(con: Console, size: SizeInfo, top: int) -> None:
     if size.top_files:
         con.print("biggest files")
         for f in size.top_files[:top]:
-            con.print(f"  {human(f.bytes):>9}  {term(f.path)}  (layer {f.layer})")
+            con.print(f"  {human(f.bytes):>9}  {safe(f.path)}  (layer {f.layer})")
     if size.top_dirs:
         con.print("biggest directories")
         for d in size.top_dirs[:top]:
-            con.print(f"  {human(d.bytes):>9}  {term(d.path)}  ({files(d.files)})")
+            con.print(f"  {human(d.bytes):>9}  {safe(d.path)}  ({files(d.files)})")
     if size.duplicates:
         con.print(f"duplicates {human(size.duplicate_bytes)} in extra copies of identical files")
         for g in size.duplicates[:top]:
             more = " …" if len(g.paths) > 3 else ""
             con.print(f"  {human(g.wasted_bytes):>9}  {len(g.paths)} × {human(g.bytes)}: "
-                      f"{term(', '.join(g.paths[:3]))}{more}")
+                      f"{safe(', '.join(g.paths[:3]))}{more}")
 
 
 def print_packages(con: Console, size: SizeInfo, top: int) -> None:
@@ -99,4 +92,4 @@ def print_packages(con: Console, size: SizeInfo, top: int) -> None:
     total = sum(p.bytes for p in size.packages)
     con.print(f"packages  {len(size.packages)} ({size.package_db}), {human(total)} installed")
     for p in size.packages[:top]:
-        con.print(f"  {human(p.bytes):>9}  {term(p.name)} {term(p.version)}")
+        con.print(f"  {human(p.bytes):>9}  {safe(p.name)} {safe(p.version)}")

@@ -6,7 +6,7 @@ import io
 import stat
 
 from rich.console import Console
-from rich.markup import escape as _markup
+from rich.text import Text
 
 from imgaudit.render.linkage_text import LINKAGE_RULES, print_linkage
 from imgaudit.render.size_text import print_size
@@ -15,34 +15,33 @@ from imgaudit.report import Report
 from imgaudit.rootfs import Node
 
 
-def term(text: str) -> str:
-    """`safe` for text rich prints: markup from an image (`[/bin]`, `[link=…]`) is escaped too, so it can neither
-    style the terminal nor fail the run with a MarkupError (RELIABILITY.md #105)."""
-    return _markup(safe(text))
-
-
-def _console(buf: io.StringIO, color: bool) -> Console:
-    return Console(file=buf, width=120, no_color=not color, color_system="auto" if color else None,
-                   highlight=False, soft_wrap=True)
+def console(buf: io.StringIO, *, color: bool, width: int) -> Console:
+    """A console that prints strings as they are: no markup and no emoji codes. Text from an image is only
+    ever a plain string through `safe`, and our own styles are `Text` spans. rich's markup `escape` protects
+    one string but not two printed side by side: an unclosed `[/a` in one name and a `]` in the next made a
+    closing tag (MarkupError) or hid the text between them (RELIABILITY.md #105)."""
+    return Console(file=buf, width=width, no_color=not color, color_system="auto" if color else None,
+                   highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def render_inspect(report: Report, *, color: bool = False, show_all: bool = False) -> str:
     buf = io.StringIO()
-    con = _console(buf, color)
+    con = console(buf, color=color, width=120)
     img = report.image
     plat = img.platform
-    con.print(f"[bold]{term(img.reference)}[/bold]  ({img.source}, {plat.os}/{plat.architecture}"
-              f"{'/' + plat.variant if plat.variant else ''})")
+    variant = f"/{plat.variant}" if plat.variant else ""
+    con.print(Text.assemble((safe(img.reference), "bold"), safe(f"  ({img.source}, {plat.os}/{plat.architecture}"
+                                                                 f"{variant})")))
     if img.manifest_digest:
         con.print(f"manifest  {img.manifest_digest}")
     con.print(f"config    {img.config_digest}")
-    con.print(f"entrypoint {term(str(img.entrypoint))}  cmd {term(str(img.cmd))}")
+    con.print(f"entrypoint {safe(str(img.entrypoint))}  cmd {safe(str(img.cmd))}")
     if report.entrypoint.verdict != "unknown":
         print_linkage(con, report, show_all=show_all)  # the linkage part lives in linkage_text.py
     elif report.entrypoint.message:  # why there is no verdict (a Windows image)
-        con.print(f"entrypoint - {term(report.entrypoint.message)}")
+        con.print(f"entrypoint - {safe(report.entrypoint.message)}")
     if report.entrypoint.capabilities:
-        con.print(f"  capabilities {term(report.entrypoint.capabilities)}")
+        con.print(f"  capabilities {safe(report.entrypoint.capabilities)}")
     rt = report.runtime
     if rt.libc != "unknown" or rt.distro.id:
         distro = rt.distro.pretty_name or rt.distro.id or "-"
@@ -50,9 +49,9 @@ def render_inspect(report: Report, *, color: bool = False, show_all: bool = Fals
     print_size(con, report, show_all=show_all)  # the size part lives in size_text.py
     _findings(con, report, show_all)
     if not report.complete:
-        con.print(f"[yellow]incomplete:[/yellow] {len(report.incomplete)} part(s) not analysed")
+        con.print(Text.assemble(("incomplete:", "yellow"), f" {len(report.incomplete)} part(s) not analysed"))
         for item in report.incomplete[:10]:
-            con.print(f"  {term(item.what)}: {term(item.reason)}")
+            con.print(f"  {safe(item.what)}: {safe(item.reason)}")
     return buf.getvalue()
 
 
@@ -60,7 +59,7 @@ def _findings(con: Console, report: Report, show_all: bool) -> None:
     shown = report.findings if show_all else [f for f in report.findings if f.severity.value != "info"]
     shown = [f for f in shown if f.rule not in LINKAGE_RULES]  # printed by print_linkage, grouped
     for finding in shown[:50]:
-        con.print(f"{finding.severity.value:8} {finding.rule:24} {term(finding.path or '')}  {term(finding.message)}")
+        con.print(f"{finding.severity.value:8} {finding.rule:24} {safe(finding.path or '')}  {safe(finding.message)}")
     s = report.summary
     con.print(f"{s.errors} error(s), {s.warnings} warning(s), {s.infos} info(s)")
 

@@ -724,6 +724,29 @@ def test_105_rich_markup_from_the_image_is_printed_literally(tmp_path: Path) -> 
         assert "internal error" not in result.stderr.decode()
 
 
+def test_105_markup_split_across_two_names_is_printed_literally(tmp_path: Path) -> None:
+    """Found by fuzz/harness_json.py: rich's `escape` works on one string, so an unclosed `[/a` in one name
+    and a `]` in the next one printed on the same line made a closing tag between them (MarkupError,
+    "internal error"). Emoji codes are text too."""
+    layer = h.tar_of(h.member("x[/a", b"z" * 5000), h.member("y:smile:]", b"q"))
+    config = json.dumps(h.config_doc([h.sha(layer)], config={"Entrypoint": ["[/a"], "Cmd": ["b]", ":smile:"]},
+                                     history=[{"created_by": "COPY [/x"}])).encode()
+    ref = image(tmp_path, [h.Blob(layer)], config=config)
+    result = cli("inspect", "--all", "--fail-on", "never", ref)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    text = result.stdout.decode()
+    shown = ("['[/a']  cmd ['b]', ':smile:']", "FAIL (entrypoint-missing) [/a b] :smile:: exec", "/x[/a", "COPY [/x")
+    for literal in shown:
+        assert literal in text, literal
+    assert "\U0001f604" not in ascii(text)  # 😄
+    (tmp_path / "b").mkdir()
+    other = image(tmp_path / "b", [h.Blob(BASE)])
+    for command in ("diff", "compare"):
+        result = cli(command, ref, other)
+        assert result.returncode in (0, 1) and "internal error" not in result.stderr.decode(), result.stderr
+        assert ":smile:" in result.stdout.decode() or command == "compare"
+
+
 def test_54_invalid_utf8_names_stay_valid_in_every_output(tmp_path: Path) -> None:
     layer = h.layers()["54-invalid-utf8"]
     ref = image(tmp_path, [h.Blob(layer)])
