@@ -53,8 +53,9 @@ class TerminalProgress:
             from rich.console import Console
             from rich.progress import DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
-            bar = Progress(TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn(),
-                           TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            # the label carries a digest as the image wrote it: shown as text, never parsed as markup (#105)
+            bar = Progress(TextColumn("{task.description}", markup=False), DownloadColumn(), TransferSpeedColumn(),
+                           TimeElapsedColumn(), console=Console(stderr=True, emoji=False), transient=True)
             self._task = bar.add_task("reading", total=None)
             bar.start()
             self._bar = bar

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from imgaudit.image import Layer
 from imgaudit.progress import TerminalProgress
 from imgaudit.scanner import Scanner, layer_label
@@ -29,3 +31,17 @@ def test_progress_stays_hidden_before_its_delay() -> None:
     progress("layer 1/1", 10)
     assert progress._bar is None  # nothing drawn for a run shorter than the delay
     progress.close()
+
+
+def test_a_label_from_the_image_is_drawn_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The label carries a digest as the image wrote it: `[/x` must neither fail the bar (MarkupError) nor
+    style it, and `:smile:` stays text (RELIABILITY.md #105)."""
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    monkeypatch.setenv("FORCE_COLOR", "1")  # draw as on a terminal
+    progress = TerminalProgress(delay=0)
+    for label in ("layer 1/2 [/x [bold]y", "layer 2/2 a] :smile:"):
+        progress(label, 10)
+        progress._bar.refresh()
+    progress.close()
+    assert "layer 1/2 [/x [bold]y" in err.getvalue() and "layer 2/2 a] :smile:" in err.getvalue()
