@@ -20,8 +20,9 @@ def console(buf: io.StringIO, *, color: bool, width: int) -> Console:
     ever a plain string through `safe`, and our own styles are `Text` spans. rich's markup `escape` protects
     one string but not two printed side by side: an unclosed `[/a` in one name and a `]` in the next made a
     closing tag (MarkupError) or hid the text between them (RELIABILITY.md #105)."""
+    # The buffer is no terminal: colour is the caller's decision (stdout is one, NO_COLOR unset), so force it.
     return Console(file=buf, width=width, no_color=not color, color_system="auto" if color else None,
-                   highlight=False, soft_wrap=True, markup=False, emoji=False)
+                   force_terminal=color, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def render_inspect(report: Report, *, color: bool = False, show_all: bool = False) -> str:

@@ -747,6 +747,38 @@ def test_105_markup_split_across_two_names_is_printed_literally(tmp_path: Path) 
         assert ":smile:" in result.stdout.decode() or command == "compare"
 
 
+def on_terminal(*args: str, env: dict[str, str] | None = None) -> str:
+    """`python -m imgaudit ARGS` with stdout on a pseudo-terminal, as a user at a desk runs it."""
+    import pty
+
+    main, child = pty.openpty()
+    environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    with subprocess.Popen([sys.executable, "-m", "imgaudit", *args], stdout=child, stderr=subprocess.DEVNULL,
+                          cwd=REPO, env={**environ, "TERM": "xterm-256color", **(env or {})}) as proc:
+        os.close(child)
+        out = b""
+        with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+            while chunk := os.read(main, 65536):
+                out += chunk
+        proc.wait(60)
+    os.close(main)
+    return out.decode("utf-8", "replace")
+
+
+def test_colour_on_a_terminal_styles_only_our_words(tmp_path: Path) -> None:
+    """The table view promises colour on a terminal (docs/inspect.md); it rendered into a buffer that rich took
+    for a file, so no run ever had any. Names from the image stay plain text, escape codes escaped."""
+    layer = h.tar_of(h.member("\x1b[31mred", b"z" * 5000), h.member("[bold]b", b"q"))
+    config = json.dumps(h.config_doc([h.sha(layer)], config={"Entrypoint": ["/bin/\x1b[2Jx"]})).encode()
+    ref = image(tmp_path, [h.Blob(layer)], config=config)
+    text = on_terminal("inspect", "--fail-on", "never", ref)
+    assert "\x1b[1m" + ref + "\x1b[0m" in text  # the reference in bold
+    assert "\x1b[31mentrypoint FAIL (entrypoint-missing)\x1b[0m" in text
+    assert "\\x1b[31mred" in text and "\\x1b[2Jx" in text and "[bold]b" in text  # the names, escaped
+    assert "\x1b[2J" not in text and "\x1b[31mred" not in text
+    assert "\x1b[" not in on_terminal("inspect", "--fail-on", "never", ref, env={"NO_COLOR": "1"})
+
+
 def test_54_invalid_utf8_names_stay_valid_in_every_output(tmp_path: Path) -> None:
     layer = h.layers()["54-invalid-utf8"]
     ref = image(tmp_path, [h.Blob(layer)])
