@@ -400,3 +400,31 @@ def test_the_scan_fingerprint_covers_every_module_a_scan_comes_from() -> None:
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgaudit."):
                 todo.append(node.module.split(".")[1] + ".py")
     assert seen == set(cache_mod.SCAN_MODULES)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_scan_is_written_piece_by_piece_not_held_whole(store: ScanCache, compress: bool) -> None:
+    """At the moment a layer's scan is complete, writing its entry held every entry as a tuple, marshal's
+    buffer and the bytes made from it: 2.4x the entry on top of the scan (62 MiB for 130,000 entries).
+    Pieces of 4,096 entries keep it to one piece; the entry reads back whole, across piece boundaries."""
+    import tracemalloc
+
+    entries = tuple(Entry(f"/usr/share/doc/package-{i:06d}/changelog.Debian.gz", EntryType.FILE, mode=0o644,
+                          size=i, digest=f"{i:064x}") for i in range(10 * 4096 + 5))
+    scan = replace(sample_scan(), entries=sample_scan().entries + entries)
+    store = replace_compress(store, compress)
+    store.path(scan.digest, elf=True)  # the code fingerprint, read once per process
+    tracemalloc.start()
+    try:
+        store.put(scan, elf=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    written = store.path(scan.digest, elf=True).stat().st_size
+    assert written > 4 << 20 or compress
+    assert peak < 4 << 20, (peak, written)  # a piece of 4,096 entries, its dump and a copy; 20 MB before
+    assert store.get(scan.digest, elf=True) == scan
+
+
+def replace_compress(store: ScanCache, compress: bool) -> ScanCache:
+    return ScanCache(store.root, max_bytes=store.max_bytes, compress=compress)
