@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ class Options:
     source: str | None = None  # "daemon" or "registry" for a bare NAME (--from); None: the daemon if it has it
     registry: RegistryOptions | None = None  # credentials override and TLS trust for registry pulls
     progress: ProgressFn | None = None  # told of every stored byte read (the CLI's terminal progress)
+    # Keep the ELF parser processes once the layers are read: reading image after image then spares starting
+    # one (`import lief`, ~0.5 s) per image. By default they stop before the filesystem is merged.
+    keep_parsers: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ def load(reference: str, options: Options | None = None) -> Loaded:
         close = getattr(options.progress, "close", None)
         if close is not None:
             close()
+        if not options.keep_parsers:
+            _release_parsers()
     with settled_heap():
         return Loaded(image, scans, RootFS.build(scans))
 
@@ -94,6 +100,16 @@ def audit(reference: str | Loaded, options: Options | None = None) -> Report:
     if cache is not None:
         cache.put_report(report_key(loaded.image), report)
     return report
+
+
+def _release_parsers() -> None:
+    """Stops the idle ELF parser processes once an image's layers are read: nothing after the scan parses an ELF
+    file, and an idle parser holds ~55 MB of its own (`import lief`) through the merge and the analysis, where
+    an image of small ELF files peaks (issue 7)."""
+    if "imgaudit.elf" in sys.modules:  # a listing or a cached report never started one
+        from imgaudit.elf import close
+
+        close()
 
 
 _RANDOM_ACCESS = frozenset({"docker-archive", "oci", "oci-archive", "registry"})

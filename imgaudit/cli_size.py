@@ -21,12 +21,14 @@ FORMATS = click.Choice(["table", "json", "markdown"])
 def _audit_all(references: tuple[str, ...], platform: str | None, jobs: int,
                pull: dict[str, Any]) -> list[tuple[Loaded, Report]]:
     """(Loaded, Report) of each reference, in order."""
+    from dataclasses import replace
+
     from imgaudit.audit import Options, audit, load
 
     options = Options(platform=_platform(platform), jobs=jobs, **_pull(pull))
     out = []
-    for reference in references:
-        loaded = load(reference, options)
+    for number, reference in enumerate(references, 1):
+        loaded = load(reference, replace(options, keep_parsers=number < len(references)))
         out.append((loaded, audit(loaded, options)))
     return out
 

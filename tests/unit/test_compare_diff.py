@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,45 @@ def test_diff_cli(tmp_path: Path) -> None:
 def test_compare_needs_a_reference() -> None:
     result = CliRunner().invoke(main, ["compare"])
     assert result.exit_code == 2
+
+
+def _parser_pids() -> set[int]:
+    """The ELF parser processes of this process's shared readers, idle ones included."""
+    from imgaudit import elf
+
+    with elf._idle_lock:
+        return {r._channel.worker.proc.pid for r in elf._idle if r._channel.worker is not None}
+
+
+def test_parsers_stop_once_an_image_is_read_unless_more_follow(tmp_path: Path, fixtures: Path) -> None:
+    """An idle parser holds ~55 MB of its own (`import lief`) through the merge and the analysis, where an image
+    of small ELF files peaks: `load` stops it once the layers are read. `compare` and `diff` read image after
+    image and keep it until the last one, so they start one parser, not one per image."""
+    from imgaudit import elf
+    from imgaudit.audit import Options, load
+
+    program = make_layer([f("app", (fixtures / "glibc" / "hello-dynamic").read_bytes())])
+    write_oci_layout(tmp_path / "img", {"1": ImageSpec([program], cmd=["/app"])})
+    ref = f"oci:{tmp_path / 'img'}"
+    elf.close()
+    kept = load(ref, Options(cache=False, keep_parsers=True))
+    pids = _parser_pids()
+    assert kept.scans[0].entries[0].elf is not None and len(pids) == 1
+    load(ref, Options(cache=False))
+    assert _parser_pids() == set()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    started = elf.ElfReader.__init__
+    readers = []
+
+    def counted(self: elf.ElfReader, *args: object, **kwargs: object) -> None:
+        readers.append(self)
+        started(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(elf.ElfReader, "__init__", counted):
+        result = CliRunner().invoke(main, ["compare", ref, ref, ref, "--no-cache", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert len(readers) == 1 and _parser_pids() == set()
