@@ -375,15 +375,22 @@ def _read_entry(path: Path, load: Callable[[bytes], T]) -> T | None:
 
 
 def decode(blob: bytes) -> LayerScan:
-    """Raises ValueError (or whatever marshal/the constructors raise) on anything but a sound entry."""
+    """Raises ValueError (or whatever marshal/the constructors raise) on anything but a sound entry. Each piece
+    becomes entries before the next one loads, so a layer's rows never exist all at once beside them."""
     pieces = _unpieced(_verified(blob, MAGIC))
-    head = next(pieces)
-    rows: list[Any] = []
-    for piece in pieces:
-        rows.extend(piece)
-    if len(rows) != head[5]:
-        raise ValueError(f"{len(rows)} entries, {head[5]} promised")
-    return _scan_from_plain((*head[:5], rows, *head[6:]))
+    digest, diff_id, csize, size, compression, count, files, skipped, trailing, overlay_whiteouts = next(pieces)
+    entries: list[Entry] = []
+    for rows in pieces:
+        entries += _entries(rows)
+    if len(entries) != count:
+        raise ValueError(f"{len(entries)} entries, {count} promised")
+    scan = LayerScan(
+        digest=digest, diff_id=diff_id, compressed_size=csize, size=size, compression=compression,
+        entries=tuple(entries), files=files, skipped=tuple(Skipped(w, r) for w, r in skipped),
+        trailing_bytes=trailing, overlay_whiteouts=overlay_whiteouts,
+    )
+    _ = scan.repeated  # now, while no merged filesystem is held (LayerScan.repeated)
+    return scan
 
 
 def _unpieced(payload: memoryview) -> Iterator[Any]:
@@ -439,22 +446,14 @@ def _plain_entry(e: Entry) -> tuple[Any, ...]:
             None if e.elf is None else _plain_elf(e.elf), e.xattrs)
 
 
-def _scan_from_plain(p: tuple[Any, ...]) -> LayerScan:
-    digest, diff_id, csize, size, compression, entries, files, skipped, trailing, overlay_whiteouts = p
+def _entries(rows: tuple[Any, ...]) -> list[Entry]:
     types = _ENTRY_TYPES
     from_elf = _elf_from_plain
-    out = [
+    return [
         Entry(path, types[kind], mode, uid, gid, fsize, link, head, fdigest,
               None if elf is None else from_elf(elf), xattrs)
-        for path, kind, mode, uid, gid, fsize, link, head, fdigest, elf, xattrs in entries
+        for path, kind, mode, uid, gid, fsize, link, head, fdigest, elf, xattrs in rows
     ]
-    scan = LayerScan(
-        digest=digest, diff_id=diff_id, compressed_size=csize, size=size, compression=compression,
-        entries=tuple(out), files=files, skipped=tuple(Skipped(w, r) for w, r in skipped),
-        trailing_bytes=trailing, overlay_whiteouts=overlay_whiteouts,
-    )
-    _ = scan.repeated  # now, while no merged filesystem is held (LayerScan.repeated)
-    return scan
 
 
 def _without_elf(scan: LayerScan) -> LayerScan:
