@@ -311,23 +311,23 @@ def _write_scan(f: BinaryIO, scan: LayerScan, *, compress: bool) -> None:
     start = f.tell()
     f.write(bytes(_HEADER))
     digest = hashlib.sha256()
-    codec = _CODEC_ZSTD if compress else _CODEC_RAW
-    if compress:
-        import zstandard
-
-        squeeze = zstandard.ZstdCompressor(level=1).compressobj()
-    for piece in _pieces(scan):
-        data = squeeze.compress(piece) if compress else piece
-        digest.update(data)
-        f.write(data)
-    if compress:
-        data = squeeze.flush()
+    for data in _squeezed(_pieces(scan)) if compress else _pieces(scan):
         digest.update(data)
         f.write(data)
     end = f.tell()
     f.seek(start)
-    f.write(MAGIC + bytes((FORMAT_VERSION, codec)) + digest.digest())
+    f.write(_frame_head(MAGIC, _CODEC_ZSTD if compress else _CODEC_RAW, digest.digest()))
     f.seek(end)
+
+
+def _squeezed(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """The pieces as one zstd frame, compressed as they come."""
+    import zstandard
+
+    squeeze = zstandard.ZstdCompressor(level=1).compressobj()
+    for piece in pieces:
+        yield squeeze.compress(piece)
+    yield squeeze.flush()
 
 
 _PIECE = struct.Struct("<I")
@@ -351,8 +351,13 @@ def _piece(value: tuple[Any, ...]) -> bytes:
 
 
 def _framed(magic: bytes, payload: bytes, codec: int = _CODEC_RAW) -> bytes:
-    """An entry as `_verified` reads it back: magic, format version, codec, sha256(payload), payload."""
-    return magic + bytes((FORMAT_VERSION, codec)) + hashlib.sha256(payload).digest() + payload
+    """An entry as `_verified` reads it back: its head, then the payload."""
+    return _frame_head(magic, codec, hashlib.sha256(payload).digest()) + payload
+
+
+def _frame_head(magic: bytes, codec: int, sha256: bytes) -> bytes:
+    """Magic, format version, codec, sha256 of the payload as stored (`_HEADER` bytes)."""
+    return magic + bytes((FORMAT_VERSION, codec)) + sha256
 
 
 def _read_entry(path: Path, load: Callable[[bytes], T]) -> T | None:
