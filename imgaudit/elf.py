@@ -969,7 +969,6 @@ def _serve(argv: list[str]) -> None:
 
 def _serve_requests(parser: _Parser, requests: int, results: int, memory_limit: int) -> None:
     served = 0
-    trim = _malloc_trim()
     while head := _read_exact_fd(requests, _REQUEST.size):
         size, op, slot = _REQUEST.unpack(head)
         if op == _OP_ABORT:
@@ -981,8 +980,8 @@ def _serve_requests(parser: _Parser, requests: int, results: int, memory_limit: 
         served += 1
         if served % 1000 == 0:
             gc.collect()  # in case a LIEF binding ever leaves a cycle behind
-        if trim is not None and (size >= _TRIM_AFTER or served % 256 == 0):
-            trim(0)
+        if _TRIM is not None and (size >= _TRIM_AFTER or served % 256 == 0):
+            _TRIM(0)
 
 
 # LIEF's frees stay in glibc's heap: the worker grew from 69 to 96 MB over /usr/lib's 1,067 files here
