@@ -412,7 +412,7 @@ def test_a_scan_is_written_piece_by_piece_not_held_whole(store: ScanCache, compr
     entries = tuple(Entry(f"/usr/share/doc/package-{i:06d}/changelog.Debian.gz", EntryType.FILE, mode=0o644,
                           size=i, digest=f"{i:064x}") for i in range(10 * 4096 + 5))
     scan = replace(sample_scan(), entries=sample_scan().entries + entries)
-    store = replace_compress(store, compress)
+    store = ScanCache(store.root, max_bytes=store.max_bytes, compress=compress)
     store.path(scan.digest, elf=True)  # the code fingerprint, read once per process
     tracemalloc.start()
     try:
@@ -433,7 +433,3 @@ def test_a_scan_is_written_piece_by_piece_not_held_whole(store: ScanCache, compr
     assert again == scan
     inflated = len(encode(scan)) if compress else 0  # a zstd entry is inflated whole first
     assert peak - kept < (3 << 20) + inflated, (peak, kept)  # one piece's rows beside the entries; 8 MB before
-
-
-def replace_compress(store: ScanCache, compress: bool) -> ScanCache:
-    return ScanCache(store.root, max_bytes=store.max_bytes, compress=compress)
