@@ -1082,13 +1082,15 @@ class _Channel:
         self.memfds: tuple[int, ...] | None = None
         self.pid = os.getpid()
         self.crashes = 0  # crashes and timeouts in a row
+        self._memfds_lock = threading.Lock()  # sessions of several scans take their first slots at once
 
     def slot(self, slot: int) -> int:
         """The memfd of a slot, which the worker parses as /proc/self/fd/N."""
         self.check_owner()
-        if self.memfds is None:
-            self.memfds = tuple(os.memfd_create("imgaudit-elf") for _ in range(SLOTS))
-        return self.memfds[slot]
+        with self._memfds_lock:
+            if self.memfds is None:
+                self.memfds = tuple(os.memfd_create("imgaudit-elf") for _ in range(SLOTS))
+            return self.memfds[slot]
 
     def exchange(self, size: int, op: int, slot: int) -> tuple[str, Any]:
         """Have the file in `slot` parsed, return the worker's (status, payload); a dead or stuck
@@ -1214,8 +1216,9 @@ class _Channel:
 
 
 class ElfReader:
-    """Reads ELF facts through one worker process. Thread-safe, but calls are serialised: use one
-    reader per thread to parse in parallel."""
+    """Reads ELF facts through one worker process and its SLOTS slots. Thread-safe: any number of
+    sessions and reads may share it (each upload holds a slot until its facts are in), but files are
+    parsed one at a time: use one reader per parser process wanted."""
 
     def __init__(
         self,
@@ -1225,7 +1228,10 @@ class ElfReader:
     ) -> None:
         self.max_bytes = max_bytes
         self.requests = 0  # files sent to the worker
-        self._lock = threading.Lock()
+        self.users = 0  # open sessions and reads through the shared pool (_take)
+        self._lock = threading.Lock()  # one request at a time; a stream holds it until its facts are in
+        self._free = list(range(SLOTS))[::-1]  # slots no upload or read holds
+        self._slots = threading.Condition()
         self._channel = _Channel(timeout, memory_limit)
         self._finalizer = weakref.finalize(self, self._channel.stop)
 
@@ -1253,12 +1259,36 @@ class ElfReader:
         self.close()
 
     def session(self) -> ElfSession:
-        """Uploads straight into this reader's slots (see ElfSession); one session at a time, and
-        no read() while it is open."""
+        """Uploads straight into this reader's slots (see ElfSession), beside other sessions and reads."""
         return ElfSession(self)
 
     def _read_op(self, data: bytes, op: int) -> ElfFacts:
-        return self._parse(data, op, 0, load=True)
+        slot = self._take_slot()
+        try:
+            return self._parse(data, op, slot, load=True)
+        finally:
+            self._give_slot(slot, len(data))
+
+    def _take_slot(self) -> int:
+        """A free slot, waiting while uploads hold them all."""
+        with self._slots:
+            while not self._free:
+                self._slots.wait()
+            return self._free.pop()
+
+    def _give_slot(self, slot: int, size: int) -> None:
+        """Frees a slot that held a file of `size` bytes (emptied if big: see _SLOT_KEEP)."""
+        if size > _SLOT_KEEP:
+            _empty(self._channel.slot(slot))
+        with self._slots:
+            self._free.append(slot)
+            self._slots.notify()
+
+    def _empty_free_slots(self) -> None:
+        """Gives back the pages small files left in the free slots."""
+        with self._slots:
+            for slot in self._free:
+                _empty(self._channel.slot(slot))
 
     def _parse(self, data: _Bytes, op: int, slot: int, *, load: bool) -> ElfFacts:
         """Facts of the file in `slot` (first written there from `data` when `load`); `data` also
@@ -1277,9 +1307,6 @@ class ElfReader:
                 # session may be writing the other one)
                 self._channel.drop_worker()
                 raise
-            finally:
-                if load and len(data) > _SLOT_KEEP:
-                    _empty(self._channel.slot(slot))
         return _facts_of_reply(data, status, payload)
 
 
@@ -1304,22 +1331,18 @@ def _write_slot(fd: int, data: _Bytes) -> None:
 class ElfSession:
     """Files streamed into a reader's slots as they are read (from a tar, say), with no copy of
     their bytes in this process: the worker parses one slot while the next files fill the others.
-    `upload` waits for a free slot; the upload's `facts` (from any thread) frees it again."""
+    `upload` waits for a free slot (other sessions of the reader take them too); the upload's `facts`
+    (from any thread) frees it again."""
 
     def __init__(self, reader: ElfReader) -> None:
         self.reader = reader
-        self._free = list(range(SLOTS))[::-1]
-        self._cond = threading.Condition()
         self._stream: ElfStream | None = None
 
     def upload(self, size: int) -> ElfUpload:
         """A slot sized for a file of `size` bytes (at least 1), to fill with ElfUpload.write."""
         if size <= 0:
             raise ValueError("an upload holds at least one byte")
-        with self._cond:
-            while not self._free:
-                self._cond.wait()
-            slot = self._free.pop()
+        slot = self.reader._take_slot()
         try:
             fd = self.reader._channel.slot(slot)
             os.ftruncate(fd, size)
@@ -1329,21 +1352,16 @@ class ElfSession:
         return ElfUpload(self, slot, fd, size)
 
     def release(self, slot: int, size: int) -> None:
-        if size > _SLOT_KEEP:
-            _empty(self.reader._channel.slot(slot))
-        with self._cond:
-            self._free.append(slot)
-            self._cond.notify()
+        self.reader._give_slot(slot, size)
 
     def stream(self, size: int) -> ElfStream:
         """A file of `size` bytes written straight into the worker as it is read, with no slot: LIEF's
         buffer is then its only copy (a slot's file is held twice, in the slot and in LIEF). The
-        worker parses it as it arrives, so it must be idle: no upload of this session may be waiting
-        for its facts. The reader is held until the stream's `facts()` (from any thread) or `discard()`."""
+        worker parses it as it arrives, so it must be idle: no upload of this reader, in any session,
+        may be waiting for its facts. The reader is held until the stream's `facts()` (from any thread)
+        or `discard()`."""
         self.reader._lock.acquire()
-        with self._cond:  # the pages small files left in the idle slots are not needed while LIEF holds this one
-            for slot in self._free:
-                _empty(self.reader._channel.slot(slot))
+        self.reader._empty_free_slots()  # their pages are not needed while LIEF holds this file
         if _TRIM is not None:  # glibc keeps the scan's freed buffers in its arenas (~50 MB): give them back
             _TRIM(0)  # before the moment of the peak, LIEF's copy of the biggest file
         self._stream = ElfStream(self.reader, size)
@@ -1551,13 +1569,22 @@ _WORKER_SCRIPT = str(Path(__file__).resolve())
 # The worker loads this file by path, without the package (whose __init__ may import much more)
 # and without the cwd on sys.path (`-c` puts "" first: a stray lief.py there must not be imported).
 _BOOTSTRAP = "import sys; del sys.path[0]; import runpy; runpy.run_path(sys.argv[1])['_serve'](sys.argv[2:])"
-_idle: list[ElfReader] = []  # one reader per concurrent caller, kept for the next call
-_idle_lock = threading.Lock()
+_readers: list[ElfReader] = []  # the shared readers, busy or idle, kept for the next call
+_readers_lock = threading.Lock()
+
+
+def _parsers() -> int:
+    """How many parser processes concurrent scans share: one per two CPUs this process may run on. A layer
+    scan keeps about one core busy (inflate, digests, the walk) and its parser a quarter of another, and each
+    parser holds ~70 MB (`import lief`) plus the file it parses: on two CPUs a second one bought no time and
+    cost 1.2 s of CPU and ~180 MB of peak at `--jobs 2` (issue 7)."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 class _SharedReaders:
-    """`read_elf`: readers kept for the next call, one per concurrent caller (a layer scan per
-    thread), so their files are parsed in parallel, one worker each."""
+    """`read_elf`: readers kept for the next call and shared by concurrent callers (a layer scan per
+    thread): a new caller gets a reader of its own while fewer than _parsers() are running, else the
+    least busy one, whose files are then parsed in turn with the other callers'."""
 
     def __call__(self, path: str, data: bytes) -> ElfFacts:
         """Facts of one ELF file's bytes; never raises for bad input."""
@@ -1568,30 +1595,35 @@ class _SharedReaders:
             _give_back(reader)
 
     def session(self) -> ElfSession:
-        """A session on a reader of its own until it is closed (see ElfSession)."""
+        """A session on a shared reader until it is closed (see ElfSession)."""
         return _take().session()
 
 
 def _take() -> ElfReader:
-    with _idle_lock:
-        reader = _idle.pop() if _idle else None
-    return reader if reader is not None else ElfReader()
+    with _readers_lock:
+        reader = min(_readers, key=lambda r: r.users, default=None)
+        if reader is None or (reader.users and len(_readers) < _parsers()):
+            reader = ElfReader()
+            _readers.append(reader)
+        reader.users += 1
+        return reader
 
 
 def _give_back(reader: ElfReader) -> None:
-    with _idle_lock:
-        _idle.append(reader)
+    with _readers_lock:
+        if reader.users:  # 0 for a reader the caller made itself: not the pool's
+            reader.users -= 1
 
 
 read_elf = _SharedReaders()
 
 
 def close() -> None:
-    """Stop the shared workers (also done at exit); the next read_elf starts a new one."""
-    with _idle_lock:
-        readers = _idle[:]
-        _idle.clear()
-    for reader in readers:
+    """Stop the shared workers no caller is using (also done at exit); the next read_elf starts a new one."""
+    with _readers_lock:
+        idle = [reader for reader in _readers if not reader.users]
+        _readers[:] = [reader for reader in _readers if reader.users]
+    for reader in idle:
         reader.close()
 
 

@@ -156,8 +156,8 @@ def _parser_pids() -> set[int]:
     """The ELF parser processes of this process's shared readers, idle ones included."""
     from imgaudit import elf
 
-    with elf._idle_lock:
-        return {r._channel.worker.proc.pid for r in elf._idle if r._channel.worker is not None}
+    with elf._readers_lock:
+        return {r._channel.worker.proc.pid for r in elf._readers if r._channel.worker is not None}
 
 
 def test_parsers_stop_once_an_image_is_read_unless_more_follow(tmp_path: Path, fixtures: Path) -> None:

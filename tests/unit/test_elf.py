@@ -296,6 +296,75 @@ def test_every_slot_of_a_session_answers_for_its_own_file(fixtures: Path, reader
             assert upload.facts() == facts
 
 
+def test_concurrent_sessions_and_reads_on_one_reader_each_get_their_own_files_facts(
+        fixtures: Path, reader: ElfReader) -> None:
+    """`--jobs 2` scans two layers at once through one parser (on two CPUs): their sessions and the reads of
+    kept files take slots from the same reader at the same time, and no file may get another's facts."""
+    names = [p for p in sorted(fixtures.rglob("*")) if p.is_file() and p.read_bytes()[:4] == elf.ELF_MAGIC]
+    distinct = list({reader.read("x", p.read_bytes()): p.read_bytes() for p in names}.items())
+    assert len(distinct) >= elf.SLOTS + 2
+    wrong: list[str] = []
+    start = threading.Barrier(3)
+
+    def scan(turn: int) -> None:
+        session = reader.session()
+        start.wait()
+        pending: list[tuple[elf.ElfUpload, ElfFacts]] = []
+
+        def check(upload: elf.ElfUpload, expected: ElfFacts) -> None:
+            if upload.facts() != expected:
+                wrong.append(f"scan {turn}, slot {upload.slot}")
+
+        for index, (expected, data) in enumerate(distinct * 3):
+            if index % 2 != turn:
+                continue
+            upload = session.upload(len(data))
+            for at in range(0, len(data), 8192):
+                upload.write(data[at:at + 8192])
+            pending.append((upload, expected))
+            if len(pending) == elf.SLOTS // 2:  # a scan hands the oldest upload on as it reads ahead
+                check(*pending.pop(0))
+        for item in pending:
+            check(*item)
+        session.close()
+
+    def reads() -> None:
+        start.wait()
+        for expected, data in distinct:
+            if reader.read("x", data) != expected:
+                wrong.append("read")
+
+    threads = [threading.Thread(target=scan, args=(0,)), threading.Thread(target=scan, args=(1,)),
+               threading.Thread(target=reads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "deadlocked"
+    assert wrong == []
+    assert sorted(reader._free) == list(range(elf.SLOTS))
+
+
+@pytest.mark.parametrize("parsers", [1, 2])
+def test_concurrent_scans_share_the_parsers_one_per_two_cpus(parsers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each parser costs ~70 MB and its own `import lief`; on two CPUs a second one bought no time at
+    `--jobs 2` (issue 7). Callers beyond the count share the least busy reader."""
+    elf.close()
+    monkeypatch.setattr(elf, "_parsers", lambda: parsers)
+    first, second = elf.read_elf.session(), elf.read_elf.session()
+    try:
+        assert (first.reader is second.reader) == (parsers == 1)
+        third = elf.read_elf.session()
+        assert third.reader in (first.reader, second.reader)
+        third.close()
+    finally:
+        first.close()
+        second.close()
+    assert {r.users for r in elf._readers} == {0}
+    elf.close()
+    assert elf._readers == []
+
+
 def test_without_section_headers_lief_reads_the_symbols(fixtures: Path, reader: ElfReader) -> None:
     """sstrip-style files have no section headers; .dynsym is then found through DT_SYMTAB."""
     data = bytearray((fixtures / "greet" / "bin" / "greet-app").read_bytes())

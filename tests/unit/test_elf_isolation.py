@@ -89,7 +89,7 @@ def test_91_mutated_elfs_never_crash_the_main_process_and_each_bad_one_is_report
     names = sorted(corpus)
     half = len(names) // 2
     layers = []
-    for part in (names[:half], names[half:]):  # two layers: --jobs 2 parses them in two workers
+    for part in (names[:half], names[half:]):  # two layers: --jobs 2 scans them at once, sharing the parsers
         members = [h.member("m/", typeflag=b"5")]
         members += [h.member("m/" + key.replace("/", "--"), corpus[key], mode=0o755) for key in part]
         layers.append(h.tar_of(*members))
