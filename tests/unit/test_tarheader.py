@@ -120,3 +120,19 @@ def test_a_checksum_off_by_adler32s_modulus_is_refused_as_stdlib_refuses_it() ->
             bad[148:156] = b"%07o\0" % wrong
             assert outcome(FastTarInfo, bytes(bad)) == outcome(tarfile.TarInfo, bytes(bad))
             assert outcome(FastTarInfo, bytes(bad))[0] == "error"
+
+
+def test_octal_fields_read_before_are_looked_up_and_the_memo_stays_bounded() -> None:
+    """A layer whose every header carries a new mtime must not grow the memo without end, and a field read
+    from the memo decodes as stdlib decodes it."""
+    from imgaudit import tarheader
+
+    info = tarfile.TarInfo("f")
+    for mtime in range(2 * tarheader._Numbers.CAP + 5):
+        info.mtime = 1_700_000_000 + mtime
+        buf = info.tobuf(tarfile.USTAR_FORMAT)[:tarfile.BLOCKSIZE]
+        assert FastTarInfo.frombuf(buf, "utf-8", "surrogateescape").mtime == info.mtime
+        assert len(tarheader._NUMBERS) <= tarheader._Numbers.CAP
+    again = FastTarInfo.frombuf(buf, "utf-8", "surrogateescape")
+    assert buf[136:148] in tarheader._NUMBERS and again.mtime == info.mtime
+    assert outcome(FastTarInfo, buf) == outcome(tarfile.TarInfo, buf)
