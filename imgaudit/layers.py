@@ -823,6 +823,9 @@ def normalise(name: str) -> str | None:
     """Archive name → absolute image path; None when it would climb above the root. `\\` is a character
     like any other, as for the runtimes on Linux (Go's archive/tar and filepath there): `\\x` is a file of
     that name, and `..\\..\\x` climbs nowhere."""
+    path = "/" + name[2:] if name[:2] == "./" else "/" + name  # `tar -C root .` writes ./usr/…
+    if "//" not in path and "/." not in path and path[-1] != "/":
+        return path  # already normal: no empty, `.` or `..` part (nor a dot file, which takes the long way)
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):
@@ -989,7 +992,7 @@ class _Walker:
         if path == "/" and not member.isdir():
             self.skipped.append(Skipped(f"{self.label} entry \"/\"", "non-directory at the root"))
             return
-        base = posixpath.basename(path)
+        base = path.rpartition("/")[2]  # posixpath.basename of a normal path
         if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(member, path, base)
             return

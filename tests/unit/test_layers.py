@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import pytest
 
@@ -158,6 +159,26 @@ def test_names_are_normalised() -> None:
     assert normalise("/a/./b") == "/a/b"
     assert normalise("a/../b") == "/b"
     assert normalise("../x") is None
+
+
+def test_every_name_normalises_as_its_parts_say() -> None:
+    """A name with no empty, `.` or `..` part skips the part-by-part walk: every name of up to five pieces
+    from these must come out as that walk gives it (posix rules, chroot at the root)."""
+    def by_parts(name: str) -> str | None:
+        parts: list[str] = []
+        for part in name.split("/"):
+            if part == "..":
+                if not parts:
+                    return None
+                parts.pop()
+            elif part not in ("", "."):
+                parts.append(part)
+        return "/" + "/".join(parts)
+
+    pieces = ["a", ".", "/", "..", "b.c", ".wh.x", "\\", "..."]
+    names = ["".join(combo) for k in range(1, 6) for combo in itertools.product(pieces, repeat=k)]
+    assert len(names) > 37_000
+    assert [n for n in names if normalise(n) != by_parts(n)] == []
 
 
 def test_whiteouts_and_markers() -> None:
