@@ -141,6 +141,42 @@ def test_a_worker_killed_mid_stream_fails_that_file_only(fixtures: Path) -> None
         assert reader.read("b", data) == want
 
 
+def test_a_worker_killed_mid_stream_fails_that_file_only_for_the_scans_sharing_it(fixtures: Path) -> None:
+    """Concurrent scans share a parser: another scan's files, uploaded while the stream holds the parser and
+    parsed after the crash, get their own facts from the next worker."""
+    data = padded(fixtures, 8 << 20)
+    names = [p for p in sorted(fixtures.rglob("*")) if p.is_file() and p.read_bytes()[:4] == elf.ELF_MAGIC]
+    with ElfReader() as reader:
+        want = reader.read("a", data)
+        others = [(reader.read("x", p.read_bytes()), p.read_bytes()) for p in names[: elf.SLOTS]]
+        stream = reader.session().stream(len(data))
+        stream.write(data[: 4 << 20])
+        got: list[ElfFacts] = []
+        uploaded = threading.Event()
+
+        def other_scan() -> None:
+            session = reader.session()
+            uploads = []
+            for _, other in others:
+                upload = session.upload(len(other))
+                upload.write(other)
+                uploads.append(upload)
+            uploaded.set()
+            got.extend(upload.facts() for upload in uploads)  # each waits for the stream's facts first
+            session.close()
+
+        thread = threading.Thread(target=other_scan)
+        thread.start()
+        assert uploaded.wait(30)
+        os.kill(worker_pid(reader), signal.SIGKILL)
+        stream.write(data[4 << 20 :])
+        assert stream.facts().error == f"parser crashed (signal {signal.SIGKILL.value})"
+        thread.join(60)
+        assert not thread.is_alive()
+        assert got == [facts for facts, _ in others]
+        assert reader.read("b", data) == want
+
+
 def test_a_worker_stalled_mid_stream_times_out_and_is_replaced(fixtures: Path) -> None:
     data = padded(fixtures, 8 << 20)
     with ElfReader(timeout=0.5) as reader:
