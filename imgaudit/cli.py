@@ -87,7 +87,7 @@ def common(func: F) -> F:
     func = click.option("--platform", "platform", metavar="OS/ARCH[/VARIANT]",
                         help="Pick one image from a multi-platform index.")(func)
     return click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
-                        help="Layers scanned in parallel.")(func)
+                        help="Layers scanned in parallel; their ELF files share one parser process per two CPUs.")(func)
 
 
 _PULL_KEYS = ("from_source", "username", "password_stdin", "ca_cert", "insecure")
