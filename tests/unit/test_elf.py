@@ -57,6 +57,12 @@ def facts_of(reader: ElfReader, path: Path) -> ElfFacts:
     return reader.read(str(path), path.read_bytes())
 
 
+def elf_fixtures(fixtures: Path) -> dict[Path, bytes]:
+    """Every built fixture that is an ELF file, by path, in path order."""
+    files = {p: p.read_bytes() for p in sorted(fixtures.rglob("*")) if p.is_file()}
+    return {path: data for path, data in files.items() if data[:4] == elf.ELF_MAGIC}
+
+
 def glibc_needs(result: ElfFacts) -> list[str]:
     return [n.version for n in result.version_needs if n.file == "libc.so.6" and n.version.startswith("GLIBC_2.")]
 
@@ -268,19 +274,16 @@ def test_old_alpine_musl_version(reader: ElfReader) -> None:
 
 
 def test_trimmed_parser_config_gives_the_same_facts_as_a_full_parse(fixtures: Path, reader: ElfReader) -> None:
-    names = [p for p in sorted(fixtures.rglob("*")) if p.is_file() and p.read_bytes()[:4] == elf.ELF_MAGIC]
-    assert len(names) >= 10
-    for path in names:
-        data = path.read_bytes()
+    files = elf_fixtures(fixtures)
+    assert len(files) >= 10
+    for path, data in files.items():
         assert reader.read(str(path), data) == reader._read_op(data, elf._OP_PARSE_ALL), path
 
 
 def test_every_slot_of_a_session_answers_for_its_own_file(fixtures: Path, reader: ElfReader) -> None:
     """The scan fills all slots ahead of the parser; each file's facts must come from its own slot
     (the worker once folded slot numbers onto two memfds, and six of eight files got another's facts)."""
-    names = [p for p in sorted(fixtures.rglob("*")) if p.is_file() and p.read_bytes()[:4] == elf.ELF_MAGIC]
-    files = [p.read_bytes() for p in names]
-    distinct = list({reader.read("x", data): data for data in files}.items())  # no read() in a session
+    distinct = list({reader.read("x", data): data for data in elf_fixtures(fixtures).values()}.items())
     assert len(distinct) >= elf.SLOTS + 2
     session = reader.session()
     for start in (0, 2):
@@ -300,8 +303,7 @@ def test_concurrent_sessions_and_reads_on_one_reader_each_get_their_own_files_fa
         fixtures: Path, reader: ElfReader) -> None:
     """`--jobs 2` scans two layers at once through one parser (on two CPUs): their sessions and the reads of
     kept files take slots from the same reader at the same time, and no file may get another's facts."""
-    names = [p for p in sorted(fixtures.rglob("*")) if p.is_file() and p.read_bytes()[:4] == elf.ELF_MAGIC]
-    distinct = list({reader.read("x", p.read_bytes()): p.read_bytes() for p in names}.items())
+    distinct = list({reader.read("x", data): data for data in elf_fixtures(fixtures).values()}.items())
     assert len(distinct) >= elf.SLOTS + 2
     wrong: list[str] = []
     start = threading.Barrier(3)

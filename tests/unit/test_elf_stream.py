@@ -145,10 +145,9 @@ def test_a_worker_killed_mid_stream_fails_that_file_only_for_the_scans_sharing_i
     """Concurrent scans share a parser: another scan's files, uploaded while the stream holds the parser and
     parsed after the crash, get their own facts from the next worker."""
     data = padded(fixtures, 8 << 20)
-    names = [p for p in sorted(fixtures.rglob("*")) if p.is_file() and p.read_bytes()[:4] == elf.ELF_MAGIC]
     with ElfReader() as reader:
         want = reader.read("a", data)
-        others = [(reader.read("x", p.read_bytes()), p.read_bytes()) for p in names[: elf.SLOTS]]
+        others = [(reader.read("x", other), other) for other in list(elf_files(fixtures).values())[: elf.SLOTS]]
         stream = reader.session().stream(len(data))
         stream.write(data[: 4 << 20])
         got: list[ElfFacts] = []
