@@ -1347,12 +1347,9 @@ class ElfSession:
             fd = self.reader._channel.slot(slot)
             os.ftruncate(fd, size)
         except BaseException:
-            self.release(slot, 0)
+            self.reader._give_slot(slot, 0)
             raise
         return ElfUpload(self, slot, fd, size)
-
-    def release(self, slot: int, size: int) -> None:
-        self.reader._give_slot(slot, size)
 
     def stream(self, size: int) -> ElfStream:
         """A file of `size` bytes written straight into the worker as it is read, with no slot: LIEF's
@@ -1411,7 +1408,7 @@ class ElfUpload:
     def discard(self) -> None:
         if not self._released:
             self._released = True
-            self.session.release(self.slot, self.size)
+            self.session.reader._give_slot(self.slot, self.size)
 
 
 class ElfStream:
