@@ -595,30 +595,30 @@ def _parser_config(lief: Any, dynsym: bool) -> Any:
 
 
 class _Names:
-    """Symbol names by string table offset. The table is decoded once and split at its NULs, so each
-    name is a dict lookup; other offsets (a suffix of another name, or past the end) take the slow
-    path, one find and one decode per name."""
+    """Symbol names by string table offset: each name is the bytes from its offset to the next NUL,
+    decoded as os.fsdecode would. The table is decoded once and split at its NULs, so a name that starts
+    a part is a dict lookup; other offsets (the linker shares tails, so one may point inside another
+    name, or past the end) take the slow path, one find and one decode per name."""
 
     def __init__(self, strtab: bytes, by_index: list[str] | None = None) -> None:
         self.strtab = strtab
         self.by_index = by_index
         self.starts: dict[int, str] | None = None
 
-    def __call__(self, offsets: list[int]) -> list[str]:
+    def __call__(self, offsets: Sequence[int]) -> list[str]:
         if self.by_index is not None:
             return list(map(self.by_index.__getitem__, offsets))
         if self.starts is None:
-            parts = self.strtab.decode("latin-1").split("\0")  # one character per byte: offsets stay offsets
-            if not self.strtab.isascii():  # C++ and Rust libraries may hold UTF-8 names; decode those as slow() does
-                parts = [p if p.isascii() else p.encode("latin-1").decode("utf-8", "surrogateescape") for p in parts]
-            # a part starts after the parts before it and one NUL each
+            parts = self.strtab.decode("latin-1").split("\0")  # one character per byte: lengths are bytes
+            # a part starts after the parts before it and one NUL each, counted in bytes before any decoding
             starts = map(operator.add, itertools.accumulate(map(len, parts), initial=0), itertools.count())
-            self.starts = dict(zip(starts, parts, strict=False))  # count() never ends
+            if not self.strtab.isascii():  # C++, Rust and Go libraries may hold UTF-8 names: decode as slow() does
+                parts = [p if p.isascii() else p.encode("latin-1").decode("utf-8", "surrogateescape") for p in parts]
+            self.starts = dict(zip(starts, parts, strict=False))
         names = list(map(self.starts.get, offsets))
         if None in names:
-            for at, name in enumerate(names):
-                if name is None:
-                    names[at] = self.slow(offsets[at])
+            for at in itertools.compress(itertools.count(), map(operator.is_, names, itertools.repeat(None))):
+                names[at] = self.slow(offsets[at])
         return names  # type: ignore[return-value]  # every None was replaced
 
     def slow(self, offset: int) -> str:

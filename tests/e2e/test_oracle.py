@@ -130,6 +130,7 @@ def specs(tmp: Path) -> dict[str, Spec]:
             **common, **greet, "/ssl-app": (fx("ssl/ssl-app"), exe),
             "/opt/y/bin/greet-app": (fx("greet/bin/greet-app"), exe),
             "/usr/lib/x86_64-linux-gnu/libgreet.so.1": (fx("greet/lib/libgreet.so.1"), ro),
+            "/u8/bin/u8-app": (fx("utf8/bin/u8-app"), exe), "/u8/lib/libu8.so.1": (fx("utf8/lib/libu8.so.1"), ro),
             "/rg-bullseye": (rust_binary("bullseye", "rg"), exe), "/rg-bookworm": (rust_binary("bookworm", "rg"), exe),
             "/fd-bookworm": (rust_binary("bookworm", "fd"), exe), "/fd-trixie": (rust_binary("trixie", "fd"), exe)}),
         "trixie-cc": Spec("trixie-cc", {
@@ -161,6 +162,7 @@ CASES = [
     Case("bookworm-cc-rg-bullseye", "bookworm-cc", ("/rg-bullseye", "--version"), OK),
     Case("bookworm-cc-fd-bookworm", "bookworm-cc", ("/fd-bookworm", "--version"), OK),
     Case("bookworm-cc-ssl-app", "bookworm-cc", ("/ssl-app",), OK),
+    Case("bookworm-cc-utf8-symbol-names", "bookworm-cc", ("/u8/bin/u8-app",), OK),
     Case("bullseye-base-glibc-static", "bullseye-base", ("/hello-static",), OK),
     Case("static-rust-crt-static", "bookworm-static", ("/rs-static",), OK),
     Case("slim-fd-bullseye", "bookworm-slim", ("/fd-bullseye", "--version"), OK),
@@ -297,6 +299,7 @@ def test_every_failure_category_has_two_cases() -> None:
 LDD_CASES = [
     ("bookworm-cc", "/app/bin/greet-app"), ("bookworm-cc", "/opt/y/bin/greet-app"), ("bookworm-cc", "/rs-gnu"),
     ("bookworm-cc", "/rg-bullseye"), ("bookworm-cc", "/missr/bin/greet-app-rpath"), ("bookworm-cc", "/ssl-app"),
+    ("bookworm-cc", "/u8/bin/u8-app"),
     ("bullseye-base", "/rs-gnu"), ("bullseye-base", "/nolib/bin/greet-app"), ("bullseye-base", "/rg-bullseye"),
     ("trixie-cc", "/app/bin/greet-app"), ("trixie-cc", "/missr/bin/greet-app-rpath"), ("trixie-cc", "/fd-trixie"),
     ("bookworm-slim", "/bin/bash"), ("bookworm-slim", "/usr/bin/env"), ("bookworm-slim", "/opt/x/bin/greet-app"),

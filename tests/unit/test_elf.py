@@ -630,3 +630,19 @@ def test_symbol_names_from_a_table_that_is_not_ascii_read_as_each_name_alone() -
     want = [table[o : table.index(b"\0", o)].decode("utf-8", "surrogateescape") for o in offsets]
     assert want[:4] == ["main", "café", "x\udcff", "_ZN4core3fmt"]
     assert names(offsets) == want
+
+
+def test_names_after_a_utf8_name_are_found_at_their_byte_offsets() -> None:
+    """Offsets count bytes: "éé" is 4 bytes but 2 characters. Counting characters moved every later name back
+    by two, so offset 6 (of "x") read as "puts", the name that then started there."""
+    table = b"\0\xc3\xa9\xc3\xa9\0x\0puts\0"
+    assert elf._Names(table)([6, 8, 1, 3]) == ["x", "puts", "éé", "é"]
+
+
+def test_exports_after_utf8_names_keep_their_own_names(facts: Read) -> None:
+    """libu8.so.1's u8_hello follows three UTF-8 names in .dynstr (GCC takes UTF-8 identifiers); it read as
+    "printf", the import whose name then started at its offset, and u8-app as missing u8_hello."""
+    lib = facts("utf8/lib/libu8.so.1")
+    assert sorted(s.name for s in lib.exported_symbols) == ["u8_hello", "u8_éé", "u8_ééé", "u8_éééé"]
+    assert "printf" in [s.name for s in lib.imported_symbols]
+    assert "u8_hello" in [s.name for s in facts("utf8/bin/u8-app").imported_symbols]

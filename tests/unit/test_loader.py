@@ -74,6 +74,14 @@ def test_bind_now_missing_symbol_is_fatal() -> None:
                                        "version GREET_2.0")
 
 
+def test_a_symbol_exported_after_utf8_names_binds() -> None:
+    """u8-app binds u8_hello at start-up; libu8.so.1 exports it after three UTF-8 names (the oracle runs it)."""
+    fs = image([exe("app/bin/u8-app", "utf8/bin/u8-app"), f("app/lib/libu8.so.1", fx("utf8/lib/libu8.so.1"))])
+    res = loader.resolve(fs, "/app/bin/u8-app")
+    assert res is not None and res.objects[1].real_path == "/app/lib/libu8.so.1"
+    assert [p.symbol for p in res.problems if p.kind == "missing-symbol"] == []
+
+
 def test_ld_library_path_beats_runpath_and_rpath_beats_ld_library_path() -> None:
     fs = image([GREET_APP, exe("app/bin/greet-app-rpath", "greet/bin/greet-app-rpath"),
                 f("app/lib/libgreet.so.1", fx("greet/lib/libgreet.so.1")),
