@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ import pytest
 from imgaudit import entrypoint, loader
 from imgaudit.audit import Loaded, audit, load
 from imgaudit.image import Platform
+from imgaudit.layers import EntryType
 
 try:
     from .runtimes import REPO, docker_build, ensure_runtimes, require_docker, rust_binary
@@ -145,6 +147,8 @@ def specs(tmp: Path) -> dict[str, Spec]:
             "/rg-bookworm": (rust_binary("bookworm", "rg"), exe),
             "/fd-bullseye": (rust_binary("bullseye", "fd"), exe)}),
         "arm64": Spec("alpine-3.20-arm64", {}),
+        "trixie-slim": Spec("trixie-slim", {}),
+        "bullseye-slim": Spec("bullseye-slim", {}),
     }
 
 
@@ -320,6 +324,29 @@ def loader_listing(tag: str, interp: str, path: str) -> tuple[int, list[tuple[st
     return res.returncode, pairs, res.stderr
 
 
+def listing_mismatch(res: loader.Resolution, code: int, pairs: list[tuple[str | None, str]], stderr: str) -> str | None:
+    """What differs between imgaudit's resolution and the loader's `--list` of the same program, or None."""
+    load_error = next((p for p in res.problems if p.fatal and p.kind == "missing-library"), None)
+    if res.flavour == "glibc" and load_error is not None:
+        # glibc's --list stops at the first library it cannot open, with the start-up message.
+        if code != 0 and load_error.message.split(": ", 1)[1] in stderr:
+            return None
+        return f"{res.program}: exit {code}, expected {load_error.message!r}; the loader said: {stderr}"
+    if res.flavour == "glibc":
+        # Load order: each object as ld.so names it (`name => path`, or the path alone for ld.so).
+        got, ours = [p for _, p in pairs], [o.name for o in res.objects[1:]]
+        return None if got == ours and code == 0 else f"{res.program}: ld.so lists {got}, imgaudit {ours}"
+    # musl: `name => path` per library loaded (libc once per reserved name); errors on stderr.
+    listed = {name: p for name, p in pairs if name}
+    resolved = {n: p for n, p in res.resolved().items() if p is not None}
+    if listed != resolved:
+        return f"{res.program}: musl lists {listed}, imgaudit {resolved}"
+    for link in res.missing():
+        if f"Error loading shared library {link.name}: No such file or directory" not in stderr:
+            return f"{res.program}: musl did not report {link.name} missing: {stderr}"
+    return None
+
+
 @pytest.mark.parametrize(("image", "path"), LDD_CASES, ids=[f"{i}:{p}" for i, p in LDD_CASES])
 def test_ldd_matches_loader_listing(image: str, path: str, images: dict[str, tuple[str, Loaded]]) -> None:
     tag, loaded = images[image]
@@ -327,22 +354,57 @@ def test_ldd_matches_loader_listing(image: str, path: str, images: dict[str, tup
     res = loader.resolve(loaded.rootfs, path, loader.LoaderEnv.from_env(config.env, config.working_dir))
     assert res is not None and res.interpreter
     code, pairs, stderr = loader_listing(tag, res.interpreter, path)
-    load_error = next((p for p in res.problems if p.fatal and p.kind == "missing-library"), None)
-    if res.flavour == "glibc" and load_error is not None:
-        # glibc's --list stops at the first library it cannot open, with the start-up message.
-        assert code != 0 and load_error.message.split(": ", 1)[1] in stderr, stderr
-        return
-    if res.flavour == "glibc":
-        # Load order: each object as ld.so names it (`name => path`, or the path alone for ld.so).
-        got = [p for _, p in pairs]
-        assert got == [o.name for o in res.objects[1:]], (pairs, res.objects)
-        return
-    # musl: `name => path` per library loaded (libc once per reserved name); errors on stderr.
-    listed = {name: p for name, p in pairs if name}
-    ours = res.resolved()
-    assert listed == {n: p for n, p in ours.items() if p is not None}, (pairs, ours)
-    for link in res.missing():
-        assert f"Error loading shared library {link.name}: No such file or directory" in stderr
+    assert listing_mismatch(res, code, pairs, stderr) is None
+
+
+# Images with a shell, and their loader: every program there that asks for that loader is listed in one container.
+SWEEP = {"bookworm-slim": "/lib64/ld-linux-x86-64.so.2", "trixie-slim": "/lib64/ld-linux-x86-64.so.2",
+         "bullseye-slim": "/lib64/ld-linux-x86-64.so.2", "alpine": "/lib/ld-musl-x86_64.so.1"}
+
+
+Listing = tuple[int, list[tuple[str | None, str]], str]  # exit status, `name => path` pairs, the other lines
+
+
+def loader_listings(tag: str, interp: str, paths: list[str]) -> dict[str, Listing]:
+    """`INTERP --list PATH` for every path, run by the image's /bin/sh in one container: per path its exit
+    status, the `name => path` lines, and the rest of the output (the loader's errors)."""
+    script = "".join(f'echo "@@ {p}"; {interp} --list {shlex.quote(p)} 2>&1; echo "@@ exit $?"\n' for p in paths)
+    res = subprocess.run(["docker", "run", "--rm", "-i", "--network", "none", "--entrypoint", "/bin/sh", tag],
+                         input=script, capture_output=True, text=True, check=False, timeout=RUN_TIMEOUT * 5)
+    out: dict[str, Listing] = {}
+    path = ""
+    lines: list[str] = []
+    for line in res.stdout.splitlines():
+        if line.startswith("@@ exit "):
+            pairs = [(m.group(1), m.group(2)) for m in map(_LINE.match, lines)
+                     if m and not m.group(2).startswith("linux-vdso")]
+            out[path] = (int(line[8:]), pairs, "\n".join(line for line in lines if not _LINE.match(line)))
+        elif line.startswith("@@ "):
+            path, lines = line[3:], []
+        else:
+            lines.append(line)
+    return out
+
+
+@pytest.mark.parametrize("image", sorted(SWEEP))
+def test_every_program_of_an_image_lists_as_its_loader_does(image: str, images: dict[str, tuple[str, Loaded]]) -> None:
+    """Beyond LDD_CASES: all of the image's own programs (dash, coreutils, apk, ldconfig …) and the fixtures."""
+    tag, loaded = images[image]
+    interp = SWEEP[image]
+    fs, config = loaded.rootfs, loaded.image.config
+    paths = [path for path, node in sorted(fs.nodes.items()) if node.entry.type is EntryType.FILE
+             and node.entry.elf is not None and node.entry.elf.interpreter == interp]
+    assert len(paths) >= (8 if image == "alpine" else 100), paths
+    listings = loader_listings(tag, interp, paths)
+    env = loader.LoaderEnv.from_env(config.env, config.working_dir)
+    mismatches = []
+    for path in paths:
+        res = loader.resolve(fs, path, env)
+        assert res is not None and path in listings, path
+        mismatch = listing_mismatch(res, *listings[path])
+        if mismatch:
+            mismatches.append(mismatch)
+    assert not mismatches, f"{len(mismatches)} of {len(paths)} differ:\n" + "\n".join(mismatches[:5])
 
 
 # -- runtime facts and the report ------------------------------------------------------------------
