@@ -70,6 +70,11 @@ def rust_binary(release: str, name: str = "rg") -> Path:
     return Path(_script().rust_binary(release, name))
 
 
+def package_programs(release: str, pkg: str) -> dict[str, Path]:
+    """The ELF programs of a Debian package's /usr/bin (``coreutils`` of ``trixie``, say), by name."""
+    return {name: Path(path) for name, path in _script().package_programs(release, pkg).items()}
+
+
 def docker_available() -> bool:
     try:
         res = subprocess.run(["docker", "info"], check=False, capture_output=True, timeout=30)

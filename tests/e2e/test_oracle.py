@@ -47,9 +47,11 @@ from imgaudit.image import Platform
 from imgaudit.layers import EntryType
 
 try:
-    from .runtimes import REPO, docker_build, ensure_runtimes, require_docker, rust_binary
+    from .runtimes import REPO, docker_build, ensure_runtimes, package_programs, require_docker, rust_binary
 except ImportError:  # tests/e2e is not a package: pytest puts it on sys.path (rootdir-relative import)
-    from runtimes import REPO, docker_build, ensure_runtimes, require_docker, rust_binary  # type: ignore[no-redef]
+    from runtimes import (  # type: ignore[no-redef]  # noqa: I001
+        REPO, docker_build, ensure_runtimes, package_programs, require_docker, rust_binary,
+    )
 
 pytestmark = pytest.mark.e2e
 
@@ -149,6 +151,9 @@ def specs(tmp: Path) -> dict[str, Spec]:
         "arm64": Spec("alpine-3.20-arm64", {}),
         "trixie-slim": Spec("trixie-slim", {}),
         "bullseye-slim": Spec("bullseye-slim", {}),
+        # trixie's coreutils (GLIBC_2.34 … 2.38) on bullseye's glibc 2.31: ~100 programs with version errors
+        "bullseye-mixed": Spec("bullseye-slim", {
+            f"/t/{name}": (path, exe) for name, path in package_programs("trixie", "coreutils").items()}),
     }
 
 
@@ -404,6 +409,38 @@ def test_every_program_of_an_image_lists_as_its_loader_does(image: str, images: 
         mismatch = listing_mismatch(res, *listings[path])
         if mismatch:
             mismatches.append(mismatch)
+    assert not mismatches, f"{len(mismatches)} of {len(paths)} differ:\n" + "\n".join(mismatches[:5])
+
+
+GLIBC_LD = "/lib64/ld-linux-x86-64.so.2"
+_VERSION_LINE = ("not found (required by", "no version information available")
+
+
+def test_version_errors_of_every_newer_program_are_the_loaders(images: dict[str, tuple[str, Loaded]]) -> None:
+    """trixie's coreutils in bullseye-slim: for each program, the version lines `ld.so --list` prints (it checks
+    versions once every library is open) are imgaudit's version problems, word for word; a program whose
+    library is missing stops before that check, and imgaudit names that library first."""
+    tag, loaded = images["bullseye-mixed"]
+    fs, config = loaded.rootfs, loaded.image.config
+    paths = [path for path, node in sorted(fs.nodes.items()) if path.startswith("/t/")
+             and node.entry.elf is not None and node.entry.elf.interpreter == GLIBC_LD]
+    listings = loader_listings(tag, GLIBC_LD, paths)
+    env = loader.LoaderEnv.from_env(config.env, config.working_dir)
+    compared, mismatches = 0, []
+    for path in paths:
+        res = loader.resolve(fs, path, env)
+        assert res is not None and res.fatal is not None, path  # every one needs a newer glibc
+        _, _, said = listings[path]
+        theirs = sorted(line.strip() for line in said.splitlines() if line.endswith(")") and any(
+            marker in line for marker in _VERSION_LINE))
+        if res.fatal.kind == "missing-library":
+            assert not theirs and res.fatal.message in said, (path, said)
+            continue
+        ours = sorted(p.message for p in res.problems if p.kind in ("glibc-version", "weak-version", "no-version-info"))
+        compared += len(theirs)
+        if theirs != ours:
+            mismatches.append(f"{path}: ld.so {theirs}, imgaudit {ours}")
+    assert compared >= 100, f"only {compared} version lines compared"
     assert not mismatches, f"{len(mismatches)} of {len(paths)} differ:\n" + "\n".join(mismatches[:5])
 
 
