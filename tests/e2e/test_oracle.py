@@ -135,6 +135,8 @@ def specs(tmp: Path) -> dict[str, Spec]:
             "/opt/y/bin/greet-app": (fx("greet/bin/greet-app"), exe),
             "/usr/lib/x86_64-linux-gnu/libgreet.so.1": (fx("greet/lib/libgreet.so.1"), ro),
             "/u8/bin/u8-app": (fx("utf8/bin/u8-app"), exe), "/u8/lib/libu8.so.1": (fx("utf8/lib/libu8.so.1"), ro),
+            # a Go program with cgo (BIND_NOW, needs only libc.so.6; UTF-8 names in .dynstr), from the Debian package
+            "/go/ctr": (package_programs("bookworm", "containerd")["ctr"], exe),
             "/rg-bullseye": (rust_binary("bullseye", "rg"), exe), "/rg-bookworm": (rust_binary("bookworm", "rg"), exe),
             "/fd-bookworm": (rust_binary("bookworm", "fd"), exe), "/fd-trixie": (rust_binary("trixie", "fd"), exe)}),
         "trixie-cc": Spec("trixie-cc", {
@@ -172,6 +174,7 @@ CASES = [
     Case("bookworm-cc-fd-bookworm", "bookworm-cc", ("/fd-bookworm", "--version"), OK),
     Case("bookworm-cc-ssl-app", "bookworm-cc", ("/ssl-app",), OK),
     Case("bookworm-cc-utf8-symbol-names", "bookworm-cc", ("/u8/bin/u8-app",), OK),
+    Case("bookworm-cc-go-cgo-ctr", "bookworm-cc", ("/go/ctr", "--version"), OK),
     Case("bullseye-base-glibc-static", "bullseye-base", ("/hello-static",), OK),
     Case("static-rust-crt-static", "bookworm-static", ("/rs-static",), OK),
     Case("slim-fd-bullseye", "bookworm-slim", ("/fd-bullseye", "--version"), OK),
@@ -308,7 +311,7 @@ def test_every_failure_category_has_two_cases() -> None:
 LDD_CASES = [
     ("bookworm-cc", "/app/bin/greet-app"), ("bookworm-cc", "/opt/y/bin/greet-app"), ("bookworm-cc", "/rs-gnu"),
     ("bookworm-cc", "/rg-bullseye"), ("bookworm-cc", "/missr/bin/greet-app-rpath"), ("bookworm-cc", "/ssl-app"),
-    ("bookworm-cc", "/u8/bin/u8-app"),
+    ("bookworm-cc", "/u8/bin/u8-app"), ("bookworm-cc", "/go/ctr"),
     ("bullseye-base", "/rs-gnu"), ("bullseye-base", "/nolib/bin/greet-app"), ("bullseye-base", "/rg-bullseye"),
     ("trixie-cc", "/app/bin/greet-app"), ("trixie-cc", "/missr/bin/greet-app-rpath"), ("trixie-cc", "/fd-trixie"),
     ("bookworm-slim", "/bin/bash"), ("bookworm-slim", "/usr/bin/env"), ("bookworm-slim", "/opt/x/bin/greet-app"),
