@@ -366,8 +366,9 @@ def test_ldd_matches_loader_listing(image: str, path: str, images: dict[str, tup
 
 
 # Images with a shell, and their loader: every program there that asks for that loader is listed in one container.
-SWEEP = {"bookworm-slim": "/lib64/ld-linux-x86-64.so.2", "trixie-slim": "/lib64/ld-linux-x86-64.so.2",
-         "bullseye-slim": "/lib64/ld-linux-x86-64.so.2", "alpine": "/lib/ld-musl-x86_64.so.1"}
+GLIBC_LD = "/lib64/ld-linux-x86-64.so.2"
+SWEEP = {"bookworm-slim": GLIBC_LD, "trixie-slim": GLIBC_LD, "bullseye-slim": GLIBC_LD,
+         "alpine": "/lib/ld-musl-x86_64.so.1"}
 
 
 Listing = tuple[int, list[tuple[str | None, str]], str]  # exit status, `name => path` pairs, the other lines
@@ -386,7 +387,7 @@ def loader_listings(tag: str, interp: str, paths: list[str]) -> dict[str, Listin
         if line.startswith("@@ exit "):
             pairs = [(m.group(1), m.group(2)) for m in map(_LINE.match, lines)
                      if m and not m.group(2).startswith("linux-vdso")]
-            out[path] = (int(line[8:]), pairs, "\n".join(line for line in lines if not _LINE.match(line)))
+            out[path] = (int(line[8:]), pairs, "\n".join(text for text in lines if not _LINE.match(text)))
         elif line.startswith("@@ "):
             path, lines = line[3:], []
         else:
@@ -415,7 +416,6 @@ def test_every_program_of_an_image_lists_as_its_loader_does(image: str, images: 
     assert not mismatches, f"{len(mismatches)} of {len(paths)} differ:\n" + "\n".join(mismatches[:5])
 
 
-GLIBC_LD = "/lib64/ld-linux-x86-64.so.2"
 _VERSION_LINE = ("not found (required by", "no version information available")
 
 
