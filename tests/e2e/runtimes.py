@@ -23,6 +23,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import posixpath
 import subprocess
 import sys
 import tempfile
@@ -71,8 +72,23 @@ def rust_binary(release: str, name: str = "rg") -> Path:
 
 
 def package_programs(release: str, pkg: str) -> dict[str, Path]:
-    """The ELF programs of a Debian package's /usr/bin (``coreutils`` of ``trixie``, say), by name."""
-    return {name: Path(path) for name, path in _script().package_programs(release, pkg).items()}
+    """The ELF programs of a Debian package's /usr/bin (``coreutils`` of ``trixie``, say), by name: unpacked once
+    from the script's cached .deb into <cache>/programs/<release>/<pkg>/. Kept out of the script, whose source is
+    its recipe hash: a change there rebuilds every runtime."""
+    script = _script()
+    builder = script.Builder(script.cache_dir(None), script._stderr_log)
+    out = builder.cache / "programs" / release / pkg
+    with script.locked(builder.cache):
+        if not (out / ".done").exists():
+            (deb,) = builder.debs(release, [pkg])
+            out.mkdir(parents=True, exist_ok=True)
+            for member, data in deb.members:
+                directory, name = posixpath.split(script._norm(member.name))
+                if directory == "usr/bin" and member.isfile() and data is not None and data[:4] == b"\x7fELF":
+                    script.atomic_write(out / name, data)
+                    (out / name).chmod(0o755)
+            script.atomic_write(out / ".done", b"")
+    return {path.name: path for path in sorted(out.iterdir()) if path.name != ".done"}
 
 
 def docker_available() -> bool:
