@@ -416,6 +416,33 @@ def test_every_program_of_an_image_lists_as_its_loader_does(image: str, images: 
     assert not mismatches, f"{len(mismatches)} of {len(paths)} differ:\n" + "\n".join(mismatches[:5])
 
 
+@pytest.mark.parametrize("image", ["bookworm-slim", "bullseye-slim", "trixie-slim"])
+def test_every_library_loads_what_its_loader_loads(image: str, images: dict[str, tuple[str, Loaded]]) -> None:
+    """Every shared library with DT_NEEDED (~280 per image), listed by ld.so as a program would load it: the same
+    files in the same order, and a failure exactly where ld.so fails. Files are compared by real path: ld.so is
+    already loaded under its PT_INTERP name when a program loads a library, while imgaudit, resolving the library
+    alone, finds it by its soname (`/lib64/ld-linux-x86-64.so.2` and `/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2`
+    are one file)."""
+    tag, loaded = images[image]
+    fs, config = loaded.rootfs, loaded.image.config
+    paths = [path for path, node in sorted(fs.nodes.items()) if node.entry.type is EntryType.FILE
+             and node.entry.elf is not None and node.entry.elf.error is None and node.entry.elf.needed
+             and not node.entry.elf.interpreter]
+    assert len(paths) >= 200, len(paths)
+    listings = loader_listings(tag, GLIBC_LD, paths)
+    env = loader.LoaderEnv.from_env(config.env, config.working_dir)
+    mismatches = []
+    for path in paths:
+        res = loader.resolve(fs, path, env, as_library=True)
+        assert res is not None and path in listings, path
+        code, pairs, said = listings[path]
+        theirs = [fs.resolve(found) if found != "not found" else None for _, found in pairs]
+        ours = [obj.real_path for obj in res.objects[1:]]
+        if theirs != ours or (code != 0) != (res.fatal is not None):
+            mismatches.append(f"{path}: ld.so {theirs} (exit {code}: {said}), imgaudit {ours} ({res.fatal})")
+    assert not mismatches, f"{len(mismatches)} of {len(paths)} differ:\n" + "\n".join(mismatches[:5])
+
+
 _VERSION_LINE = ("not found (required by", "no version information available")
 
 
