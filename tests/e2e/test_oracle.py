@@ -321,15 +321,18 @@ LDD_CASES = [
 _LINE = re.compile(r"^\t(?:(\S+) => )?(\S+|not found)(?: \(0x[0-9a-f]+\))?$")
 
 
-def loader_listing(tag: str, interp: str, path: str) -> tuple[int, list[tuple[str | None, str]], str]:
+Listing = tuple[int, list[tuple[str | None, str]], str]  # exit status, `name => path` pairs, the other lines
+
+
+def listed(lines: list[str]) -> list[tuple[str | None, str]]:
+    """The `name => path` (or bare path) lines of a `--list`, without the vDSO."""
+    return [(m.group(1), m.group(2)) for m in map(_LINE.match, lines) if m and not m.group(2).startswith("linux-vdso")]
+
+
+def loader_listing(tag: str, interp: str, path: str) -> Listing:
     res = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", interp, tag, "--list", path],
                          capture_output=True, text=True, check=False, timeout=RUN_TIMEOUT)
-    pairs = []
-    for line in res.stdout.splitlines():
-        m = _LINE.match(line)
-        if m and not (m.group(2) or "").startswith("linux-vdso"):
-            pairs.append((m.group(1), m.group(2)))
-    return res.returncode, pairs, res.stderr
+    return res.returncode, listed(res.stdout.splitlines()), res.stderr
 
 
 def listing_mismatch(res: loader.Resolution, code: int, pairs: list[tuple[str | None, str]], stderr: str) -> str | None:
@@ -371,9 +374,6 @@ SWEEP = {"bookworm-slim": GLIBC_LD, "trixie-slim": GLIBC_LD, "bullseye-slim": GL
          "alpine": "/lib/ld-musl-x86_64.so.1"}
 
 
-Listing = tuple[int, list[tuple[str | None, str]], str]  # exit status, `name => path` pairs, the other lines
-
-
 def loader_listings(tag: str, interp: str, paths: list[str]) -> dict[str, Listing]:
     """`INTERP --list PATH` for every path, run by the image's /bin/sh in one container: per path its exit
     status, the `name => path` lines, and the rest of the output (the loader's errors)."""
@@ -385,9 +385,7 @@ def loader_listings(tag: str, interp: str, paths: list[str]) -> dict[str, Listin
     lines: list[str] = []
     for line in res.stdout.splitlines():
         if line.startswith("@@ exit "):
-            pairs = [(m.group(1), m.group(2)) for m in map(_LINE.match, lines)
-                     if m and not m.group(2).startswith("linux-vdso")]
-            out[path] = (int(line[8:]), pairs, "\n".join(text for text in lines if not _LINE.match(text)))
+            out[path] = (int(line[8:]), listed(lines), "\n".join(text for text in lines if not _LINE.match(text)))
         elif line.startswith("@@ "):
             path, lines = line[3:], []
         else:

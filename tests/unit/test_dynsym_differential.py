@@ -9,17 +9,15 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from imgaudit.elf import ELF_MAGIC, ElfFacts, ElfReader
+from tests.unit.test_elf import ALPINE, CORPUS, elf_fixtures
+from tests.unit.test_elf_smoke import elf_members
 
-REPO = Path(__file__).resolve().parents[2]
-CORPUS = Path(os.environ.get("IMGAUDIT_CORPUS") or REPO.parent / "shared" / "corpus")
-ALPINE = ("alpine/alpine-minirootfs-3.20.3-x86_64.tar.gz", "alpine/alpine-minirootfs-3.20.3-aarch64.tar.gz")
 HOST_LIBS = Path("/usr/lib/x86_64-linux-gnu")
 # "  12: 0000000000001139    26 FUNC    GLOBAL DEFAULT   14 u8_hello@@V1 (2)"; a big size is printed in hex
 _SYMBOL = re.compile(rb"^\s*\d+: [0-9a-f]+\s+\S+\s+(\S+)\s+(\S+)\s+\S+\s+(\S+)\s?(.*)$")
@@ -66,22 +64,14 @@ def imgaudit_symbols(facts: ElfFacts) -> tuple[list[Row], list[Row]]:
 
 
 def alpine_files(tmp: Path) -> Iterator[Path]:
-    for rel in ALPINE:
-        archive = CORPUS / rel
-        if not archive.exists():
-            continue
-        root = tmp / Path(rel).name.split(".tar")[0]
-        with tarfile.open(archive) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                reader = tar.extractfile(member)
-                data = reader.read() if reader is not None else b""
-                if data[:4] == ELF_MAGIC:
-                    out = root / member.name
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_bytes(data)
-                    yield out
+    """The Alpine minirootfs ELF files, written out for readelf."""
+    for rel in ALPINE.values():
+        if (CORPUS / rel).exists():
+            for name, data in elf_members(CORPUS / rel).items():
+                out = tmp / Path(rel).name.split(".tar")[0] / name.lstrip("/")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(data)
+                yield out
 
 
 def host_libraries() -> Iterator[Path]:
@@ -93,8 +83,7 @@ def host_libraries() -> Iterator[Path]:
 
 
 def test_dynamic_symbols_match_readelf(fixtures: Path, reader: ElfReader, tmp_path: Path) -> None:
-    files = sorted(p for p in fixtures.rglob("*") if p.is_file() and p.read_bytes()[:4] == ELF_MAGIC)
-    files += [*alpine_files(tmp_path), *host_libraries()]
+    files = [*elf_fixtures(fixtures), *alpine_files(tmp_path), *host_libraries()]
     assert any(p.name == "libu8.so.1" for p in files), "the UTF-8 fixture was not built"
     differ, compared = [], 0
     for path in files:

@@ -24,7 +24,7 @@ from imgaudit.elf import ElfFacts, ElfReader
 from imgaudit.errors import ImgauditError
 from imgaudit.layers import scan_layer
 from tests.builders import f, make_layer
-from tests.unit.test_elf import ALPINE, CORPUS, worker_pid
+from tests.unit.test_elf import ALPINE, CORPUS, elf_fixtures, worker_pid
 
 PIECE = 64 << 10  # the size of the pieces a layer hands over, roughly
 
@@ -38,8 +38,7 @@ def streamed(reader: ElfReader, data: bytes, piece: int = PIECE) -> ElfFacts:
 
 
 def elf_files(fixtures: Path) -> dict[str, bytes]:
-    files = {str(p): p.read_bytes() for p in sorted(fixtures.rglob("*")) if p.is_file()}
-    files = {name: data for name, data in files.items() if data[:4] == elf.ELF_MAGIC}
+    files = {str(path): data for path, data in elf_fixtures(fixtures).items()}
     for arch, tarball in ALPINE.items():
         if (CORPUS / tarball).is_file():
             with tarfile.open(CORPUS / tarball) as tar:
