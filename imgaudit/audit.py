@@ -42,13 +42,15 @@ class Loaded:
     image: Image
     scans: tuple[LayerScan, ...]
     rootfs: RootFS
+    cache: ScanCache | None = None  # where the scans came from; analysers may remember results there too
 
 
 def load(reference: str, options: Options | None = None) -> Loaded:
     options = options or Options()
     ref = parse_reference(reference)
+    cache = ScanCache.default() if options.cache else None
     scanner = Scanner(elf_reader=_elf_reader() if options.elf else None, jobs=options.jobs,
-                      cache=ScanCache.default() if options.cache else None, progress=options.progress,
+                      cache=cache, progress=options.progress,
                       trust_digests=ref.transport == "registry" and not ref.bare)
     try:
         image, scans = load_image(ref, platform=options.platform, scanner=scanner, source=options.source,
@@ -60,7 +62,7 @@ def load(reference: str, options: Options | None = None) -> Loaded:
         if not options.keep_parsers:
             _release_parsers()
     with settled_heap():
-        return Loaded(image, scans, RootFS.build(scans))
+        return Loaded(image, scans, RootFS.build(scans), cache)
 
 
 @contextmanager

@@ -18,6 +18,9 @@ cached too, under a fingerprint of every module: re-inspecting a seen image cost
 manifest and config. Reports are pickled (they are a tree of the report's dataclasses); loading
 accepts imgaudit's own classes only, so an entry can never name another callable. Reports with an
 incomplete part are not stored (a parser timeout must not outlive the run that hit it).
+
+Resolutions of binaries are remembered per layer (linkmemo.py says what a memo holds and when it is
+trusted), `marshal` again, framed and verified like the rest, under the fingerprint of every module.
 """
 
 from __future__ import annotations
@@ -48,12 +51,15 @@ MAGIC = b"IMGAUDIT-SCAN\0"
 REPORT_MAGIC = b"IMGAUDIT-RPRT\0"
 HASHED_MAGIC = b"IMGAUDIT-HASH\0"
 REPORT_SUFFIX = ".report"
+LINKS_MAGIC = b"IMGAUDIT-LINK\0"
+LINKS_SUFFIX = ".links"
 _HEADER = len(MAGIC) + 2 + 32  # magic, version, codec, sha256(payload)
 _CODEC_RAW, _CODEC_ZSTD = 0, 1
 DEFAULT_MAX_BYTES = 2 << 30
 STALE_TEMP_SECONDS = 3600
 SUFFIX = ".scan"
 HASHED_SUFFIX = ".hashed"
+_ENTRY_SUFFIXES = (SUFFIX, REPORT_SUFFIX, HASHED_SUFFIX, LINKS_SUFFIX)
 _ENTRY_TYPES = {t.value: t for t in EntryType}
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -183,6 +189,25 @@ class ScanCache:
             return
         self._write(self.report_path(key), _framed(REPORT_MAGIC, payload))
 
+    # -- resolutions remembered per layer (linkmemo.py) -----------------------------------------
+
+    def links_path(self, digest: str) -> Path:
+        if self._code is None:
+            self._code = _code_fingerprint()
+        algo, _, hexpart = digest.partition(":")
+        safe = "".join(c for c in f"{algo}-{hexpart}" if c.isalnum() or c == "-")[:140]
+        return self.root / f"links-{safe}.{self._code}{LINKS_SUFFIX}"
+
+    def get_links(self, digest: str) -> dict[Any, Any] | None:
+        if not self.usable:
+            return None
+        memos = _read_entry(self.links_path(digest), lambda blob: marshal.loads(_verified(blob, LINKS_MAGIC)))
+        return memos if isinstance(memos, dict) else None
+
+    def put_links(self, digest: str, memos: dict[Any, Any]) -> None:
+        if self.usable:
+            self._write(self.links_path(digest), _framed(LINKS_MAGIC, marshal.dumps(memos)))
+
     # -- blob hashes by file identity (scanner.blob_identity) ----------------------------------
 
     def hashed_path(self, identity: str) -> Path:
@@ -246,7 +271,7 @@ class ScanCache:
                 if now - st.st_mtime > STALE_TEMP_SECONDS:
                     with contextlib.suppress(OSError):
                         path.unlink()
-            elif path.name.endswith((SUFFIX, REPORT_SUFFIX, HASHED_SUFFIX)):
+            elif path.name.endswith(_ENTRY_SUFFIXES):
                 entries.append((st.st_mtime, st.st_size, path))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
@@ -258,7 +283,7 @@ class ScanCache:
 
     def clear(self) -> None:
         for path in _listdir(self.root):
-            if path.name.endswith((SUFFIX, REPORT_SUFFIX, HASHED_SUFFIX)) or path.name.startswith(".tmp-"):
+            if path.name.endswith(_ENTRY_SUFFIXES) or path.name.startswith(".tmp-"):
                 with contextlib.suppress(OSError):
                     path.unlink()
 

@@ -151,6 +151,18 @@ class Resolution:
     def missing(self) -> list[Link]:
         return [link for link in self.links if link.path is None]
 
+    def outcome(self) -> Outcome:
+        return Outcome(self.flavour, tuple(self.resolved().items()), self.fatal)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a report keeps of a resolution: all `linkmemo` has to remember of one across runs."""
+
+    flavour: str
+    resolved: tuple[tuple[str, str | None], ...]  # `Resolution.resolved()`, in order
+    fatal: Problem | None
+
 
 # ------------------------------------------------------------------------------------------------
 # Shared file checks.
@@ -281,6 +293,12 @@ class GlibcLoader:
         self.library_path = tuple(_split_dirs(env.library_path or "", ":;"))
         self._expanded: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
         self._searches: dict[tuple[str, _Plan], _Search] = {}
+
+    def state(self) -> str:
+        """What this loader read of the image once for all programs (linkmemo.py keys memos by it)."""
+        ld_cache = self.rootfs.get("/etc/ld.so.cache")  # the node `load_cache` read, by its bytes
+        return repr((self.flavour, self.want, self.env, self.default_dirs, self.lib, self.platform,
+                     ld_cache.entry.digest if ld_cache else None, self.cache is not None))
 
     # -- DSTs (elf/dl-load.c `_dl_dst_substitute`) ------------------------------------------
     def expand(self, text: str, origin: str) -> str:
@@ -428,6 +446,10 @@ class MuslLoader:
         self.library_path = tuple(_split_dirs(env.library_path or "", ":\n"))
         self._searches: dict[tuple[str, _Plan], _Search] = {}
 
+    def state(self) -> str:
+        """What this loader read of the image once for all programs (linkmemo.py keys memos by it)."""
+        return repr((self.flavour, self.want, self.env, self.sys_path, self.sys_step.value))
+
     def _sys_path(self) -> tuple[list[str], Step]:
         data = self.rootfs.read(self.path_file)
         if data is None and real_file(self.rootfs, self.path_file) is None:
@@ -538,10 +560,12 @@ def resolve(
     argv0: str | None = None,
     loader: Loader | None = None,
     as_library: bool = False,
+    trace: list[str] | None = None,
 ) -> Resolution | None:
     """Resolution of the ELF object at `path` (None when it is not a dynamically linked ELF with
     facts). `argv0` names the program in glibc's messages (default: `path`). `as_library` skips the
-    symbol checks an executable's global scope would decide."""
+    symbol checks an executable's global scope would decide. `trace` gets every path a search tried,
+    cached searches too: with the objects' bytes, the answers the walk depended on (linkmemo.py)."""
     env = env or LoaderEnv()
     real = real_file(rootfs, path)
     facts = facts_of(rootfs, real) if real else None
@@ -549,14 +573,15 @@ def resolve(
         return None
     interp_real = real_file(rootfs, facts.interpreter) if facts.interpreter else None
     loader = loader or loader_for(rootfs, env, facts, interp_real)
-    walk = _Walk(rootfs, loader, env, path, real, facts, argv0 or path, as_library)
+    walk = _Walk(rootfs, loader, env, path, real, facts, argv0 or path, as_library, trace)
     return walk.run(interp_real)
 
 
 class _Walk:
     def __init__(self, rootfs: RootFS, loader: Loader, env: LoaderEnv, path: str, real: str | None,
-                 facts: ElfFacts, argv0: str, as_library: bool) -> None:
+                 facts: ElfFacts, argv0: str, as_library: bool, trace: list[str] | None = None) -> None:
         self.rootfs = rootfs
+        self.trace = trace
         self.loader = loader
         self.env = env
         self.argv0 = argv0
@@ -648,6 +673,8 @@ class _Walk:
             step = Step.INTERPRETER if known is self.rtld else Step.LOADED
             return self._reuse(name, requester, known, step)
         s = self.loader.search(name, requester, self._chain(requester))
+        if self.trace is not None:
+            self.trace.extend(c.path for c in s.tried)
         if s.found is None:
             self._not_found(s, requester)
             return None

@@ -5,11 +5,12 @@ findings of issue 3 §7 (`missing-interpreter` … `not-executable` as errors; `
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
-from imgaudit import entrypoint, ldconf
+from imgaudit import entrypoint, ldconf, linkmemo
 from imgaudit.elf import ElfFacts, RustFacts
 from imgaudit.image import ImageConfig
 from imgaudit.layers import EntryType
@@ -18,7 +19,7 @@ from imgaudit.loader import (
     Loader,
     LoaderEnv,
     MuslLoader,
-    Resolution,
+    Outcome,
     glibc_required,
     is_musl_loader,
     real_file,
@@ -40,6 +41,7 @@ DOCKER_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i386": "386", "arm": "arm
                "s390x": "s390x", "riscv64": "riscv64"}
 GLIBC_LIBS = ("libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "ld-linux")
 MAX_STALE_LISTED = 5
+log = logging.getLogger(__name__)
 
 
 NOT_APPLICABLE = "ELF linkage not applicable: a {os} image (start-up checks cover Linux images)"
@@ -82,6 +84,7 @@ def binaries(loaded: Loaded, report: Report, ep: entrypoint.Verdict, runtime: Ru
     entry_real = _real(rootfs, ep.program)
     loaders: dict[tuple[str, int, bool], Loader] = {}
     machine = _machine(config)
+    memos = linkmemo.Memos(loaded.cache, [scan.digest for scan in loaded.scans]) if loaded.cache else None
     for node in _elf_nodes(rootfs):
         facts = node.entry.elf
         assert facts is not None
@@ -89,14 +92,18 @@ def binaries(loaded: Loaded, report: Report, ep: entrypoint.Verdict, runtime: Ru
             _unreadable(report, node, facts.error)
             continue
         role = "entrypoint" if node.path == entry_real else "library" if facts.elf_type == "dyn" else "executable"
-        res = None if role == "entrypoint" else _resolve(rootfs, node, facts, env, runtime, loaders, machine)
         if role == "entrypoint":
-            res = ep.resolution
+            res = ep.resolution.outcome() if ep.resolution else None
+        else:
+            res = _resolve(rootfs, node, facts, env, runtime, loaders, machine, memos)
         info = _binary_info(node, facts, role, res, machine)
         if role == "entrypoint":
             info.verdict, info.failure = ep.verdict if ep.verdict != "unknown" else "ok", ep.failure
         report.binaries.append(info)
         report.findings.extend(_binary_findings(node, facts, info, res, runtime, config))
+    if memos is not None:
+        memos.save()
+        log.debug("linkage: %d resolutions remembered from earlier runs, %d made", memos.hits, memos.misses)
 
 
 def _elf_nodes(rootfs: RootFS) -> list[Node]:
@@ -118,21 +125,28 @@ def _runs_on(facts: ElfFacts, machine: str) -> bool:
 
 
 def _resolve(rootfs: RootFS, node: Node, facts: ElfFacts, env: LoaderEnv, runtime: RuntimeFacts,
-             loaders: dict[tuple[str, int, bool], Loader], machine: str) -> Resolution | None:
+             loaders: dict[tuple[str, int, bool], Loader], machine: str, memos: linkmemo.Memos | None
+             ) -> Outcome | None:
     """Executables as the kernel would start them; libraries with the image's own loader, and no
     symbol checks (the program that loads a library provides part of its scope). One loader per
-    flavour, machine and class serves every binary, so what it learns of a file is learnt once."""
+    flavour, machine and class serves every binary, so what it learns of a file is learnt once; what
+    a run learns of a binary is remembered for the next (linkmemo.py)."""
     if facts.interpreter is not None:
         # The kernel checks come first: a foreign machine or a missing interpreter never reach a loader.
         interp_real = real_file(rootfs, facts.interpreter)
         if not _runs_on(facts, machine) or interp_real is None:
             return None
-        musl = is_musl_loader(rootfs, facts, interp_real)
-        return resolve(rootfs, node.path, env, loader=_loader(rootfs, env, facts, musl, loaders))
-    if not facts.needed or runtime.libc.family not in ("glibc", "musl"):
+        loader = _loader(rootfs, env, facts, is_musl_loader(rootfs, facts, interp_real), loaders)
+        as_library = False
+    elif not facts.needed or runtime.libc.family not in ("glibc", "musl"):
         return None
-    loader = _loader(rootfs, env, facts, runtime.libc.family == "musl", loaders)
-    return resolve(rootfs, node.path, env, loader=loader, as_library=True)
+    else:
+        loader = _loader(rootfs, env, facts, runtime.libc.family == "musl", loaders)
+        as_library = True
+    if memos is not None:
+        return memos.resolve(rootfs, node, env, loader, as_library)
+    res = resolve(rootfs, node.path, env, loader=loader, as_library=as_library)
+    return res.outcome() if res is not None else None
 
 
 def _loader(rootfs: RootFS, env: LoaderEnv, facts: ElfFacts, musl: bool,
@@ -145,12 +159,12 @@ def _loader(rootfs: RootFS, env: LoaderEnv, facts: ElfFacts, musl: bool,
     return loader
 
 
-def _binary_info(node: Node, facts: ElfFacts, role: str, res: Resolution | None, machine: str) -> BinaryInfo:
+def _binary_info(node: Node, facts: ElfFacts, role: str, res: Outcome | None, machine: str) -> BinaryInfo:
     rust = _rust_info(facts.rust) if facts.rust else None
     verdict, failure = _binary_verdict(node, facts, res, machine)
     return BinaryInfo(
         path=node.path, role=role, machine=facts.machine, linking=facts.linking, libc=facts.libc,
-        interpreter=facts.interpreter, needed=list(facts.needed), resolved=res.resolved() if res else {},
+        interpreter=facts.interpreter, needed=list(facts.needed), resolved=dict(res.resolved) if res else {},
         glibc_required=glibc_required(facts), rust=rust, stripped=facts.stripped, debug_bytes=facts.debug_bytes,
         verdict=verdict, failure=failure,
     )
@@ -161,7 +175,7 @@ def _rust_info(rust: RustFacts) -> RustInfo:
     return RustInfo(rust.rustc_version, rust.rustc_commit, rust.target, tls)
 
 
-def _binary_verdict(node: Node, facts: ElfFacts, res: Resolution | None, machine: str) -> tuple[str, str | None]:
+def _binary_verdict(node: Node, facts: ElfFacts, res: Outcome | None, machine: str) -> tuple[str, str | None]:
     if not _runs_on(facts, machine):
         return "fail", "exec-format"
     if facts.interpreter is not None and res is None:
@@ -174,7 +188,7 @@ def _binary_verdict(node: Node, facts: ElfFacts, res: Resolution | None, machine
     return "ok", None
 
 
-def _binary_findings(node: Node, facts: ElfFacts, info: BinaryInfo, res: Resolution | None,
+def _binary_findings(node: Node, facts: ElfFacts, info: BinaryInfo, res: Outcome | None,
                      runtime: RuntimeFacts, config: ImageConfig) -> list[Finding]:
     """Failures of binaries other than the entrypoint: errors for executables, warnings for libraries
     (a plugin's scope and search path come partly from the program that loads it)."""
@@ -187,7 +201,7 @@ def _binary_findings(node: Node, facts: ElfFacts, info: BinaryInfo, res: Resolut
                            _binary_fix(info.failure, facts, res, runtime, config=config)))
     if res is not None and res.flavour == "musl" and facts.libc == "glibc":
         out.append(Finding("libc-mismatch", Severity.WARNING,
-                           f"glibc binary runs through musl's loader ({res.interpreter}), a compat layer",
+                           f"glibc binary runs through musl's loader ({facts.interpreter}), a compat layer",
                            node.path, node.layer,
                            _musl_target_fix(facts) if _is_rust(facts) else rule("libc-mismatch").fix))
     tls = _tls_without_roots(facts)
@@ -265,7 +279,7 @@ def fix_for(ep: entrypoint.Verdict, rootfs: RootFS, config: ImageConfig, runtime
         return None
     program = _facts(rootfs, ep.program)
     if ep.failure in ("missing-library", "glibc-version", "missing-symbol") and ep.resolution is not None:
-        return _binary_fix(ep.failure, program, ep.resolution, runtime, rootfs, config)
+        return _binary_fix(ep.failure, program, ep.resolution.outcome(), runtime, rootfs, config)
     handler = {
         "missing-interpreter": lambda: _interpreter_fix(program, runtime),
         "exec-format": lambda: _exec_format_fix(program, config, ep),
@@ -326,7 +340,7 @@ def _interpreter_fix(facts: ElfFacts | None, runtime: RuntimeFacts) -> str:
     return f"{interp} is not in the image: use a runtime with the binary's C library, or link statically"
 
 
-def _binary_fix(failure: str, facts: ElfFacts | None, res: Resolution | None, runtime: RuntimeFacts,
+def _binary_fix(failure: str, facts: ElfFacts | None, res: Outcome | None, runtime: RuntimeFacts,
                 rootfs: RootFS | None = None, config: ImageConfig | None = None) -> str | None:
     if failure == "missing-interpreter":
         return _interpreter_fix(facts, runtime)
