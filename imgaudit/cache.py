@@ -164,6 +164,10 @@ class ScanCache:
         self.misses += 1
         return None
 
+    def has(self, digest: str, *, elf: bool) -> bool:
+        """An entry for `digest` is on disk (unverified: `get` may still miss)."""
+        return self.usable and any(self.path(digest, elf=e).exists() for e in ((True,) if elf else (False, True)))
+
     def _load(self, path: Path) -> LayerScan | None:
         return _read_entry(path, decode)
 

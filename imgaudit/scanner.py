@@ -96,6 +96,12 @@ class Scanner:
                    diff_id=None, size=layer.size)
         return scan
 
+    def _cached_or_foreign(self, layer: Layer) -> bool:
+        """Whether the layer will be served without a scan (as far as the file names tell)."""
+        key = layer.digest or layer.diff_id
+        return is_foreign(layer) or (self.cache is not None and bool(key)
+                                     and self.cache.has(key, elf=self.elf_reader is not None))
+
     def blobs_intact(self, image: Image) -> bool:
         """Every layer blob hashes to the digest its manifest names, or without one to its diff_id (a plain
         layer of a `docker save` before Docker 25): the check a cached report needs."""
@@ -167,6 +173,9 @@ class Scanner:
                 return self.scan(layer, raw, count)
 
         order = sorted(unique.values(), key=lambda layer: -(layer.size or 0))
+        start = getattr(self.elf_reader, "start", None)  # read_elf's; a plain callable has none
+        if start is not None and not all(self._cached_or_foreign(layer) for layer in order):
+            start()  # the parser's `import lief` then runs while the cached layers load
         if self.jobs > 1 and len(order) > 1:
             with ThreadPoolExecutor(self.jobs) as pool:
                 done = dict(zip([_key(x) for x in order], pool.map(one, order), strict=True))

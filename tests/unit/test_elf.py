@@ -367,6 +367,20 @@ def test_concurrent_scans_share_the_parsers_one_per_two_cpus(parsers: int, monke
     assert elf._readers == []
 
 
+def test_a_started_parser_is_ready_by_the_first_read(fixtures: Path) -> None:
+    """`start` spawns the worker without waiting for its `import lief` (~0.4 s, then spent while a scan loads
+    its cached layers); the first read waits for the rest and parses as usual; a second start is a no-op."""
+    with ElfReader() as reader:
+        reader.start()
+        worker = reader._channel.worker
+        assert worker is not None and not worker.ready
+        reader.start()
+        assert reader._channel.worker is worker
+        facts = reader.read("hello", (fixtures / "glibc" / "hello-dynamic").read_bytes())
+        assert facts.error is None and facts.needed == ("libc.so.6",)
+        assert worker.ready and reader._channel.worker is worker
+
+
 def test_without_section_headers_lief_reads_the_symbols(fixtures: Path, reader: ElfReader) -> None:
     """sstrip-style files have no section headers; .dynsym is then found through DT_SYMTAB."""
     data = bytearray((fixtures / "greet" / "bin" / "greet-app").read_bytes())
