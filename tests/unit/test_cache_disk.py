@@ -98,6 +98,8 @@ def assert_whole(found: dict[str, bytes]) -> None:
             decode(blob)
         elif name.endswith(cache_mod.HASHED_SUFFIX):  # a blob's remembered hash (test_blob_identity.py)
             cache_mod._hash_record(blob)
+        elif name.endswith(cache_mod.LINKS_SUFFIX):  # linkage memos (linkmemo.py)
+            cache_mod._verified(blob, cache_mod.LINKS_MAGIC)
         else:
             assert blob.startswith(REPORT_MAGIC), name
 

@@ -164,15 +164,26 @@ def check_cache(cache_dir: Path) -> tuple[int, int]:
         elif path.name.endswith(cache.HASHED_SUFFIX):
             cache._hash_record(blob)
             entries += 1
+        elif path.name.endswith(cache.LINKS_SUFFIX):  # linkage memos (linkmemo.py)
+            cache._verified(blob, cache.LINKS_MAGIC)
+            entries += 1
         else:
             pytest.fail(f"unexpected file in the cache: {path.name}")
     return entries, temps
 
 
 @pytest.fixture
-def killable_image(tmp_path: Path) -> str:
-    """Six layers of a few thousand entries: a run takes about a second, its cache writes land throughout."""
+def killable_image(tmp_path: Path, fixtures: Path) -> str:
+    """Six layers of a few thousand entries and one with a glibc program and this host's loader and libc: a run
+    takes one to two seconds, its cache writes (scans, hashes, the program's linkage memo, the report) land
+    throughout."""
     layers = [h.tar_of(*(h.member(f"l{i}/d{j // 100}/f{j}", b"%d" % j) for j in range(4000))) for i in range(6)]
+    host = {"lib64/ld-linux-x86-64.so.2": "/lib64/ld-linux-x86-64.so.2",
+            "lib/x86_64-linux-gnu/libc.so.6": "/lib/x86_64-linux-gnu/libc.so.6",
+            "app/hello": str(fixtures / "glibc" / "hello-dynamic")}
+    if not all(Path(p).exists() for p in host.values()):
+        pytest.skip("needs an x86_64 glibc host")
+    layers.append(h.tar_of(*(h.member(name, Path(p).read_bytes(), mode=0o755) for name, p in host.items())))
     return h.write_image("oci-dir", tmp_path / "layout", [h.Blob(x) for x in layers])
 
 
@@ -181,8 +192,8 @@ def test_87_100_runs_killed_at_random_points_leave_no_bad_cache_entry(killable_i
     env = {**os.environ, "IMGAUDIT_CACHE_DIR": str(cache_dir)}
     rng = random.Random(20261129)
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "imgaudit", "ls", "--no-cache", killable_image], capture_output=True,
-                   cwd=REPO, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "imgaudit", "inspect", "--no-cache", "--fail-on", "never", killable_image],
+                   capture_output=True, cwd=REPO, env=env, check=True)
     full = time.monotonic() - start
 
     def one(n: int) -> int | None:
@@ -206,6 +217,10 @@ def test_87_100_runs_killed_at_random_points_leave_no_bad_cache_entry(killable_i
                            capture_output=True, cwd=REPO, env=env, check=True)
     assert json.loads(done.stdout) == json.loads(fresh.stdout)  # what survived in the cache is right
     assert check_cache(cache_dir)[0] >= entries
+    subprocess.run([sys.executable, "-m", "imgaudit", "inspect", "--fail-on", "never", killable_image],
+                   capture_output=True, cwd=REPO, env=env, check=True)
+    check_cache(cache_dir)
+    assert list(cache_dir.glob("links-*")), "no linkage memo in the cache"
 
 
 def test_88_two_runs_sharing_a_cold_cache(killable_image: str, tmp_path: Path) -> None:
