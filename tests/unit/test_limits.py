@@ -65,12 +65,13 @@ def measure(*args: str, env: dict[str, str] | None = None) -> Run:
 
 
 def scaled(small: tuple[str, ...], large: tuple[str, ...], runs: int = 5) -> tuple[Run, Run]:
-    """A small and a large input measured in turn, each its run with the least CPU. A busy machine only
-    adds time, and a burst from elsewhere (dockerd deleting images after the e2e tests) lands on both
-    sizes alike: CI once measured 2.29x, and once 2.25x with 3 runs each, for a ratio that is 1.6-1.9x on
+    """A small and a large input measured back to back, `runs` times: the pair whose CPU ratio is the median.
+    A burst from elsewhere (dockerd deleting images after the e2e tests) lasts seconds and lands on both runs
+    of a pair alike. Taking each size's least CPU on its own could pair a quiet small run with large runs
+    that all fell in a burst: CI measured 2.29x and 2.25x (twice) that way, for a ratio that is 1.6-1.9x on
     a quiet machine."""
-    pairs = [(measure(*small), measure(*large)) for _ in range(runs)]
-    return min((a for a, _ in pairs), key=lambda r: r.cpu), min((b for _, b in pairs), key=lambda r: r.cpu)
+    pairs = sorted(((measure(*small), measure(*large)) for _ in range(runs)), key=lambda p: p[1].cpu / p[0].cpu)
+    return pairs[len(pairs) // 2]
 
 
 def many_entries(count: int, *, directories: int = 1) -> bytes:
