@@ -32,10 +32,8 @@ from tests.unit.test_loader import ELF32_I386, FIX
 
 HOST_PROGRAMS = ("/usr/bin/openssl", "/usr/bin/gzip", "/usr/bin/xz", "/usr/bin/curl", "/usr/bin/ls",
                  "/usr/bin/python3")
-APP = [f("app/bin/greet-app", (FIX / "greet/bin/greet-app").read_bytes() if FIX.exists() else b"", 0o755),
-       f("app/lib/libgreet.so.1", (FIX / "greet/lib/libgreet.so.1").read_bytes() if FIX.exists() else b""),
-       f("app/bin/u8-app", (FIX / "utf8/bin/u8-app").read_bytes() if FIX.exists() else b"", 0o755),
-       f("app/lib/libu8.so.1", (FIX / "utf8/lib/libu8.so.1").read_bytes() if FIX.exists() else b"")]
+APP = {"app/bin/greet-app": "greet/bin/greet-app", "app/lib/libgreet.so.1": "greet/lib/libgreet.so.1",
+       "app/bin/u8-app": "utf8/bin/u8-app", "app/lib/libu8.so.1": "utf8/lib/libu8.so.1"}
 REMEMBERED = re.compile(r"linkage: (\d+) resolutions remembered from earlier runs, (\d+) made")
 
 pytestmark = [
@@ -45,7 +43,12 @@ pytestmark = [
 ]
 
 
-def _host_runtime() -> tuple[dict[str, bytes], list[Item]]:
+def _app() -> list[Item]:
+    return [f(name, (FIX / fixture).read_bytes(), 0o755 if "/bin/" in name else 0o644) for name, fixture in APP.items()]
+
+
+@pytest.fixture(scope="module")
+def host() -> tuple[dict[str, bytes], list[Item]]:
     """The host programs and every library `ldd` finds for them, by real path, and the links ldd's paths are."""
     files = {"/usr/lib64/ld-linux-x86-64.so.2"}
     for program in HOST_PROGRAMS:
@@ -63,8 +66,8 @@ def _host_runtime() -> tuple[dict[str, bytes], list[Item]]:
 
 
 @pytest.fixture(scope="module")
-def runtime() -> dict[str, bytes]:
-    return _host_runtime()[0]
+def runtime(host: tuple[dict[str, bytes], list[Item]]) -> dict[str, bytes]:
+    return host[0]
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +84,14 @@ def ld_cache(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return (root / "etc" / "ld.so.cache").read_bytes()
 
 
-def _base(runtime: dict[str, bytes], ld_cache: bytes) -> list[Item]:
+def _base(host: tuple[dict[str, bytes], list[Item]], ld_cache: bytes) -> list[Item]:
     merged = [sym("bin", "usr/bin"), sym("lib", "usr/lib"), sym("lib64", "usr/lib64"), sym("sbin", "usr/sbin"),
               sym("usr/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")]
-    files = [f(path.lstrip("/"), data, 0o755 if "/bin/" in path else 0o644) for path, data in runtime.items()]
+    files = [f(path.lstrip("/"), data, 0o755 if "/bin/" in path else 0o644) for path, data in host[0].items()]
     greet = [f("opt/bin/greet-app", (FIX / "greet/bin/greet-app").read_bytes(), 0o755),
              f("opt/greet/libgreet.so.1", (FIX / "greet/lib/libgreet.so.1").read_bytes()),
              f("etc/ld.so.cache", ld_cache)]
-    return merged + files + _host_runtime()[1] + greet
+    return merged + files + host[1] + greet
 
 
 def _linkage(loaded: audit.Loaded, caplog: pytest.LogCaptureFixture | None = None) -> tuple[list[Any], list[Any]]:
@@ -135,9 +138,9 @@ def _seeded(tmp_path_factory: pytest.TempPathFactory, layers: list[bytes]) -> tu
 
 
 @pytest.fixture(scope="module")
-def memo_cache(runtime: dict[str, bytes], ld_cache: bytes,
+def memo_cache(host: tuple[dict[str, bytes], list[Item]], ld_cache: bytes,
                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bytes]]:
-    return _seeded(tmp_path_factory, [make_layer(_base(runtime, ld_cache)), make_layer(APP)])
+    return _seeded(tmp_path_factory, [make_layer(_base(host, ld_cache)), make_layer(_app())])
 
 
 @pytest.fixture
