@@ -83,7 +83,8 @@ def _no_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 def common(func: F) -> F:
     func = click.option("--debug", is_flag=True, help="Show the traceback of an error.")(func)
     func = click.option("--no-cache", is_flag=True, expose_value=False, callback=_no_cache,
-                        help="Neither read nor write the cache of layer scans and reports ($IMGAUDIT_CACHE_DIR).")(func)
+                        help="Neither read nor write the cache of layer scans, linkage memos and reports "
+                             "($IMGAUDIT_CACHE_DIR).")(func)
     func = click.option("--platform", "platform", metavar="OS/ARCH[/VARIANT]",
                         help="Pick one image from a multi-platform index.")(func)
     return click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
