@@ -172,9 +172,13 @@ class Scanner:
             with opener() as raw:
                 return self.scan(layer, raw, count)
 
-        order = sorted(unique.values(), key=lambda layer: -(layer.size or 0))
+        # Layers to scan first, largest first, then the cached ones: while a scan's parser holds a big file, scans
+        # loaded before it add to the peak (the bench image with its top layer changed: 325 -> 274 MiB, for
+        # 0.25 s more: the parser's import no longer overlaps the loading of the cached scans).
+        cached = {_key(x): self._cached_or_foreign(x) for x in unique.values()}
+        order = sorted(unique.values(), key=lambda layer: (cached[_key(layer)], -(layer.size or 0)))
         start = getattr(self.elf_reader, "start", None)  # read_elf's; a plain callable has none
-        if start is not None and not all(self._cached_or_foreign(layer) for layer in order):
+        if start is not None and not all(cached.values()):
             start()  # the parser's `import lief` then runs while the cached layers load
         if self.jobs > 1 and len(order) > 1:
             with ThreadPoolExecutor(self.jobs) as pool:
