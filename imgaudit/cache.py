@@ -116,6 +116,12 @@ def _code_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
+def _file_name(digest: str) -> str:
+    """`sha256:ab…` as `sha256-ab…`, with nothing a path could trip on."""
+    algo, _, hexpart = digest.partition(":")
+    return "".join(c for c in f"{algo}-{hexpart}" if c.isalnum() or c == "-")[:140]
+
+
 def report_key(image: Any, *, elf: bool = True) -> str:
     """What a report is a function of: the config (entrypoint, env, platform, history) and the layers."""
     ident = [image.config_digest, [(layer.digest, layer.diff_id) for layer in image.layers], elf]
@@ -146,9 +152,7 @@ class ScanCache:
         return cls(default_dir(), cap)
 
     def path(self, digest: str, *, elf: bool) -> Path:
-        algo, _, hexpart = digest.partition(":")
-        safe = "".join(c for c in f"{algo}-{hexpart}" if c.isalnum() or c == "-")[:140]
-        return self.root / f"{safe}.{'elf' if elf else 'noelf'}.{self.fingerprint}{SUFFIX}"
+        return self.root / f"{_file_name(digest)}.{'elf' if elf else 'noelf'}.{self.fingerprint}{SUFFIX}"
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -198,9 +202,7 @@ class ScanCache:
     def links_path(self, digest: str) -> Path:
         if self._code is None:
             self._code = _code_fingerprint()
-        algo, _, hexpart = digest.partition(":")
-        safe = "".join(c for c in f"{algo}-{hexpart}" if c.isalnum() or c == "-")[:140]
-        return self.root / f"links-{safe}.{self._code}{LINKS_SUFFIX}"
+        return self.root / f"links-{_file_name(digest)}.{self._code}{LINKS_SUFFIX}"
 
     def get_links(self, digest: str) -> dict[Any, Any] | None:
         if not self.usable:
