@@ -49,7 +49,7 @@ class Memos:
         """`loader.resolve(...).outcome()` for the binary at `node`, from a memo whose answers still hold."""
         digest, layer = node.entry.digest, node.layer
         if digest is None or not 0 <= layer < len(self.layers) or self.layers[layer] is None:
-            return _outcome(resolve(rootfs, node.path, env, loader=loader, as_library=as_library))
+            return fresh(rootfs, node, env, loader, as_library)
         key: Key = (node.path, digest, as_library)
         context = self._context(loader)
         memos = self._memos(layer)
@@ -69,12 +69,12 @@ class Memos:
         res = resolve(rootfs, node.path, env, loader=loader, as_library=as_library, trace=trace)
         if res is None:
             return None
+        outcome = res.outcome()
         answers = _answers(res, trace, rootfs, loader)
         if answers is not None:
-            memo = (context, *answers, _plain(res.outcome()))
-            memos[key] = [memo, *known][:VARIANTS]
+            memos[key] = [(context, *answers, _plain(outcome)), *known][:VARIANTS]
             self._changed.add(layer)
-        return res.outcome()
+        return outcome
 
     def save(self) -> None:
         for layer in sorted(self._changed):
@@ -97,7 +97,9 @@ class Memos:
         return context
 
 
-def _outcome(res: Resolution | None) -> Outcome | None:
+def fresh(rootfs: RootFS, node: Node, env: LoaderEnv, loader: Loader, as_library: bool) -> Outcome | None:
+    """The outcome of resolving the binary at `node` now, with no memo read or written."""
+    res = resolve(rootfs, node.path, env, loader=loader, as_library=as_library)
     return res.outcome() if res is not None else None
 
 

@@ -23,7 +23,6 @@ from imgaudit.loader import (
     glibc_required,
     is_musl_loader,
     real_file,
-    resolve,
 )
 from imgaudit.report import BinaryInfo, EntrypointVerdict, Finding, Incomplete, Report, RustInfo, Severity, TlsInfo
 from imgaudit.rootfs import Node, RootFS
@@ -145,8 +144,7 @@ def _resolve(rootfs: RootFS, node: Node, facts: ElfFacts, env: LoaderEnv, runtim
         as_library = True
     if memos is not None:
         return memos.resolve(rootfs, node, env, loader, as_library)
-    res = resolve(rootfs, node.path, env, loader=loader, as_library=as_library)
-    return res.outcome() if res is not None else None
+    return linkmemo.fresh(rootfs, node, env, loader, as_library)
 
 
 def _loader(rootfs: RootFS, env: LoaderEnv, facts: ElfFacts, musl: bool,
