@@ -122,6 +122,11 @@ def _file_name(digest: str) -> str:
     return "".join(c for c in f"{algo}-{hexpart}" if c.isalnum() or c == "-")[:140]
 
 
+def _serving(elf: bool) -> tuple[bool, ...]:
+    """The kinds of scan entry that serve a request: one with ELF facts also serves a request without."""
+    return (True,) if elf else (False, True)
+
+
 def report_key(image: Any, *, elf: bool = True) -> str:
     """What a report is a function of: the config (entrypoint, env, platform, history) and the layers."""
     ident = [image.config_digest, [(layer.digest, layer.diff_id) for layer in image.layers], elf]
@@ -160,7 +165,7 @@ class ScanCache:
         """The cached scan of blob `digest`; a scan with ELF facts also serves a request without."""
         if not digest or not self.usable:
             return None
-        for with_elf in (True,) if elf else (False, True):
+        for with_elf in _serving(elf):
             scan = self._load(self.path(digest, elf=with_elf))
             if scan is not None and scan.digest == digest:
                 self.hits += 1
@@ -170,7 +175,13 @@ class ScanCache:
 
     def has(self, digest: str, *, elf: bool) -> bool:
         """An entry for `digest` is on disk (unverified: `get` may still miss)."""
-        return self.usable and any(self.path(digest, elf=e).exists() for e in ((True,) if elf else (False, True)))
+        return self.usable and any(self.path(digest, elf=e).exists() for e in _serving(elf))
+
+    def _fingerprint_of_code(self) -> str:
+        """The fingerprint of every module, hashed on first use (a run that only reads scans never needs it)."""
+        if self._code is None:
+            self._code = _code_fingerprint()
+        return self._code
 
     def _load(self, path: Path) -> LayerScan | None:
         return _read_entry(path, decode)
@@ -178,9 +189,7 @@ class ScanCache:
     # -- reports -------------------------------------------------------------------------------
 
     def report_path(self, key: str) -> Path:
-        if self._code is None:
-            self._code = _code_fingerprint()
-        return self.root / f"report-{key[:64]}.{self._code}{REPORT_SUFFIX}"
+        return self.root / f"report-{key[:64]}.{self._fingerprint_of_code()}{REPORT_SUFFIX}"
 
     def get_report(self, key: str) -> Any | None:
         if not self.usable:
@@ -200,9 +209,7 @@ class ScanCache:
     # -- resolutions remembered per layer (linkmemo.py) -----------------------------------------
 
     def links_path(self, digest: str) -> Path:
-        if self._code is None:
-            self._code = _code_fingerprint()
-        return self.root / f"links-{_file_name(digest)}.{self._code}{LINKS_SUFFIX}"
+        return self.root / f"links-{_file_name(digest)}.{self._fingerprint_of_code()}{LINKS_SUFFIX}"
 
     def get_links(self, digest: str) -> dict[Any, Any] | None:
         if not self.usable:
