@@ -179,7 +179,7 @@ class Scanner:
         order = sorted(unique.values(), key=lambda layer: (cached[_key(layer)], -(layer.size or 0)))
         start = getattr(self.elf_reader, "start", None)  # read_elf's; a plain callable has none
         if start is not None and not all(cached.values()):
-            start()  # the parser's `import lief` then runs while the cached layers load
+            start()  # its `import lief` then runs while the first scan walks up to its first ELF file
         if self.jobs > 1 and len(order) > 1:
             with ThreadPoolExecutor(self.jobs) as pool:
                 done = dict(zip([_key(x) for x in order], pool.map(one, order), strict=True))

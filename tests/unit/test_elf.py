@@ -368,8 +368,9 @@ def test_concurrent_scans_share_the_parsers_one_per_two_cpus(parsers: int, monke
 
 
 def test_a_started_parser_is_ready_by_the_first_read(fixtures: Path) -> None:
-    """`start` spawns the worker without waiting for its `import lief` (~0.4 s, then spent while a scan loads
-    its cached layers); the first read waits for the rest and parses as usual; a second start is a no-op."""
+    """`start` spawns the worker without waiting for its `import lief` (~0.4 s, spent on whatever the caller
+    does before its first read); the first read waits for the rest and parses as usual; a second start is a
+    no-op."""
     with ElfReader() as reader:
         reader.start()
         worker = reader._channel.worker
