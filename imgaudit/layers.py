@@ -78,6 +78,12 @@ MAX_ENTRIES = 5_000_000  # tar members in one layer (RELIABILITY.md #82)
 PATH_MAX = 4096  # Linux's limit on a path; a runtime cannot create a longer one (#54, #83)
 _TAIL = 32768
 LATE_HASH_MIN = 256 << 10  # content at least this big is hashed on the helper thread
+# hashlib gives up the GIL for an update of 2048 bytes or more, and the walk then waits to take it back from the
+# decoder and digest threads: for a file of a few KiB that wait costs more than its sha256. Content up to
+# SMALL_HASH is fed in pieces of UNRELEASED_UPDATE bytes, which keep the GIL (200,000 files of 2.5 KiB on
+# average: 5.5 s of scan thread before, 4.3 s after).
+SMALL_HASH = 32 << 10
+UNRELEASED_UPDATE = 2047
 OPAQUE_MARKER = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
 
@@ -1172,9 +1178,20 @@ class _Walker:
     def _hash_rest(self, reader: LayerStream, size: int) -> str | None:
         """Hashes (or, without hash_content, skips) a member's data; tar would skip it anyway."""
         h = hashlib.sha256() if self.hash_content else None
-        if reader.consume(size, h.update if h else None) != size:
+        if reader.consume(size, None if h is None else h.update if size > SMALL_HASH else _held(h)) != size:
             raise tarfile.ReadError("unexpected end of data")
         return h.hexdigest() if h else None
+
+
+def _held(h: hashlib._Hash) -> Callable[[memoryview], None]:
+    """`h.update` in pieces small enough that hashlib keeps the GIL (see SMALL_HASH)."""
+    update = h.update
+
+    def sink(view: memoryview) -> None:
+        for at in range(0, len(view), UNRELEASED_UPDATE):
+            update(view[at:at + UNRELEASED_UPDATE])
+
+    return sink
 
 
 def _read_whole(reader: LayerStream, size: int) -> bytes:

@@ -94,6 +94,25 @@ def test_empty_layer_variants_are_empty_not_errors(blob: bytes) -> None:
     assert scan(blob).entries == ()
 
 
+@pytest.mark.parametrize("compress", [lambda b: b, gz, zst])
+def test_every_file_digest_is_its_sha256_whatever_its_size_and_where_pieces_end(compress) -> None:  # type: ignore[no-untyped-def]
+    """Small files are hashed in pieces that keep the GIL (layers.SMALL_HASH), larger ones whole or on the helper
+    thread: each way must give the file's sha256, also when a file spans two decoded pieces (1 MiB for a plain
+    tar, up to 4 MiB inflated)."""
+    import random
+
+    rng = random.Random(7)
+    sizes = [1, 2046, 2047, 2048, 2049, 4094, 4095, 32767, 32768, 32769, 70000, 300_000]
+    contents = {f"s{n}": rng.randbytes(n) for n in sizes}
+    pad = rng.randbytes((1 << 20) - 3000)  # the small files after it straddle the first 1 MiB boundary
+    files = [f(name, data) for name, data in contents.items()]
+    again = [f(f"z{name}", data) for name, data in contents.items()]  # after 4 MiB more: past an inflated piece
+    result = scan(compress(make_layer([f("pad", pad), *files, f("again", pad * 4), *again])))
+    want = {f"/{z}{name}": sha(data) for name, data in contents.items() for z in ("", "z")}
+    got = {e.path: f"sha256:{e.digest}" for e in result.entries if e.path in want}
+    assert got == want
+
+
 @pytest.mark.parametrize("cut", [0.1, 0.6, 0.99])
 @pytest.mark.parametrize("compress", [gz, zst, lambda b: b])
 def test_truncation_is_detected_and_names_the_layer(cut: float, compress) -> None:  # type: ignore[no-untyped-def]
