@@ -25,6 +25,7 @@ from functools import cached_property
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypedDict, runtime_checkable
 
+from imgaudit import tarheader
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
 from imgaudit.tarheader import FastTarInfo, HeaderOverCap
 from imgaudit.xattrs import MAX_XATTRS, Xattrs, capabilities, from_pax
@@ -976,7 +977,7 @@ class _Walker:
         except TAR_PARSE_ERRORS as err:
             raise _malformed(err) from err
         with tar:
-            for member in tar_members(tar):
+            for member in tar_members(tar, stream):
                 tar.members = []  # CPython gh-102120: the member list grows without bound
                 stream.budget = None  # reading content is bounded by the caps in _file
                 self._member(tar, member)
@@ -1219,9 +1220,10 @@ def _malformed(err: Exception) -> tarfile.ReadError:
     return tarfile.ReadError(f"malformed tar header ({type(err).__name__}: {escape(str(err))[:120]})")
 
 
-def tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """The members, with tarfile's stray exceptions on bad headers turned into ReadError (RELIABILITY.md #61)."""
-    members = iter(tar)
+def tar_members(tar: tarfile.TarFile, stream: LayerStream | None = None) -> Iterator[tarfile.TarInfo]:
+    """The members, with tarfile's stray exceptions on bad headers turned into ReadError (RELIABILITY.md #61);
+    given the layer stream `tar` reads, plain headers are read without tarfile's machinery (tarheader.members)."""
+    members = iter(tar) if stream is None else tarheader.members(tar, stream)
     while True:
         try:
             member = next(members)
