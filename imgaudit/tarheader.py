@@ -230,10 +230,11 @@ def _plain_next(tar: tarfile.TarFile, stream: _Stream) -> FastTarInfo | None:
     What `_proc_builtin` would add is nothing: `tar.pax_headers` (global records) stays empty, since
     `FastTarInfo._proc_pax` passes over `g` headers."""
     at = tar.offset
-    if stream.tell() != at:  # as tarfile.next: reach the header by reading the last byte before it
-        stream.seek(at - 1)
-        if not stream.read(1):
-            raise tarfile.ReadError("unexpected end of data")
+    if stream.tell() != at:
+        # Past the data and padding the walk left. tarfile.next seeks to the byte before the header and reads it;
+        # where the stream ends before, the peek below is short and tar.next() says so. A header behind the stream
+        # (a hostile sparse map) is refused by the stream either way.
+        stream.seek(at)
     buf = stream.peek(BLOCK)
     if len(buf) != BLOCK or buf[156:157] not in _PLAIN_TYPES or not buf.isascii():
         return None

@@ -157,7 +157,9 @@ def walked(data: bytes, *, plain_here: bool) -> tuple[Any, ...]:
             if member.isreg() and member.size:
                 stream.seek(member.offset_data)
                 stream.consume((member.size, member.size // 2, 0)[index % 3])
-        return "ok", seen, tar.offset, stream.tell(), bytes(stream.tail)
+        read = stream.tell() - tar.offset  # what the scan's end check reads back: the bytes from where tar stopped
+        end = bytes(stream.tail[len(stream.tail) - read:]) if 0 <= read <= len(stream.tail) else None
+        return "ok", seen, tar.offset, stream.tell(), end
     except Exception as err:
         return "error", seen, type(err).__name__, str(err), stream.tell()
     finally:
