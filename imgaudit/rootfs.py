@@ -175,7 +175,7 @@ class RootFS:
             change = Change.MODIFIED
         else:
             change = Change.ADDED
-        self._insert(Node(entry, layer, hardlink_of), layer, change)
+        self._insert(parent, Node(entry, layer, hardlink_of), layer, change)
 
     def _note_lost_capabilities(self, lower: Node, entry: Entry, layer: int) -> None:
         """A file rewritten without the capabilities it had (a later chown, chmod or COPY writes a new copy,
@@ -197,10 +197,11 @@ class RootFS:
         shared = replace(target.entry, path=entry.path, mode=entry.mode or target.entry.mode)
         return shared, target.path
 
-    def _insert(self, node: Node, layer: int, change: Change) -> None:
+    def _insert(self, parent: str, node: Node, layer: int, change: Change) -> None:
+        """Adds `node` under the real directory `parent`."""
         path = node.path
         self.nodes[path] = node
-        self._children[split(path)[0]].add(path)
+        self._children[parent].add(path)
         if node.entry.type is _DIR:
             self._children.setdefault(path, set())
         self._record(path, layer, change)
@@ -215,7 +216,7 @@ class RootFS:
             cand = join(cur, name)
             node = self.nodes.get(cand)
             if node is None:
-                self._insert(Node(Entry(cand, _DIR, mode=0o755), layer), layer, Change.ADDED)
+                self._insert(cur, Node(Entry(cand, _DIR, mode=0o755), layer), layer, Change.ADDED)
             elif node.entry.type is _SYMLINK:
                 resolved = self.resolve(cand)
                 if resolved is None or not self.nodes[resolved].is_dir:
