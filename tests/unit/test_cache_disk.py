@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from imgaudit import cache as cache_mod
-from imgaudit.cache import REPORT_MAGIC, SUFFIX, decode
+from imgaudit.cache import SUFFIX
 from tests.builders import ImageSpec, d, f, make_layer, sha, write_oci_layout
+from tests.unit.cache_entries import verify_entry
 
 REPO = Path(__file__).resolve().parents[2]
 # 12 000 files: a scan entry of ~1.48 MB (each file keeps its path and content digest), over the 1 MB tmpfs.
@@ -94,14 +94,7 @@ def entries(cache_dir: Path) -> dict[str, bytes]:
 def assert_whole(found: dict[str, bytes]) -> None:
     """Each entry under a digest name is complete and verified (a torn one would fail its sha256)."""
     for name, blob in found.items():
-        if name.endswith(SUFFIX):
-            decode(blob)
-        elif name.endswith(cache_mod.HASHED_SUFFIX):  # a blob's remembered hash (test_blob_identity.py)
-            cache_mod._hash_record(blob)
-        elif name.endswith(cache_mod.LINKS_SUFFIX):  # linkage memos (linkmemo.py)
-            cache_mod._verified(blob, cache_mod.LINKS_MAGIC)
-        else:
-            assert blob.startswith(REPORT_MAGIC), name
+        verify_entry(name, blob)
 
 
 def cache_warning(lines: list[str]) -> str:

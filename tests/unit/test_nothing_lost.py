@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from fuzz import hostile as h
+from tests.unit.cache_entries import verify_entry
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = h.tar_of(*h.base_members(), h.member("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"))
@@ -147,28 +148,13 @@ def test_99_canaries_never_escape_and_only_cache_and_report_are_written(tmp_path
 def check_cache(cache_dir: Path) -> tuple[int, int]:
     """Every entry verifies (magic, version, sha256 of its payload, the layer digest of its name); temp
     files may remain after a kill. Returns (entries, temps)."""
-    from imgaudit import cache
-
     entries = temps = 0
     for path in cache_dir.iterdir() if cache_dir.exists() else ():
-        blob = path.read_bytes()
         if path.name.startswith(".tmp-"):
             temps += 1
-        elif path.name.endswith(cache.SUFFIX):
-            scan = cache.decode(blob)
-            assert scan.digest == "sha256:" + path.name.split(".", 1)[0].split("-", 1)[1], path.name
-            entries += 1
-        elif path.name.endswith(getattr(cache, "REPORT_SUFFIX", "\0")):
-            cache._verified(blob, cache.REPORT_MAGIC)
-            entries += 1
-        elif path.name.endswith(cache.HASHED_SUFFIX):
-            cache._hash_record(blob)
-            entries += 1
-        elif path.name.endswith(cache.LINKS_SUFFIX):  # linkage memos (linkmemo.py)
-            cache._verified(blob, cache.LINKS_MAGIC)
-            entries += 1
         else:
-            pytest.fail(f"unexpected file in the cache: {path.name}")
+            verify_entry(path.name, path.read_bytes())
+            entries += 1
     return entries, temps
 
 
