@@ -180,6 +180,11 @@ def test_plain_headers_read_past_tarfile_give_what_iterating_tarfile_gives() -> 
     corpus = [data for data in h.layers().values() if _sniff(data) == "tar"]
     items += [f(f"many/{i}", b"m" * (i * 37)) for i in range(60)]
     corpus += [make_layer(items, fmt=fmt) for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT)]
+    # A PAX 1.0 sparse member of size 0 whose map tarfile reads anyway: the stream is then past the offset where
+    # tarfile looks for the next header, and a plain header lies where the stream is. It must not be read.
+    sparse = [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.realsize", b"4096")]
+    corpus.append(h.tar_of(h.pax(sparse), h.header("GNUSparseFile.0/s", size=0) + h.pad(b"1\n0\n1\n"),
+                           h.member("after", b"x")))
     rng = random.Random(11)
     mutated = []
     for _ in range(3_000):
