@@ -56,6 +56,7 @@ class SymlinkLoop(Exception):
     """More than MAXSYMLINKS hops (ELOOP: 'too many levels of symbolic links')."""
 
 
+_LOOP = "a symlink loop (too many levels of symbolic links)"
 _ROOT = Node(Entry("/", EntryType.DIR, mode=0o755), -1)
 _DIR, _FILE, _SYMLINK, _HARDLINK = EntryType.DIR, EntryType.FILE, EntryType.SYMLINK, EntryType.HARDLINK
 Event = tuple[int, Change]
@@ -127,7 +128,10 @@ class RootFS:
                     self._remove(child, layer)
         for entry in scan.entries:
             if entry.type is EntryType.OPAQUE:
-                self._ensure_dir(entry.path, layer)
+                try:
+                    self._ensure_dir(entry.path, layer)
+                except SymlinkLoop:
+                    self.skipped.append(Skipped(entry.path, f"layer {layer}: {_LOOP}"))
             elif entry.type is not EntryType.WHITEOUT:
                 self._add(entry, layer)
 
@@ -148,7 +152,11 @@ class RootFS:
             self.nodes["/"] = Node(replace(entry, path="/"), layer)
             return
         head, name = split(entry.path)
-        parent = self._ensure_dir(head, layer)
+        try:
+            parent = self._ensure_dir(head, layer)
+        except SymlinkLoop:  # a runtime's unpack fails here (ELOOP); the rest of the image is still audited
+            self.skipped.append(Skipped(entry.path, f"layer {layer}: parent is {_LOOP}"))
+            return
         if parent is None:
             self.skipped.append(Skipped(entry.path, f"layer {layer}: parent is not a directory"))
             return
@@ -188,7 +196,12 @@ class RootFS:
         """A hard link shares the target's content as it is when the link is read (moby os.Link)."""
         assert entry.link is not None
         head, name = split(entry.link)
-        parent = self.resolve(head)
+        try:
+            parent = self.resolve(head)
+        except SymlinkLoop:
+            self.skipped.append(Skipped(entry.path, f"layer {layer}: hard link target {entry.link} is behind a "
+                                                    "symlink loop"))
+            return None
         target = self.nodes.get(join(parent, name)) if parent else None
         if target is None or target.is_dir:
             why = "a directory" if target is not None else "missing"

@@ -600,6 +600,24 @@ def test_79_entrypoint_in_a_symlink_loop_is_a_finding_not_a_crash(tmp_path: Path
     assert report["entrypoint"]["verdict"] == "fail"
 
 
+def test_79_entries_under_a_symlink_loop_are_skipped_and_the_audit_goes_on(tmp_path: Path) -> None:
+    """A runtime's unpack fails on such an entry (ELOOP); the audit names it and reads the rest of the image."""
+    loops = h.layers()["79-symlink-loops"]
+    under = h.tar_of(h.member("a/x", b"1"), h.member("self/y", typeflag=b"5"), h.member("c0/z", b"2"),
+                     h.member("ok", b"3"), h.member("h", typeflag=b"1", linkname="b/ok"),
+                     h.member("self/.wh..wh..opq"))
+    ref = image(tmp_path, [h.Blob(loops), h.Blob(under)])
+    report = report_of(cli("inspect", "--format", "json", "--fail-on", "never", ref))
+    assert report["complete"] is False
+    reasons = {item["what"]: item["reason"] for item in report["incomplete"]}
+    for path in ("/a/x", "/self/y", "/c0/z"):
+        assert reasons[path] == "layer 1: parent is a symlink loop (too many levels of symbolic links)"
+    assert reasons["/h"] == "layer 1: hard link target /b/ok is behind a symlink loop"
+    assert reasons["/self"] == "layer 1: a symlink loop (too many levels of symbolic links)"  # its opaque marker
+    rows = {row["path"]: row for row in json.loads(cli("ls", "--format", "json", ref).stdout)}
+    assert rows["/ok"]["size"] == 1 and rows["/a"]["type"] == "symlink" and "/h" not in rows
+
+
 # -- H. depth and width ------------------------------------------------------------------------------
 
 
