@@ -8,7 +8,8 @@ what was there; missing parents are created 0755; parents that are symlinks are 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -90,12 +91,16 @@ class RootFS:
 
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {"/": _ROOT}
-        # Children by their full path: the very string objects the node keys are, so a child costs a set slot
-        # and no name string of its own.
-        self._children: dict[str, set[str]] = {"/": set()}
-        # Most paths change once: their history is one shared 1-tuple per (layer, change), not a list each.
-        self.history: dict[str, tuple[Event, ...]] = {}
+        # Children by their full path: the very string objects the node keys are, so a child costs a list slot
+        # and no name string of its own. A removal leaves its path in the list (a set cost ~66 bytes a child
+        # and 216 an empty directory, issue 7 #82): readers keep the paths still in `nodes`, once each.
+        self._children: dict[str, list[str]] = {"/": []}
+        # Events of the paths whose history is not one addition, the node's own layer: most paths are added
+        # once and never touched again, and a dict slot each was ~31 bytes a path (#82). `history` is the
+        # whole view; `rewritten` these alone.
+        self.rewritten: dict[str, tuple[Event, ...]] = {}
         self._events: dict[Event, tuple[Event]] = {}
+        self.history: Mapping[str, tuple[Event, ...]] = History(self)
         self.skipped: list[Skipped] = []
         self.layer_count = 0
         self.contents: dict[str, bytes] = {}
@@ -124,8 +129,9 @@ class RootFS:
             path = self._through_parent_links(entry.path)
             node = self.nodes.get(path) if path is not None else None
             if path is not None and node is not None and node.is_dir:  # a marker in a symlink hides nothing
-                for child in list(self._children.get(path, ())):
+                for child in self._children.get(path, ()):
                     self._remove(child, layer)
+                self._children[path] = []
         for entry in scan.entries:
             if entry.type is EntryType.OPAQUE:
                 try:
@@ -175,15 +181,16 @@ class RootFS:
         if existing is not None:
             if existing.entry.xattrs and entry.type is _FILE:
                 self._note_lost_capabilities(existing, entry, layer)
+            self._record(path, layer, Change.MODIFIED)
             if existing.entry.type is _DIR and entry.type is _DIR:
                 self.nodes[path] = Node(entry, layer)
-                self._record(path, layer, Change.MODIFIED)
                 return
             self._drop_subtree(path, layer, keep_top=True)
-            change = Change.MODIFIED
-        else:
-            change = Change.ADDED
-        self._insert(parent, Node(entry, layer, hardlink_of), layer, change)
+            self.nodes[path] = Node(entry, layer, hardlink_of)  # still listed under its parent
+            if entry.type is _DIR:
+                self._children[path] = []
+            return
+        self._insert(parent, Node(entry, layer, hardlink_of), layer)
 
     def _note_lost_capabilities(self, lower: Node, entry: Entry, layer: int) -> None:
         """A file rewritten without the capabilities it had (a later chown, chmod or COPY writes a new copy,
@@ -210,14 +217,15 @@ class RootFS:
         shared = replace(target.entry, path=entry.path, mode=entry.mode or target.entry.mode)
         return shared, target.path
 
-    def _insert(self, parent: str, node: Node, layer: int, change: Change) -> None:
-        """Adds `node` under the real directory `parent`."""
+    def _insert(self, parent: str, node: Node, layer: int) -> None:
+        """Adds `node`, a path not in `nodes`, under the real directory `parent`."""
         path = node.path
+        if path in self.rewritten:  # removed before: its history goes on; else it is the node's own layer
+            self._record(path, layer, Change.ADDED)
         self.nodes[path] = node
-        self._children[parent].add(path)
+        self._children[parent].append(path)
         if node.entry.type is _DIR:
-            self._children.setdefault(path, set())
-        self._record(path, layer, change)
+            self._children[path] = []
 
     def _ensure_dir(self, path: str, layer: int) -> str | None:
         """Returns the real path of directory `path`, creating missing parts and following symlinks."""
@@ -229,7 +237,7 @@ class RootFS:
             cand = join(cur, name)
             node = self.nodes.get(cand)
             if node is None:
-                self._insert(cur, Node(Entry(cand, _DIR, mode=0o755), layer), layer, Change.ADDED)
+                self._insert(cur, Node(Entry(cand, _DIR, mode=0o755), layer), layer)
             elif node.entry.type is _SYMLINK:
                 resolved = self.resolve(cand)
                 if resolved is None or not self.nodes[resolved].is_dir:
@@ -244,24 +252,37 @@ class RootFS:
         self._drop_subtree(path, layer)
 
     def _drop_subtree(self, path: str, layer: int, *, keep_top: bool = False) -> None:
-        """Removes `path` and all below it; a replaced path (keep_top) is recorded as modified, not removed."""
+        """Removes `path` and all below it; a replaced path (keep_top) was recorded as modified by the caller,
+        and its node is left for the caller to replace."""
         stack = [path]
         while stack:
             cur = stack.pop()
-            node = self.nodes.pop(cur, None)
-            if node is None:
-                continue
+            if cur not in self.nodes:
+                continue  # a child removed before, still listed, or listed twice
             if not (keep_top and cur == path):
                 self._record(cur, layer, Change.REMOVED)
+                del self.nodes[cur]
             stack.extend(self._children.pop(cur, ()))
-        self._children[split(path)[0]].discard(path)
 
     def _record(self, path: str, layer: int, change: Change) -> None:
+        """Adds an event to the history of `path`, while a node it had is still in `nodes`: a path without
+        events of its own was added once, at its node's layer."""
+        past = self.rewritten.get(path)
+        if past is None:
+            past = self.event(self.nodes[path].layer, Change.ADDED)
+        self.rewritten[path] = past + self.event(layer, change)
+
+    def added_once(self) -> dict[int, int]:
+        """How many paths each layer added that no layer changed since (the paths `rewritten` leaves out)."""
+        rewritten = self.rewritten
+        return Counter(node.layer for path, node in self.nodes.items() if path not in rewritten and path != "/")
+
+    def event(self, layer: int, change: Change) -> tuple[Event]:
+        """One event as a 1-tuple shared by every path it happened to."""
         event = self._events.get((layer, change))
         if event is None:
             event = self._events[layer, change] = ((layer, change),)
-        past = self.history.get(path)
-        self.history[path] = past + event if past else event
+        return event
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -320,7 +341,8 @@ class RootFS:
                 yield path, real
 
     def listdir(self, path: str) -> list[str]:
-        return sorted(split(child)[1] for child in self._children.get(path, ()))
+        nodes = self.nodes
+        return sorted({split(child)[1] for child in self._children.get(path, ()) if child in nodes})
 
     def walk(self, top: str = "/") -> Iterator[Node]:
         """Every node at or below `top`, sorted by path."""
@@ -338,3 +360,30 @@ class RootFS:
         if node is None or node.entry.digest is None:
             return None
         return self.contents.get(node.entry.digest)
+
+
+class History(Mapping[str, tuple[Event, ...]]):
+    """Every path's events in layer order, removed paths included: `rewritten`'s, else the one addition of the
+    path's node."""
+
+    def __init__(self, fs: RootFS) -> None:
+        self._fs = fs
+
+    def __getitem__(self, path: str) -> tuple[Event, ...]:
+        fs = self._fs
+        events = fs.rewritten.get(path)
+        if events is not None:
+            return events
+        node = fs.nodes.get(path)
+        if node is None or path == "/":
+            raise KeyError(path)
+        return fs.event(node.layer, Change.ADDED)
+
+    def __iter__(self) -> Iterator[str]:
+        rewritten = self._fs.rewritten
+        yield from rewritten
+        yield from (path for path in self._fs.nodes if path not in rewritten and path != "/")
+
+    def __len__(self) -> int:
+        fs = self._fs
+        return len(fs.rewritten) + sum(1 for path in fs.nodes if path not in fs.rewritten) - 1

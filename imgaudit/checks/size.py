@@ -187,7 +187,7 @@ def _written_bytes(scan: LayerScan, fs: RootFS, layer: int) -> tuple[int, int]:
     """(added, modified) regular-file bytes of one layer; the last entry of a duplicated path counts."""
     again: dict[str, int] = {}  # paths named twice (LayerScan.repeated): the last file entry's bytes
     added = modified = 0
-    history = fs.history
+    history = fs.rewritten  # a path added once has no other first change than ADDED or none
     repeated = scan.repeated
     for entry in scan.entries:
         if entry.type is not EntryType.FILE:
@@ -209,10 +209,13 @@ def _written_bytes(scan: LayerScan, fs: RootFS, layer: int) -> tuple[int, int]:
 def layer_infos(layers: Sequence[Layer], scans: Sequence[LayerScan], fs: RootFS,
                 hidden: Sequence[Hidden] = ()) -> list[LayerInfo]:
     counts = [dict.fromkeys(Change, 0) for _ in scans]
-    for events in fs.history.values():
+    for events in fs.rewritten.values():
         for layer, change in events:
             if 0 <= layer < len(counts):
                 counts[layer][change] += 1
+    for layer, added in fs.added_once().items():
+        if 0 <= layer < len(counts):
+            counts[layer][Change.ADDED] += added
     removed = [0] * len(scans)
     for item in hidden:
         if item.reason in REMOVALS:

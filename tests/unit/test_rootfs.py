@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import random
+from collections import Counter
 
 import pytest
 
 from imgaudit.layers import EntryType, scan_layer
-from imgaudit.rootfs import Change, RootFS, SymlinkLoop
+from imgaudit.rootfs import Change, RootFS, SymlinkLoop, split
 from tests.builders import Item, d, f, hard, make_layer, opaque, sym, wh
 
 
@@ -124,3 +126,53 @@ def test_history_counts_per_layer() -> None:
 def test_small_file_content_follows_the_final_layer() -> None:
     fs = build([f("etc/os-release", "ID=old\n")], [f("etc/os-release", "ID=new\n")])
     assert fs.read("/etc/os-release") == b"ID=new\n"
+
+
+_NAMES = ["a", "b", "c", "a/x", "a/y", "a/x/p", "b/q", "c/r/s", "lnk", "lnk/z", "a/lnk2"]
+
+
+def _random_layer(rng: random.Random) -> list[Item]:
+    """Entries over a few names, so that layers collide: replace, remove, re-add, link through and loop."""
+    items = []
+    for _ in range(rng.randint(1, 8)):
+        name, kind = rng.choice(_NAMES), rng.random()
+        if kind < 0.3:
+            items.append(f(name, str(rng.randint(0, 3))))
+        elif kind < 0.5:
+            items.append(d(name))
+        elif kind < 0.6:
+            items.append(sym(name, rng.choice(["a", "/b", "../c", "a/x", "nowhere", name])))
+        elif kind < 0.68:
+            items.append(hard(name, rng.choice(_NAMES)))
+        elif kind < 0.88:
+            items.append(wh(name))
+        else:
+            items.append(opaque(rng.choice(["a", "b", "c", "a/x", "lnk"])))
+    return items
+
+
+@pytest.mark.parametrize("seed", range(0, 400, 40))
+def test_history_replays_to_every_layer_and_listdir_lists_the_live_children(seed: int) -> None:
+    """A path's events, replayed up to layer k, say whether it exists after k and which layer wrote it; the
+    histories a path added once keeps implicitly (RootFS.rewritten holds the others) and the children lists
+    that keep removed paths (issue 7 #82) must still give what the merge of the first k layers holds."""
+    for rng in (random.Random(s) for s in range(seed, seed + 40)):
+        scans = [scan_layer(io.BytesIO(make_layer(_random_layer(rng)))) for _ in range(rng.randint(1, 6))]
+        fs = RootFS.build(scans)
+        history = dict(fs.history)
+        assert len(history) == len(fs.history) and all(events[0][1] is Change.ADDED for events in history.values())
+        for k in range(len(scans)):
+            prefix = RootFS.build(scans[:k + 1])
+            replayed = {}
+            for path, events in history.items():
+                last = [(lay, change) for lay, change in events if lay <= k]
+                if last and last[-1][1] is not Change.REMOVED:
+                    replayed[path] = max(lay for lay, change in last if change is not Change.REMOVED)
+            assert replayed == {p: n.layer for p, n in prefix.nodes.items() if p != "/"}, k
+        for path, node in fs.nodes.items():
+            if node.is_dir:
+                names = sorted(split(p)[1] for p in fs.nodes if p != "/" and split(p)[0] == path)
+                assert fs.listdir(path) == names, path
+        added = Counter(lay for events in history.values() for lay, change in events if change is Change.ADDED)
+        rewritten_added = Counter(lay for events in fs.rewritten.values() for lay, c in events if c is Change.ADDED)
+        assert added == rewritten_added + Counter(fs.added_once())
