@@ -92,8 +92,8 @@ def parse_size(text: str) -> int:
 
 # The modules a layer scan's content comes from: the walk, the tar header rules, xattrs, ELF facts, the
 # messages of skipped entries, and this format (a test keeps it equal to what layers.py and elf.py import).
-SCAN_MODULES = ("cache.py", "elf.py", "errors.py", "layers.py", "paxrules.py", "tarheader.py", "xattrs.py",
-                "zstdscout.py")
+SCAN_MODULES = ("cache.py", "elf.py", "errors.py", "layers.py", "paxrules.py", "quickinit.py", "tarheader.py",
+                "xattrs.py", "zstdscout.py")
 
 
 def _fingerprint() -> str:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from imgaudit import tarheader
 from imgaudit.errors import CorruptImage, LimitExceeded, escape
+from imgaudit.quickinit import quick_init
 from imgaudit.tarheader import FastTarInfo, HeaderOverCap
 from imgaudit.xattrs import MAX_XATTRS, Xattrs, capabilities, from_pax
 from imgaudit.xattrs import PREFIX as XATTR_PREFIX
@@ -108,6 +109,7 @@ class EntryType(str, Enum):
     OPAQUE = "opaque"
 
 
+@quick_init  # built once per tar entry, and again by every cache load
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One tar entry, path normalised to absolute; whiteouts name the path they remove."""

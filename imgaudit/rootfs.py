@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from imgaudit.layers import Entry, EntryType, LayerScan, Skipped
+from imgaudit.quickinit import quick_init
 
 MAXSYMLINKS = 40  # Linux's limit on symlink hops in one lookup
 
@@ -24,6 +25,7 @@ class Change(str, Enum):
     REMOVED = "removed"
 
 
+@quick_init  # one per path of the merged filesystem
 @dataclass(frozen=True, slots=True)
 class Node:
     entry: Entry
