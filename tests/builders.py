@@ -10,7 +10,9 @@ import gzip
 import hashlib
 import io
 import json
+import random
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,28 @@ def wh(name: str) -> Item:
 def opaque(directory: str) -> Item:
     return f(f"{directory.rstrip('/')}/.wh..wh..opq")
 
+
+def random_layer(rng: random.Random, names: Sequence[str], contents: Sequence[str] = ("", "x"),
+                 targets: Sequence[str] = ("a", "/b", "../c", "nowhere")) -> list[Item]:
+    """Up to ten entries over `names`, so that the layers of a stack collide: files (of `contents`, some setuid)
+    and directories replace each other, whiteouts and opaque markers remove, and symlinks (to `targets` or to
+    themselves) and hard links lead through, into loops and nowhere."""
+    items: list[Item] = []
+    for _ in range(rng.randint(1, 10)):
+        name, kind = rng.choice(names), rng.random()
+        if kind < 0.3:
+            items.append(f(name, rng.choice(contents), rng.choice([0o644, 0o755, 0o4755])))
+        elif kind < 0.45:
+            items.append(d(name))
+        elif kind < 0.6:
+            items.append(sym(name, rng.choice([*targets, name])))
+        elif kind < 0.68:
+            items.append(hard(name, rng.choice(names)))
+        elif kind < 0.85:
+            items.append(wh(name))
+        else:
+            items.append(opaque(rng.choice(names).partition("/")[0]))
+    return items
 
 _TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
           "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE}
