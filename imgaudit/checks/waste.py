@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import posixpath
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from imgaudit.layers import Entry, EntryType, LayerScan
@@ -137,10 +137,13 @@ class _Tree:
                 del self.index[below]
                 stack.append((below, child))
 
-    def copy(self) -> _Tree:
+    def copy(self, keep: Callable[[str], bool]) -> _Tree:
+        """The nodes at the paths `keep` takes (with their parents: `_Near` takes a path's parents too)."""
         twin = _Tree()
         twin.whiteouts = self.whiteouts
         for path, node in self.index.items():
+            if not keep(path):
+                continue
             head, _, name = path.rpartition("/")
             parent = twin.index[head] if head else twin.root
             twin.index[path] = parent.attach(name, _DNode(node.size, node.is_dir))
@@ -154,13 +157,16 @@ def _key(path: str) -> str:
     return "/" + "/".join(p for p in path.split("/") if p)
 
 
-def layer_tree(scan: LayerScan) -> _Tree:
-    """One layer as dive's tree: every tar entry in order; a whiteout stays a `.wh.NAME` leaf."""
+def layer_tree(scan: LayerScan, keep: Callable[[str], bool] | None = None) -> _Tree:
+    """One layer as dive's tree: every tar entry in order (or those `keep` takes, which must take a path's
+    parents too); a whiteout stays a `.wh.NAME` leaf."""
     tree = _Tree()
     for entry in scan.entries:
         path = _key(entry.path)
         if path == "/":
             continue  # "/" or "./": dive's AddPath never attaches a payload to its root
+        if keep is not None and not keep(path):
+            continue
         if entry.type is EntryType.WHITEOUT:
             head, _, name = path.rpartition("/")
             tree.add(f"{head}/{WHITEOUT_PREFIX}{name}", entry.size, False)
@@ -191,20 +197,65 @@ def _walk(tree: _Tree, leaves_only: bool) -> Iterator[tuple[str, _DNode]]:
             stack.append((f"{path}/{name}", node.children[name], False))
 
 
-def _stack(lower: _Tree, upper: _Tree) -> None:
-    """dive's `FileTree.Stack`: a whiteout removes its path (a miss is logged and ignored), anything
-    else is added with its payload; opaque markers were never in the tree, so they do nothing."""
+def _stack(lower: _Tree, upper: _Tree, keep: Callable[[str], bool]) -> None:
+    """dive's `FileTree.Stack`, of the paths `keep` takes: a whiteout removes its path (a miss is logged and
+    ignored), anything else is added with its payload; opaque markers were never in the tree, so they do
+    nothing."""
     if not upper.whiteouts:
         # Without a removal the order of the additions does not matter: each path ends with its payload.
         for path, node in upper.index.items():
-            lower.add(path, node.size, node.is_dir)
+            if keep(path):
+                lower.add(path, node.size, node.is_dir)
         return
     for path, node in _walk(upper, leaves_only=False):
         target = _whited_out(path)
         if target is not None:
             lower.remove(target)
-        else:
+        elif keep(path):
             lower.add(path, node.size, node.is_dir)
+
+
+def _lookup_targets(scans: Iterable[LayerScan]) -> set[str]:
+    """Every path a `.wh.` name in these layers' dive trees can name: whiteout targets, and for any part of a
+    path so named, the path it would name (a superset of what dive looks up and removes)."""
+    targets: set[str] = set()
+    for scan in scans:
+        for entry in scan.entries:
+            path = _key(entry.path)
+            if entry.type is EntryType.WHITEOUT:
+                targets.add(path)
+            if "/" + WHITEOUT_PREFIX in path:
+                head = ""
+                for part in path.split("/")[1:]:
+                    if part.startswith(WHITEOUT_PREFIX):
+                        targets.add(f"{head}/{part[len(WHITEOUT_PREFIX):]}")
+                    head = f"{head}/{part}"
+    return targets
+
+
+class _Near:
+    """Whether a path can change what a lookup of `targets` in a stacked tree finds: a target, a path below one
+    (its bytes) or above one (a parent, so the tree can hold it). A stacked tree of these paths alone answers
+    every lookup and removal of a target as the whole tree would: no other path's node is read."""
+
+    def __init__(self, targets: set[str]) -> None:
+        self.targets = targets
+        self.above: set[str] = set()
+        for target in targets:
+            head = target.rpartition("/")[0]
+            while head and head not in self.above:
+                self.above.add(head)
+                head = head.rpartition("/")[0]
+
+    def __call__(self, path: str) -> bool:
+        if path in self.above:
+            return True
+        targets = self.targets
+        while path:
+            if path in targets:
+                return True
+            path = path.rpartition("/")[0]
+        return False
 
 
 def _subtree_bytes(node: _DNode) -> int:
@@ -333,29 +384,33 @@ def dive_score(scans: Sequence[LayerScan]) -> DiveScore:
     order: list[str] = []
     # dive stacks layers 0..k-1 onto a copy of layer 0 for each whiteout of layer k; stacking once
     # per layer gives the same trees (for layer 0: the copy of layer 0 itself, unstacked). Without
-    # whiteouts stacking layer 0 onto its copy changes nothing, so the tree itself serves. Only a marked
-    # layer (one with `.wh.` names) looks into the stack, so it is built up to the last marked layer
-    # alone, and a layer neither marked nor stacked is visited without a tree of its own.
+    # whiteouts stacking layer 0 onto its copy changes nothing. Only a marked layer (one with `.wh.` names)
+    # looks into the stack, so it is built up to the last marked layer alone, and only of the paths near
+    # what those names look up (`_Near`): on the bench image a few thousand paths under /usr/share/doc and
+    # /usr/share/man, not the 44,000 of the layers below. An unmarked layer is visited without a whole tree.
     marked = [_marked(scan) for scan in scans]
     last_marked = max((i for i, m in enumerate(marked) if m), default=-1)
-    stacked: _Tree | None = None
+    near = _Near(_lookup_targets(scan for scan, m in zip(scans, marked, strict=True) if m))
+    stacked = _Tree()
     fresh = 0
     for index, scan in enumerate(scans):
         stack = index < last_marked  # a later layer's whiteouts look into this one
-        if not (marked[index] or stack):
+        if not marked[index]:
             top = index == len(scans) - 1
             for path, size in _plain_leaves(scan):
                 if top and path not in stats:
                     fresh += size  # seen once: its bytes count in both sums, it needs no entry of its own
                 else:
                     _count(stats, order, path, size)
+            if stack:  # its tree of the paths that matter alone: parents it implies reset their payloads too
+                _stack(stacked, layer_tree(scan, near), near)
             continue
         tree = layer_tree(scan)  # one layer's tree at a time
-        if stacked is None:
-            stacked = tree.copy() if tree.whiteouts else tree
+        if index == 0:
+            stacked = tree.copy(near)
         _visit_layer(tree, stacked, stats, order)
-        if stacked is not tree and stack:
-            _stack(stacked, tree)
+        if stack:
+            _stack(stacked, tree, near)
     wasted = sum(_repeated(stats, p).cumulative for p in order)
     total = fresh + sum(s if isinstance(s, int) else s.cumulative for s in stats.values())
     smallest = fresh + sum(s if isinstance(s, int) else s.minimum for s in stats.values())

@@ -302,3 +302,26 @@ def test_ancestors_end_even_where_dirname_stands_still() -> None:
 
     assert list(_ancestors("/a/b")) == ["/a/b", "/a"]
     assert list(_ancestors("//x")) == ["//x", "//"]  # dirname("//") is "//": this used to loop forever
+
+
+_NAMES = ["a", "b", "c", "c/r", "a/x", "a/y", "a/x/p", "a/x/p/q/r", "b/q", "c/r/s", "lnk", "lnk/z", "a/lnk2", "a/.wh.b",
+          "a/.wh.b/c", ".wh.c", ".wh.a", "b/.wh.q/z", "b/q/.wh.w", "a/x/.wh.p"]
+
+
+@pytest.mark.parametrize("seed", range(0, 800, 100))
+def test_the_stacked_tree_of_the_paths_near_the_lookups_scores_as_the_whole_tree(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dive_score stacks only the paths near what a `.wh.` name looks up (`waste._Near`); keeping every path
+    is dive's own whole tree. Colliding random layers, including `.wh.` names inside paths, score alike."""
+    import random
+
+    from imgaudit.checks import waste
+    from tests.builders import random_layer
+
+    stacks = []
+    for rng in (random.Random(s) for s in range(seed, seed + 100)):
+        layers = [make_layer(random_layer(rng, _NAMES, ("", "x", "yy", "zzz"))) for _ in range(rng.randint(1, 6))]
+        stacks.append([scan_layer(io.BytesIO(layer)) for layer in layers])
+    near = [dive_score(scans) for scans in stacks]
+    monkeypatch.setattr(waste, "_Near", lambda targets: lambda path: True)
+    assert near == [dive_score(scans) for scans in stacks]
