@@ -571,11 +571,13 @@ class _Offload:
         (the hash given every byte of it through `update`) was parsed before in this process is not parsed
         again (RELIABILITY #98: 10 000 copies of one ELF cost one parse)."""
         try:
-            return self._submit(upload.size, self._once, upload.session.reader, upload.size, content, self._hashed(),
-                                upload.facts, upload.discard)
+            future = self._submit(upload.size, self._once, upload.session.reader, upload.size, content,
+                                  self._hashed(), upload.facts, upload.discard)
         except BaseException:
             upload.discard()
             raise
+        _release_if_cancelled(future, upload.discard)
+        return future
 
     def parse_stream(self, stream: ElfStream, content: hashlib._Hash | None = None) -> Future[ElfFacts]:
         """The facts of a fully written stream, kept for its copies like parse_upload's. The file's bytes
@@ -585,6 +587,7 @@ class _Offload:
         except BaseException:
             stream.discard()
             raise
+        _release_if_cancelled(future, stream.discard)
         _ELF_BUDGET.release(stream.size)
         return future
 
@@ -647,6 +650,13 @@ class _Offload:
         if self._elf_session is not None:  # after the pool: no parse is running any more
             self._elf_session.close()
             self._elf_session = None
+
+
+def _release_if_cancelled(future: Future[ElfFacts], release: Callable[[], None]) -> None:
+    """A parse still queued when a scan fails is cancelled (`_Offload.close`) and never runs: its slot, or the
+    reader a stream holds, must be given back all the same, or the next scans of the process wait for it
+    forever (eight failed scans of layers with copies of an ELF file took every slot of the shared parser)."""
+    future.add_done_callback(lambda done: release() if done.cancelled() else None)
 
 
 class _OrderedHasher:

@@ -242,3 +242,39 @@ def test_hardlinks_and_special_files() -> None:
     result = scan(make_layer([f("a", "data"), hard("b", "/a"), Item("run/fifo", "fifo")]))
     assert [(e.path, e.type, e.link) for e in result.entries] == [
         ("/a", EntryType.FILE, None), ("/b", EntryType.HARDLINK, "/a"), ("/run/fifo", EntryType.FIFO, None)]
+
+
+def test_a_failed_scan_gives_back_the_parser_slots_of_the_files_it_had_queued() -> None:
+    """Files queued behind a parse when a scan fails are cancelled (`_Offload.close`); their slots in the shared
+    parser were never given back, and once eight were gone the next scan of the process waited for a slot
+    forever (found by random layer stacks in one process). Here the queue is held behind a parse that waits."""
+    import threading
+
+    from imgaudit.elf import SLOTS, read_elf
+    from imgaudit.layers import _Offload
+
+    elf = b"\x7fELF\x02\x01\x01" + b"\0" * 60  # refused by the pre-check, after its upload took a slot
+    gate = threading.Event()
+    offload = _Offload()
+    offload.reserve(len(elf))
+    offload.parse(lambda path, data: (gate.wait(), read_elf(path, data))[1], "/first", elf)
+    for _ in range(SLOTS):
+        upload = offload.upload(read_elf, len(elf))
+        upload.write(elf)
+        offload.parse_upload(upload)
+    closing = threading.Thread(target=offload.close)
+    closing.start()  # cancels the queued parses, then waits for the one running
+    gate.set()
+    closing.join(30)
+
+    def every_slot() -> None:
+        again = _Offload()
+        uploads = [again.upload(read_elf, len(elf)) for _ in range(SLOTS)]
+        for upload in uploads:
+            upload.discard()
+        again.close()
+
+    taker = threading.Thread(target=every_slot, daemon=True)
+    taker.start()
+    taker.join(30)
+    assert not closing.is_alive() and not taker.is_alive(), "a cancelled parse kept its parser slot"
