@@ -276,8 +276,12 @@ class RootFS:
 
     def added_once(self) -> dict[int, int]:
         """How many paths each layer added that no layer changed since (the paths `rewritten` leaves out)."""
+        return Counter(node.layer for _, node in self._added_once())
+
+    def _added_once(self) -> Iterator[tuple[str, Node]]:
+        """The paths, and their nodes, whose whole history is their node's addition."""
         rewritten = self.rewritten
-        return Counter(node.layer for path, node in self.nodes.items() if path not in rewritten and path != "/")
+        return ((path, node) for path, node in self.nodes.items() if path not in rewritten and path != "/")
 
     def event(self, layer: int, change: Change) -> tuple[Event]:
         """One event as a 1-tuple shared by every path it happened to."""
@@ -382,10 +386,8 @@ class History(Mapping[str, tuple[Event, ...]]):
         return fs.event(node.layer, Change.ADDED)
 
     def __iter__(self) -> Iterator[str]:
-        rewritten = self._fs.rewritten
-        yield from rewritten
-        yield from (path for path in self._fs.nodes if path not in rewritten and path != "/")
+        yield from self._fs.rewritten
+        yield from (path for path, _ in self._fs._added_once())
 
     def __len__(self) -> int:
-        fs = self._fs
-        return len(fs.rewritten) + sum(1 for path in fs.nodes if path not in fs.rewritten) - 1
+        return len(self._fs.rewritten) + sum(1 for _ in self._fs._added_once())

@@ -88,6 +88,7 @@ def random_layer(rng: random.Random, names: Sequence[str], contents: Sequence[st
             items.append(opaque(rng.choice(names).partition("/")[0]))
     return items
 
+
 _TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
           "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE}
 
