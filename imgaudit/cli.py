@@ -255,7 +255,8 @@ def run() -> None:
     _library_warnings_to_stderr()
     try:
         main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # click's word for a KeyboardInterrupt while it parses the command line
+        click.echo("imgaudit: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as err:
         click.echo(f"imgaudit: error: {err.format_message()}", err=True)

@@ -245,6 +245,39 @@ def test_87_sigint_exits_130_quietly_and_leaves_no_temp_file(killable_image: str
     assert check_cache(cache_dir)[1] == 0
 
 
+# A SIGINT raised by the process itself when the named module starts to import: the very moments an early Ctrl-C
+# hits, without a race. `imgaudit.audit` is imported by the command, the others while the CLI itself is imported.
+_SIGINT_AT_IMPORT = """
+import os, runpy, signal, sys
+from importlib.metadata import entry_points
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == sys.argv[1]:
+            os.kill(os.getpid(), signal.SIGINT)
+
+launch, sys.argv[1:] = sys.argv[2], sys.argv[3:]
+sys.meta_path.insert(0, Interrupt())
+sys.argv[1:2] = []
+if launch == "-m":
+    runpy.run_module("imgaudit", run_name="__main__", alter_sys=True)
+else:
+    (command,) = entry_points(group="console_scripts", name="imgaudit")
+    command.load()()
+"""
+
+
+@pytest.mark.parametrize("launch", ["-m", "command"])
+@pytest.mark.parametrize("module", ["click", "imgaudit.image", "imgaudit.progress", "json", "imgaudit.audit"])
+def test_87_sigint_while_imgaudit_starts_exits_130_quietly(tmp_path: Path, launch: str, module: str) -> None:
+    """`python -m imgaudit` and the installed `imgaudit` command, interrupted while they import: 1 run in 8
+    interrupted in its first half second printed Python's KeyboardInterrupt traceback (eleventh round)."""
+    image = h.write_image("oci-dir", tmp_path / "layout", [h.Blob(BASE)])
+    proc = subprocess.run([sys.executable, "-c", _SIGINT_AT_IMPORT, module, launch, "x", "inspect", image],
+                          capture_output=True, cwd=REPO, timeout=60, check=False)
+    assert (proc.returncode, proc.stderr.decode(), proc.stdout) == (130, "imgaudit: interrupted\n", b"")
+
+
 # -- item 89: stdout closed early --------------------------------------------------------------------
 
 
