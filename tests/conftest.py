@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,14 @@ def _private_scan_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     (a cache hit skips reading the blob, which would hide the corruption a test planted)."""
     monkeypatch.setenv("IMGAUDIT_CACHE_DIR", str(tmp_path_factory.mktemp("scan-cache")))
     monkeypatch.delenv("IMGAUDIT_CACHE", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _elf_budget_given_back() -> Iterator[None]:
+    """Every scan, finished or failed, gives back the bytes it reserved for the ELF parser: the budget is
+    process-wide, and one that drifts makes a later scan wait for it forever (a test that released bytes it
+    never reserved left it at -536, and a 96 MiB file in a later test waited without end)."""
+    yield
+    layers = sys.modules.get("imgaudit.layers")
+    if layers is not None:
+        assert layers._ELF_BUDGET.used == 0, f"ELF byte budget left at {layers._ELF_BUDGET.used}"

@@ -259,6 +259,7 @@ def test_a_failed_scan_gives_back_the_parser_slots_of_the_files_it_had_queued() 
     offload.reserve(len(elf))
     offload.parse(lambda path, data: (gate.wait(), read_elf(path, data))[1], "/first", elf)
     for _ in range(SLOTS):
+        offload.reserve(len(elf))  # as the walk does: a parse gives its reservation back, cancelled or not
         upload = offload.upload(read_elf, len(elf))
         upload.write(elf)
         offload.parse_upload(upload)
