@@ -1056,7 +1056,6 @@ class _Worker:
     proc: subprocess.Popen[bytes]
     requests: int
     results: io.FileIO
-    ready: bool = True  # False until its "ready" is read: started early, its `import lief` may still run
 
     def kill(self) -> int:
         """Kill if still running, reap, close our ends; the exit status (negative = signal)."""
@@ -1145,9 +1144,6 @@ class _Channel:
         """Send to the live worker; one that died after its last answer is replaced, once."""
         for attempt in (1, 2):
             worker = self.worker or self.spawn()
-            if not worker.ready:
-                self.await_ready(worker)
-                worker.ready = True
             try:
                 os.write(worker.requests, _REQUEST.pack(size, op, slot))
                 return worker
@@ -1157,7 +1153,7 @@ class _Channel:
                     raise
         raise AssertionError("unreachable")
 
-    def spawn(self, *, wait: bool = True) -> _Worker:
+    def spawn(self) -> _Worker:
         requests_r, requests_w = os.pipe()
         results_r, results_w = os.pipe()
         fds = (requests_r, results_w, *(self.slot(slot) for slot in range(SLOTS)))
@@ -1176,9 +1172,8 @@ class _Channel:
         os.set_blocking(requests_w, False)  # see send_piece
         with contextlib.suppress(OSError):  # fewer wake-ups per streamed file; the default 64 KiB also works
             fcntl.fcntl(requests_w, fcntl.F_SETPIPE_SZ, _STREAM_PIPE_BYTES)
-        self.worker = _Worker(proc, requests_w, io.FileIO(results_r, "rb"), ready=wait)
-        if wait:
-            self.await_ready(self.worker)
+        self.worker = _Worker(proc, requests_w, io.FileIO(results_r, "rb"))
+        self.await_ready(self.worker)
         return self.worker
 
     def await_ready(self, worker: _Worker) -> None:
@@ -1252,16 +1247,6 @@ class ElfReader:
     def __call__(self, path: str, data: bytes) -> ElfFacts:
         """An ElfReader is a layer scan's `elf_reader` as it is (it streams through `session`)."""
         return self.read(path, data)
-
-    def start(self) -> None:
-        """Starts the worker now without waiting for it: its `import lief` (~0.4 s) then overlaps what the
-        caller does before the first read, which waits only for what is left. A failed start is left to
-        the first read to retry and report."""
-        with self._lock:
-            self._channel.check_owner()
-            if self._channel.worker is None:
-                with contextlib.suppress(OSError):
-                    self._channel.spawn(wait=False)
 
     def close(self) -> None:
         with self._lock:
@@ -1609,14 +1594,6 @@ class _SharedReaders:
     def session(self) -> ElfSession:
         """A session on a shared reader until it is closed (see ElfSession)."""
         return _take().session()
-
-    def start(self) -> None:
-        """Starts the parser the next caller will get (see ElfReader.start)."""
-        reader = _take()
-        try:
-            reader.start()
-        finally:
-            _give_back(reader)
 
 
 def _take() -> ElfReader:

@@ -177,9 +177,6 @@ class Scanner:
         # 0.25 s more: the parser's import no longer overlaps the loading of the cached scans).
         cached = {_key(x): self._cached_or_foreign(x) for x in unique.values()}
         order = sorted(unique.values(), key=lambda layer: (cached[_key(layer)], -(layer.size or 0)))
-        start = getattr(self.elf_reader, "start", None)  # read_elf's; a plain callable has none
-        if start is not None and not all(cached.values()):
-            start()  # its `import lief` then runs while the first scan walks up to its first ELF file
         if self.jobs > 1 and len(order) > 1:
             with ThreadPoolExecutor(self.jobs) as pool:
                 done = dict(zip([_key(x) for x in order], pool.map(one, order), strict=True))

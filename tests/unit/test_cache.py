@@ -436,28 +436,6 @@ def test_a_scan_is_written_piece_by_piece_not_held_whole(store: ScanCache, compr
     assert peak - kept < (3 << 20) + inflated, (peak, kept)  # one piece's rows beside the entries; 8 MB before
 
 
-def test_a_load_starts_the_parser_before_reading_a_layer_it_must_scan(tmp_path: Path) -> None:
-    """The parser starts before the first layer it must scan is read, so its `import lief` (~0.4 s) overlaps
-    that layer's walk up to its first ELF file; when every layer is cached no parser is started at all."""
-    from imgaudit import elf
-    from imgaudit.audit import Options, load
-    from tests.builders import ImageSpec, write_oci_layout
-    from tests.unit.test_compare_diff import _parser_pids
-
-    layer = make_layer([d("etc"), f("etc/os-release", "ID=test\n")])
-    ref = f"oci:{write_oci_layout(tmp_path / 'img', {'1': ImageSpec([layer])})}"
-    seen: list[set[int]] = []
-    elf.close()
-    try:
-        load(ref, Options(keep_parsers=True, progress=lambda label, size: seen.append(_parser_pids())))
-        assert seen and seen[0], "no parser running when the first stored byte was read"
-        elf.close()
-        load(ref, Options(keep_parsers=True))
-        assert _parser_pids() == set()
-    finally:
-        elf.close()
-
-
 def test_layers_to_scan_go_before_the_cached_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While a scan's parser holds a big file, the scans already loaded from the cache add to the peak (the bench
     image with its top layer changed: 325 -> 274 MiB), so the layers to scan come first, then the cached ones,
