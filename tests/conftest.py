@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,11 +55,18 @@ def _private_scan_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
 
 
 @pytest.fixture(autouse=True)
-def _elf_budget_given_back() -> Iterator[None]:
-    """Every scan, finished or failed, gives back the bytes it reserved for the ELF parser: the budget is
-    process-wide, and one that drifts makes a later scan wait for it forever (a test that released bytes it
-    never reserved left it at -536, and a 96 MiB file in a later test waited without end)."""
+def _scan_resources_given_back() -> Iterator[None]:
+    """Every scan, finished or failed, gives back what it took from the process: the bytes it reserved for the ELF
+    parser (a test that released bytes it never reserved left the budget at -536, and a 96 MiB file in a later
+    test waited without end), the shared parsers' slots, and its helper threads. All are process-wide: a leak
+    makes a later scan, of another image in a library user's process, wait forever or pile up threads."""
     yield
     layers = sys.modules.get("imgaudit.layers")
     if layers is not None:
         assert layers._ELF_BUDGET.used == 0, f"ELF byte budget left at {layers._ELF_BUDGET.used}"
+    elf = sys.modules.get("imgaudit.elf")
+    if elf is not None:
+        held = [(len(r._free), r.users) for r in elf._readers if len(r._free) != elf.SLOTS or r.users]
+        assert not held, f"shared ELF parsers left with (free slots, users) {held}"
+    helpers = [t.name for t in threading.enumerate() if t.name.startswith("imgaudit-")]
+    assert not helpers, f"scan helper threads still running: {helpers}"
