@@ -139,9 +139,13 @@ class RootFS:
                 try:
                     self._ensure_dir(entry.path, layer)
                 except SymlinkLoop:
-                    self.skipped.append(Skipped(entry.path, f"layer {layer}: {_LOOP}"))
+                    self._skip(entry, layer, _LOOP)
             elif entry.type is not EntryType.WHITEOUT:
                 self._add(entry, layer)
+
+    def _skip(self, entry: Entry, layer: int, why: str) -> None:
+        """An entry a runtime's unpack would fail on (ELOOP, ENOTDIR, a bad link): left out, said in the report."""
+        self.skipped.append(Skipped(entry.path, f"layer {layer}: {why}"))
 
     def _through_parent_links(self, path: str) -> str | None:
         """Where a whiteout or opaque marker acts: its parent directories resolved through symlinks, as
@@ -163,10 +167,10 @@ class RootFS:
         try:
             parent = self._ensure_dir(head, layer)
         except SymlinkLoop:  # a runtime's unpack fails here (ELOOP); the rest of the image is still audited
-            self.skipped.append(Skipped(entry.path, f"layer {layer}: parent is {_LOOP}"))
+            self._skip(entry, layer, f"parent is {_LOOP}")
             return
         if parent is None:
-            self.skipped.append(Skipped(entry.path, f"layer {layer}: parent is not a directory"))
+            self._skip(entry, layer, "parent is not a directory")
             return
         path = join(parent, name)
         if path == entry.path:
@@ -208,13 +212,12 @@ class RootFS:
         try:
             parent = self.resolve(head)
         except SymlinkLoop:
-            self.skipped.append(Skipped(entry.path, f"layer {layer}: hard link target {entry.link} is behind a "
-                                                    "symlink loop"))
+            self._skip(entry, layer, f"hard link target {entry.link} is behind a symlink loop")
             return None
         target = self.nodes.get(join(parent, name)) if parent else None
         if target is None or target.is_dir:
             why = "a directory" if target is not None else "missing"
-            self.skipped.append(Skipped(entry.path, f"layer {layer}: hard link target {entry.link} is {why}"))
+            self._skip(entry, layer, f"hard link target {entry.link} is {why}")
             return None
         shared = replace(target.entry, path=entry.path, mode=entry.mode or target.entry.mode)
         return shared, target.path

@@ -197,21 +197,21 @@ def _walk(tree: _Tree, leaves_only: bool) -> Iterator[tuple[str, _DNode]]:
             stack.append((f"{path}/{name}", node.children[name], False))
 
 
-def _stack(lower: _Tree, upper: _Tree, keep: Callable[[str], bool]) -> None:
-    """dive's `FileTree.Stack`, of the paths `keep` takes: a whiteout removes its path (a miss is logged and
-    ignored), anything else is added with its payload; opaque markers were never in the tree, so they do
-    nothing."""
+def _stack(lower: _Tree, upper: _Tree, keep: Callable[[str], bool] | None = None) -> None:
+    """dive's `FileTree.Stack`, of the paths `keep` takes (None: `upper` holds only such paths already): a
+    whiteout removes its path (a miss is logged and ignored), anything else is added with its payload; opaque
+    markers were never in the tree, so they do nothing."""
     if not upper.whiteouts:
         # Without a removal the order of the additions does not matter: each path ends with its payload.
         for path, node in upper.index.items():
-            if keep(path):
+            if keep is None or keep(path):
                 lower.add(path, node.size, node.is_dir)
         return
     for path, node in _walk(upper, leaves_only=False):
         target = _whited_out(path)
         if target is not None:
             lower.remove(target)
-        elif keep(path):
+        elif keep is None or keep(path):
             lower.add(path, node.size, node.is_dir)
 
 
@@ -403,7 +403,7 @@ def dive_score(scans: Sequence[LayerScan]) -> DiveScore:
                 else:
                     _count(stats, order, path, size)
             if stack:  # its tree of the paths that matter alone: parents it implies reset their payloads too
-                _stack(stacked, layer_tree(scan, near), near)
+                _stack(stacked, layer_tree(scan, near))  # built of the paths `near` takes
             continue
         tree = layer_tree(scan)  # one layer's tree at a time
         if index == 0:
