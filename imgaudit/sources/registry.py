@@ -177,7 +177,11 @@ def resume_matches(value: str | None, offset: int, size: int) -> bool:
 
 def redact_url(url: str) -> str:
     """No user info, and only allowlisted query values: redirected blob URLs carry signatures (g-cr #1408, #1947)."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unbalanced bracket in the host ("Invalid IPv6 URL"): nothing after the scheme is shown
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}://REDACTED" if sep else "REDACTED"
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "REDACTED@" + netloc.rpartition("@")[2]
@@ -381,13 +385,21 @@ class RegistryClient:
         """GET following redirects by hand: Authorization goes only where `sign` says (the registry's own
         origin), an https → http hop is refused, and at most MAX_REDIRECTS hops (CVE-2020-15157)."""
         for _ in range(MAX_REDIRECTS + 1):
-            resp = self.session.get(url, headers={**headers, **sign(url)}, stream=True, allow_redirects=False,
-                                    timeout=(self.policy.connect_timeout, self.policy.read_timeout),
-                                    verify=self._verify(url))
-            if not resp.is_redirect:
-                return resp
-            target = urllib.parse.urljoin(url, resp.headers.get("Location", ""))
-            resp.close()
+            try:
+                resp = self.session.get(url, headers={**headers, **sign(url)}, stream=True, allow_redirects=False,
+                                        timeout=(self.policy.connect_timeout, self.policy.read_timeout),
+                                        verify=self._verify(url))
+                if not resp.is_redirect:
+                    return resp
+                resp.close()
+                target = urllib.parse.urljoin(url, resp.headers.get("Location", ""))
+            except ValueError as err:
+                if isinstance(err, requests.RequestException):  # InvalidURL and the like: the caller's to word
+                    raise
+                # Even without following, requests parses a Location (for `Response.next`); a bracket the host
+                # does not close is "Invalid IPv6 URL". The Location is not shown: it may carry a signature.
+                raise SourceUnavailable(f"{escape(self.registry)} answered with a redirect to a malformed URL; "
+                                        "refusing it") from None
             if url.startswith("https:") and not target.startswith("https:"):
                 raise SourceUnavailable(f"{escape(self.registry)} redirected a download from https to "
                                         f"{escape(redact_url(target))}; refusing the downgrade")

@@ -714,6 +714,19 @@ def test_redirect_to_another_host_gets_no_credentials(world: World) -> None:
         assert any("Authorization" in e["headers"] for e in front.requests_to(r"/manifests/"))
 
 
+
+@pytest.mark.parametrize("location", ["http://[bad", "http://u:SECRET@[::1", "//[x]y"])
+def test_a_redirect_to_a_malformed_url_is_one_line_of_error(world: World, location: str) -> None:
+    """A registry (or a proxy before it) answering a blob GET with a `Location` no URL parser accepts: the
+    redirect code and the redaction of URLs in messages both raised ValueError (thirteenth round's fuzzing
+    found it in the redaction), an internal error."""
+    front = rs.FaultProxy(world.plain.address, faults=[rs.Fault(r"/blobs/", "redirect", times=100,
+                                                                   target=location)])
+    with rs.running(front):
+        run = inspect_json(world, f"docker://{front.address}/team/app:v1")
+    assert_one_line_error(run, "redirect")
+    assert "SECRET" not in run.err and "Traceback" not in run.err
+
 # -- bare names: the daemon if it has the image, else the registry -------------------------------
 
 
