@@ -168,7 +168,11 @@ def check_realm(realm: str | None, registry: str, *, registry_tls: bool) -> str:
     or multicast literal; a loopback or private literal only for a registry that is itself local."""
     if not realm:
         raise AuthenticationFailed(f"registry {escape(registry)} asked for a bearer token but named no realm")
-    parts = urllib.parse.urlsplit(realm)
+    try:
+        parts = urllib.parse.urlsplit(realm)
+    except ValueError:  # "Invalid IPv6 URL": a bracket the host does not close
+        raise AuthenticationFailed(f"registry {escape(registry)} names a token realm that is not a URL; "
+                                   "refusing to send credentials there") from None
     shown = f"{parts.scheme}://{parts.hostname or ''}"
     if parts.scheme != "https" and not (parts.scheme == "http" and not registry_tls):
         raise AuthenticationFailed(f"registry {escape(registry)} names an unsafe token realm {escape(shown)!r} "

@@ -247,6 +247,19 @@ def test_18_a_second_insufficient_scope_is_one_clean_line(world: World, scoped: 
     assert len(_token_requests(world, before)) == 2 and len(scoped.requests_to(r"/manifests/")) == 2
 
 
+
+def test_18_a_realm_no_url_parser_accepts_is_one_clean_line(world: World, scoped: rs.FaultProxy) -> None:
+    """A bearer challenge whose realm has a bracket its host does not close: urlsplit raised ValueError, an
+    internal error (thirteenth round). Nothing is sent anywhere; the line says why."""
+    scoped.faults.append(rs.Fault(r"/manifests/", "scope", times=100, status=401, scope=WIDER,
+                                  target="https://[tokens.example.com/token"))
+    before = len(world.tokens.log)
+    run = inspect_json(world, f"docker://{scoped.address}/team/app:v1", "--username", TOKEN_USER,
+                       "--password-stdin", stdin=CANARY)
+    assert_one_line_error(run, scoped.address, "token realm that is not a URL")
+    assert TOKEN_USER not in run.err
+    assert len(world.tokens.log) == before + 1  # the first token, for the registry's own realm; none since
+
 # -- #21: slow loris ----------------------------------------------------------------------------
 
 TIMEOUT = 3.0
