@@ -859,7 +859,7 @@ def _line_at(area: memoryview, start: int) -> str | None:
 
 
 def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) if part.isdigit() else -1 for part in version.split("."))
+    return tuple(int(part) if part.isascii() and part.isdigit() else -1 for part in version.split("."))
 
 
 def _rust_facts(

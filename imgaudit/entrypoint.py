@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from imgaudit.image import DEFAULT_PATH, ImageConfig, Platform
 from imgaudit.loader import LoaderEnv, Resolution, facts_of, ident, real_file, resolve
 from imgaudit.rootfs import RootFS, SymlinkLoop
+from imgaudit.users import User, UserNotFound, resolve_user
 
 if TYPE_CHECKING:
     from imgaudit.audit import Loaded
@@ -28,18 +29,6 @@ ARCH_MACHINES = {"amd64": ("x86_64", "i386"), "arm64": ("aarch64",), "386": ("i3
 MAX_SCRIPT_DEPTH = 4  # fs/exec.c: at most 4 levels of binfmt (script → script …) before ELOOP
 ENOENT, EACCES, ENOEXEC = "no such file or directory", "permission denied", "exec format error"
 ELIBBAD, ELOOP = "accessing a corrupted shared library", "too many levels of symbolic links"
-
-
-@dataclass(frozen=True)
-class User:
-    uid: int = 0
-    gid: int = 0
-    groups: frozenset[int] = frozenset()
-    name: str = "root"
-
-
-class UserNotFound(Exception):
-    """runc cannot map the image's USER (the container is never created)."""
 
 
 @dataclass(frozen=True)
@@ -133,44 +122,7 @@ def _after_kernel(ctx: _Context, base: Verdict, chain: _Chain, execfn: str) -> V
     return _env_exec(ctx, loaded, chain.elf, chain.env_name)
 
 
-# -- runc: user and LookPath ---------------------------------------------------------------------
-
-
-def resolve_user(rootfs: RootFS, spec: str) -> User:
-    """runc `user.GetExecUser`: `name|uid[:group|gid]`; names must be in /etc/passwd (/etc/group)."""
-    name, _, group = (spec or "").partition(":")
-    passwd = _table(rootfs, "/etc/passwd")
-    user = _lookup_user(passwd, name or "0")
-    if group:
-        gid = _lookup_group(rootfs, group)
-        user = replace(user, gid=gid)
-    members = {int(r[2]) for r in _table(rootfs, "/etc/group") if len(r) > 3 and r[2].isdigit()
-               and user.name in r[3].split(",")}
-    return replace(user, groups=frozenset(members | {user.gid}))
-
-
-def _lookup_user(passwd: list[list[str]], name: str) -> User:
-    for row in passwd:
-        if len(row) > 3 and (row[0] == name or (name.isdigit() and row[2] == name)) and row[2].isdigit():
-            return User(int(row[2]), int(row[3]) if row[3].isdigit() else 0, frozenset(), row[0])
-    if name.isdigit():
-        return User(int(name), 0, frozenset(), name)
-    raise UserNotFound(f"unable to find user {name}: no matching entries in passwd file")
-
-
-def _lookup_group(rootfs: RootFS, group: str) -> int:
-    for row in _table(rootfs, "/etc/group"):
-        if len(row) > 2 and (row[0] == group or row[2] == group) and row[2].isdigit():
-            return int(row[2])
-    if group.isdigit():
-        return int(group)
-    raise UserNotFound(f"unable to find group {group}: no matching entries in group file")
-
-
-def _table(rootfs: RootFS, path: str) -> list[list[str]]:
-    data = rootfs.read(path)
-    text = data.decode("utf-8", "replace") if data else ""
-    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+# -- runc: LookPath -------------------------------------------------------------------------------
 
 
 def look_path(ctx: _Context, arg0: str) -> tuple[str | None, str | None]:

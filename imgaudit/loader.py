@@ -237,7 +237,7 @@ def _split_dirs(value: str, seps: str) -> list[str]:
 
 @functools.cache  # a few dozen GLIBC_2.x versions, compared for every binary of an image
 def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) if p.isdigit() else -1 for p in version.replace("-", ".").split("."))
+    return tuple(int(p) if p.isascii() and p.isdigit() else -1 for p in version.replace("-", ".").split("."))
 
 
 def glibc_required(facts: ElfFacts) -> str | None:

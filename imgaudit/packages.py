@@ -92,7 +92,7 @@ def apk_packages(text: str) -> list[Package]:
                 fields.setdefault(line[0], line[2:])
         if "P" in fields:
             size = fields.get("I", "0")
-            out.append(Package(fields["P"], fields.get("V", ""), int(size) if size.isdigit() else 0,
+            out.append(Package(fields["P"], fields.get("V", ""), int(size) if size.isascii() and size.isdigit() else 0,
                                fields.get("A", "")))
     return out
 

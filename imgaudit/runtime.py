@@ -86,7 +86,7 @@ def _glibc_version(facts: ElfFacts) -> str | None:
     if facts.libc_version:
         return facts.libc_version
     versions = [v[6:] for v in facts.version_defs if v.startswith("GLIBC_2")]
-    return max(versions, key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()), default=None)
+    return max(versions, key=lambda v: tuple(int(p) for p in v.split(".") if p.isascii() and p.isdigit()), default=None)
 
 
 def apk_version(rootfs: RootFS, package: str) -> str | None:

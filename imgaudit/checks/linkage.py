@@ -414,7 +414,7 @@ def _debian_release(glibc: str | None) -> str | None:
 
 
 def _key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".") if p.isdigit())
+    return tuple(int(p) for p in version.split(".") if p.isascii() and p.isdigit())
 
 
 def _arch_fix(facts: ElfFacts | None, config: ImageConfig | None) -> str:

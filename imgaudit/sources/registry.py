@@ -152,7 +152,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return delay if delay > 0 else None
 
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(r"^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$")  # ASCII digits: \d also takes "١٢"
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
@@ -724,7 +724,7 @@ def read_reply(resp: requests.Response, cap: int, what: str) -> Reply:
     limit = cap if ok else min(cap, MAX_ERROR_BODY)
     with resp:
         declared = resp.headers.get("Content-Length", "")
-        if ok and declared.isdigit():
+        if ok and declared.isascii() and declared.isdigit():
             check_cap(int(declared), cap, f"{what} from {redact_url(resp.url)}")
         body = bytearray()
         for chunk in resp.iter_content(CHUNK):

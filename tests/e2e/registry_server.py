@@ -426,17 +426,18 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
 class Fault:
     """A fault applied to the next `times` GETs whose path matches `path` (a regex).
 
-    kinds: `status` (answer `status`, with `Retry-After` when set), `cut` (send the headers and the first
-    `fraction` of the body, then drop the connection), `ignore-range` (forward without the Range header,
-    so a resume gets a 200), `shift-range` (forward a Range request as `bytes=0-`, so a resume gets a 206 of
-    the wrong range), `flip` (flip the body's middle byte), `pad` (4 KiB more than the blob, honestly
-    declared), `redirect` (307 to `target` + path), `body` (answer 200 with `content_type` and `body`),
-    `digest-header` (forward as is but for `digest`), `huge` (answer `status` with `size` filler bytes, declared
-    or `chunked`), `silent` (read the request, send nothing), `trickle-headers` (the status line and headers one
-    byte per `interval` seconds), `trickle-body` (the registry's headers at once, then its body one byte per
-    `interval` seconds), `scope` (unless the request's bearer token grants every pair of `scope`, answer `status`
-    with a bearer challenge naming `scope` and `error="insufficient_scope"`, realm `target`; else forward).
-    `digest`, on any kind that forwards, replaces the registry's `Docker-Content-Digest` (`""` leaves it out).
+    kinds: `status` (answer `status`, with `Retry-After` when set), `cut` (send the headers and the first `fraction`
+    of the body, then drop the connection), `ignore-range` (forward without the Range header, so a resume gets a
+    200), `shift-range` (forward a Range request as `bytes=0-`, so a resume gets a 206 of the wrong range), `flip`
+    (flip the body's middle byte), `pad` (4 KiB more than the blob, honestly declared), `redirect` (307 to `target`
+    + path), `body` (answer 200 with `content_type` and `body`), `digest-header` (forward as is but for `digest`),
+    `length` (forward as is but for `length`), `huge` (answer `status` with `size` filler bytes, declared or
+    `chunked`), `silent` (read the request, send nothing), `trickle-headers` (the status line and headers one byte
+    per `interval` seconds), `trickle-body` (the registry's headers at once, then its body one byte per `interval`
+    seconds), `scope` (unless the request's bearer token grants every pair of `scope`, answer `status` with a bearer
+    challenge naming `scope` and `error="insufficient_scope"`, realm `target`; else forward).
+    `digest`, on any kind that forwards, replaces the registry's `Docker-Content-Digest` (`""` leaves it out);
+    `length` its `Content-Length` (the connection then closes after the body, which is sent whole).
     A `status` answer carries `body` when one is given.
     """
 
@@ -454,6 +455,7 @@ class Fault:
     chunked: bool = False
     interval: float = 1.0
     scope: str = ""
+    length: str | None = None
     hits: int = field(default=0)
 
 
@@ -538,7 +540,12 @@ class _ProxyHandler(_Quiet):
         for name, value in forwarded.items():
             if value:
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(declared))
+        if fault and fault.length is not None:
+            self.send_header("Content-Length", fault.length)
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(declared))
         self.end_headers()
         if self.command == "HEAD":
             return

@@ -93,9 +93,21 @@ def _busybox_aarch64(tmp: Path) -> Path:
     return out
 
 
+def _version_of_other_digits() -> bytes:
+    """The glibc hello program with its version need GLIBC_2.34 renamed GLIBC_2.² (same length): a name whose
+    last part str.isdigit takes and int() refuses (an internal error until the thirteenth round)."""
+    data = fx("glibc/hello-dynamic").read_bytes()
+    assert b"GLIBC_2.34\0" in data
+    return data.replace(b"GLIBC_2.34\0", b"GLIBC_2.\xc2\xb2\0")  # .dynstr and the symbol table's names
+
+
 def _pick(files: dict[str, tuple[Any, int]], prefix: str) -> dict[str, tuple[Any, int]]:
     return {k: v for k, v in files.items() if k.startswith(prefix)}
 
+
+USERS_PREPARE = (r"printf 'odd:x:\302\262:0::/:/bin/sh\nlead:x:0042:1000::/:/bin/sh\n' >> /etc/passwd"
+                 r" && printf 'app:x:1000:nobody\n' >> /etc/group && mkdir /g && cp /bin/busybox /g/true"
+                 r" && chown 0:1000 /g/true && chmod 0750 /g/true")
 
 def specs(tmp: Path) -> dict[str, Spec]:
     exe, ro = 0o755, 0o644
@@ -135,6 +147,7 @@ def specs(tmp: Path) -> dict[str, Spec]:
             "/opt/y/bin/greet-app": (fx("greet/bin/greet-app"), exe),
             "/usr/lib/x86_64-linux-gnu/libgreet.so.1": (fx("greet/lib/libgreet.so.1"), ro),
             "/u8/bin/u8-app": (fx("utf8/bin/u8-app"), exe), "/u8/lib/libu8.so.1": (fx("utf8/lib/libu8.so.1"), ro),
+            "/vsup": (_version_of_other_digits(), exe),
             # a Go program with cgo (BIND_NOW, needs only libc.so.6; UTF-8 names in .dynstr), from the Debian package
             "/go/ctr": (package_programs("bookworm", "containerd")["ctr"], exe),
             "/rg-bullseye": (rust_binary("bullseye", "rg"), exe), "/rg-bookworm": (rust_binary("bookworm", "rg"), exe),
@@ -150,6 +163,10 @@ def specs(tmp: Path) -> dict[str, Spec]:
             "/usr/local/lib/libgreet.so.1": (fx("greet/lib/libgreet.so.1"), ro),
             "/rg-bookworm": (rust_binary("bookworm", "rg"), exe),
             "/fd-bullseye": (rust_binary("bullseye", "fd"), exe)}),
+        # USER lookups (runc GetExecUser in dockerd): a uid field that is no number reads as 0; a number matches a
+        # zero-padded uid; /g/true (busybox, root:1000, 0750) runs for members of group 1000 only
+        "alpine-users": Spec("alpine-3.20", {"/mu": common["/mu"], "/mu700": (fx("musl/hello-dynamic"), 0o700)},
+                             prepare=USERS_PREPARE),
         "arm64": Spec("alpine-3.20-arm64", {}),
         "trixie-slim": Spec("trixie-slim", {}),
         "bullseye-slim": Spec("bullseye-slim", {}),
@@ -200,6 +217,7 @@ CASES = [
     Case("bookworm-cc-old-lib", "bookworm-cc", ("/old/bin/greet-app",), "glibc-version"),
     Case("bookworm-cc-fd-trixie", "bookworm-cc", ("/fd-trixie", "--version"), "glibc-version"),
     Case("trixie-ld-library-path-old-lib", "trixie-cc", ("/app/bin/greet-app",), "glibc-version"),
+    Case("bookworm-cc-version-name-of-other-digits", "bookworm-cc", ("/vsup",), "glibc-version"),
     # missing-symbol
     Case("bookworm-cc-runpath-missing-symbol", "bookworm-cc", ("/miss/bin/greet-app",), "missing-symbol"),
     Case("bookworm-cc-rpath-missing-symbol", "bookworm-cc", ("/missr/bin/greet-app-rpath",), "missing-symbol"),
@@ -225,6 +243,17 @@ CASES = [
     Case("alpine-0700-as-nobody", "alpine", ("/mu700",), "not-executable", user="nobody"),
     Case("alpine-directory", "alpine", ("/etc",), "not-executable"),
     Case("static-0700-as-nonroot", "bookworm-static", ("/rs-static",), OK, user="nonroot"),
+    # the USER (until the thirteenth round "odd" and "²" were internal errors, and the verdicts of "42",
+    # "nobody:65534", "١٢" and "2147483648" were the other way round)
+    Case("users-uid-field-not-a-number-is-root", "alpine-users", ("/mu700",), OK, user="odd"),
+    Case("users-number-matches-a-zero-padded-uid", "alpine-users", ("/g/true",), OK, user="42"),
+    Case("users-supplementary-group", "alpine-users", ("/g/true",), OK, user="nobody"),
+    Case("users-a-group-given-drops-supplementary", "alpine-users", ("/g/true",), "not-executable",
+         user="nobody:65534"),
+    Case("users-superscript-two-is-no-number", "alpine-users", ("/mu",), "other", user="²"),
+    Case("users-arabic-indic-digits-are-no-number", "alpine-users", ("/mu",), "other", user="١٢"),
+    Case("users-uid-past-2147483647", "alpine-users", ("/mu",), "other", user="2147483648"),
+    Case("users-unknown-name", "alpine-users", ("/mu",), "other", user="ghost"),
 ]
 
 
@@ -302,7 +331,7 @@ def test_every_failure_category_has_two_cases() -> None:
     for case in CASES:
         counts[case.expect] = counts.get(case.expect, 0) + 1
     for category in ("ok", "missing-interpreter", "missing-library", "glibc-version", "missing-symbol",
-                     "exec-format", "script-interpreter-missing", "entrypoint-missing", "not-executable"):
+                     "exec-format", "script-interpreter-missing", "entrypoint-missing", "not-executable", "other"):
         assert counts.get(category, 0) >= 2, category
 
 

@@ -715,6 +715,17 @@ def test_redirect_to_another_host_gets_no_credentials(world: World) -> None:
 
 
 
+
+@pytest.mark.parametrize("path", [r"/manifests/v1$", r"/blobs/"])
+def test_a_content_length_of_other_digits_is_no_length(world: World, proxy: rs.FaultProxy, path: str) -> None:
+    """`Content-Length: ²`: str.isdigit takes it and int() does not (an internal error until the thirteenth
+    round). http.client then reads to the end of the connection, and so does imgaudit: the image as it is."""
+    proxy.faults.append(rs.Fault(path, "length", times=100, length="\u00b2"))
+    run = inspect_json(world, f"docker://{proxy.address}/team/app:v1")
+    assert_same_as_archive(world, run, "app")
+    assert proxy.requests_to(path), "the fault was not reached"
+
+
 @pytest.mark.parametrize("location", ["http://[bad", "http://u:SECRET@[::1", "//[x]y"])
 def test_a_redirect_to_a_malformed_url_is_one_line_of_error(world: World, location: str) -> None:
     """A registry (or a proxy before it) answering a blob GET with a `Location` no URL parser accepts: the

@@ -704,6 +704,53 @@ def h_platform(text: str) -> Any:
     return Platform.parse(text)
 
 
+# -- numbers in the image's own files --------------------------------------------------------------
+
+
+SUP = "\u00b2"  # "²": str.isdigit says yes, int() refuses it (every case below was an internal error)
+
+
+@pytest.mark.parametrize(("files", "user", "failure", "message"), [
+    ({"etc/passwd": f"odd:x:{SUP}:0::/:/bin/sh\n"}, "odd", "entrypoint-missing", None),  # runc reads uid 0
+    ({"etc/passwd": f"app:x:5:{SUP}::/:/bin/sh\n"}, "app", "entrypoint-missing", None),
+    ({"etc/passwd": "root:x:0:0::/:/bin/sh\n"}, SUP, "other",
+     f"unable to find user {SUP}: no matching entries in passwd file"),
+    ({"etc/group": f"grp:x:{SUP}:root\n"}, "0:grp", "entrypoint-missing", None),
+    ({}, f"0:{SUP}", "other", f"unable to find group {SUP}: no matching entries in group file"),
+])
+def test_digits_other_than_ascii_in_user_files_are_no_numbers(tmp_path: Path, files: dict[str, str], user: str,
+                                                              failure: str, message: str | None) -> None:
+    layer = h.tar_of(*(h.member(name, text.encode()) for name, text in files.items()))
+    blob = h.Blob(layer)
+    config = json.dumps(h.config_doc([blob.diff_id], config={"Entrypoint": ["/bin/app"], "User": user})).encode()
+    entry = report_of(cli("inspect", "--format", "json", image(tmp_path, [blob], config=config)))["entrypoint"]
+    assert entry["failure"] == failure
+    if message is not None:
+        assert entry["message"] == message
+
+
+def test_a_glibc_version_name_of_other_digits_is_a_version_error(tmp_path: Path, fixtures: Path) -> None:
+    """A program needing `GLIBC_2.²` (its GLIBC_2.34 renamed, same length) over this host's loader and libc: the
+    linkage check compared it as a number (an internal error). The e2e oracle has docker run print the same."""
+    host = {"lib64/ld-linux-x86-64.so.2": Path("/lib64/ld-linux-x86-64.so.2"),
+            "lib/x86_64-linux-gnu/libc.so.6": Path("/lib/x86_64-linux-gnu/libc.so.6")}
+    if not all(path.exists() for path in host.values()):
+        pytest.skip("needs an x86_64 glibc host")
+    program = (fixtures / "glibc" / "hello-dynamic").read_bytes().replace(b"GLIBC_2.34\0", b"GLIBC_2.\xc2\xb2\0")
+    blob = h.Blob(h.tar_of(*(h.member(name, path.read_bytes(), mode=0o755) for name, path in host.items()),
+                           h.member("bin/app", program, mode=0o755)))
+    report = report_of(cli("inspect", "--format", "json", "--no-cache", image(tmp_path, [blob])))
+    assert report["entrypoint"]["failure"] == "glibc-version"
+    assert f"version `GLIBC_2.{SUP}' not found (required by /bin/app)" in report["entrypoint"]["message"]
+
+
+def test_digits_other_than_ascii_in_the_apk_database_are_no_size(tmp_path: Path) -> None:
+    layer = h.tar_of(h.member("lib/apk/db/installed", f"P:musl\nV:1.2.5-r0\nI:{SUP}\n\nP:zlib\nV:1\nI:96\n\n"
+                                                      .encode()))
+    packages = report_of(cli("inspect", "--format", "json", image(tmp_path, [h.Blob(layer)])))["size"]["packages"]
+    assert {(p["name"], p["bytes"]) for p in packages} == {("musl", 0), ("zlib", 96)}
+
+
 # -- J. output safety ----------------------------------------------------------------------------------
 
 

@@ -61,7 +61,7 @@ def test_https_realm_is_accepted() -> None:
 @pytest.mark.parametrize("realm", [
     None, "", "http://auth.example.com/token", "https://169.254.169.254/latest", "https://[::1]/t",
     "https://10.0.0.5/token", "https://0.0.0.0/token", "https://user:pw@auth.example.com/token",
-    "ftp://auth.example.com/token", "https:///token",
+    "ftp://auth.example.com/token", "https:///token", "https://[auth.example.com/token", "https://pw]x/token",
 ])
 def test_unsafe_realms_are_refused_for_a_public_registry(realm: str | None) -> None:
     with pytest.raises(AuthenticationFailed) as err:

@@ -1,0 +1,100 @@
+"""The image's USER as the container gets it: Docker resolves it with runc's `libcontainer/user.GetExecUser`
+(runc 1.1; moby/sys/user since) over the image's /etc/passwd and /etc/group, before the container exists.
+
+Numbers are Go's `strconv.Atoi`: an optional sign and ASCII digits. `str.isdigit` also takes "²" (which
+`int()` refuses: an internal error until the thirteenth round) and "١٢" (which `int()` reads as 12, where
+runc sees a name). A field of the files that is no number reads as 0, as runc's `parseLine` ignores the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imgaudit.rootfs import RootFS
+
+MAX_ID = 2**31 - 1  # runc's maxId: uids and gids past it are refused
+_INT64 = 2**63
+# Go's unicode.IsSpace, which bytes.TrimSpace strips from each line (str.strip would also strip \x1c-\x1f)
+_GO_SPACE = " \t\n\v\f\r\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+            "\u2028\u2029\u202f\u205f\u3000"
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int = 0
+    gid: int = 0
+    groups: frozenset[int] = frozenset()  # the gid and the supplementary groups
+    name: str = "root"
+
+
+class UserNotFound(Exception):
+    """runc cannot map the image's USER (the container is never created)."""
+
+
+def atoi(text: str) -> int | None:
+    """Go's strconv.Atoi on a 64-bit host, None where it returns an error."""
+    digits = text[1:] if text[:1] in ("+", "-") and len(text) > 1 else text
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    value = int(text)
+    return value if -_INT64 <= value < _INT64 else None
+
+
+def _field(text: str) -> int:
+    """A number field of /etc/passwd or /etc/group as runc's parseLine reads it: Atoi, its error ignored (a value
+    past int64 is Atoi's bound, anything else 0)."""
+    value = atoi(text)
+    if value is not None:
+        return value
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if digits.isascii() and digits.isdigit():
+        return -_INT64 if text[0] == "-" else _INT64 - 1
+    return 0
+
+
+def _rows(rootfs: RootFS, path: str, width: int) -> list[list[str]]:
+    """The lines of a passwd-format file, split at ':' and padded to `width` fields (runc leaves missing ones
+    empty or 0). No line is a comment to runc."""
+    data = rootfs.read(path) or b""
+    lines = (line.strip(_GO_SPACE) for line in data.decode("utf-8", "surrogateescape").split("\n"))
+    return [(fields + [""] * width)[:width] for fields in (line.split(":") for line in lines if line)]
+
+
+def resolve_user(rootfs: RootFS, spec: str) -> User:
+    """runc GetExecUser: `user[:group]`, each a name or a number; a number matches the passwd (group) line with
+    that id, or stands alone; a name must match a line. Supplementary groups: those listing the user's name, and
+    only when no group is given."""
+    fields = spec.split(":")
+    user_arg, group_arg = fields[0], fields[1] if len(fields) > 1 else ""
+    uid_arg = 0 if user_arg == "" else atoi(user_arg)  # an empty user is the default, uid 0
+    matched = next((row for row in _rows(rootfs, "/etc/passwd", 7)
+                    if ((_field(row[2]) == uid_arg) if uid_arg is not None else row[0] == user_arg)), None)
+    if matched is not None:
+        user = User(_field(matched[2]), _field(matched[3]), frozenset(), matched[0])
+    elif uid_arg is None:
+        raise UserNotFound(f"unable to find user {user_arg}: no matching entries in passwd file")
+    else:
+        user = User(_in_range(uid_arg), 0, frozenset(), user_arg)
+    if group_arg:
+        gid = _group(_rows(rootfs, "/etc/group", 4), group_arg)
+        return User(user.uid, gid, frozenset({gid}), user.name)
+    name = matched[0] if matched is not None else ""
+    supplementary = {_field(gid) for _, _, gid, members in (_rows(rootfs, "/etc/group", 4) if name else ())
+                     if members and name in members.split(",")}
+    return User(user.uid, user.gid, frozenset(supplementary | {user.gid}), user.name)
+
+
+def _group(groups: list[list[str]], group_arg: str) -> int:
+    gid_arg = atoi(group_arg)
+    for name, _, gid, _ in groups:
+        if (_field(gid) == gid_arg) if gid_arg is not None else name == group_arg:
+            return _field(gid)
+    if gid_arg is None:
+        raise UserNotFound(f"unable to find group {group_arg}: no matching entries in group file")
+    return _in_range(gid_arg)
+
+
+def _in_range(value: int) -> int:
+    if not 0 <= value <= MAX_ID:
+        raise UserNotFound(f"uids and gids must be in range 0-{MAX_ID}")
+    return value
