@@ -118,8 +118,9 @@ RULES: tuple[Rule, ...] = (
        None,
        "Check the file is not truncated; report a bug with the file if it runs fine."),
     _r("other", S, E, "The container would fail to start for another reason",
-       "A start-up failure outside the categories above: the image's USER does not exist in /etc/passwd, or `#!` "
-       "scripts nest deeper than the kernel allows.",
+       "A start-up failure outside the categories above: the image's USER (or its group) does not exist in "
+       "/etc/passwd (/etc/group) or is a number past 2147483647, as dockerd resolves it with runc's GetExecUser, or "
+       "`#!` scripts nest deeper than the kernel allows.",
        "unable to find user app: no matching entries in passwd file",
        "Create the user in the image (`useradd`/`adduser`) or use a numeric USER uid:gid."),
     _r("too-many-layers", S, W, "More layers than Docker's layer store takes",
