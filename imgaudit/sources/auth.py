@@ -18,6 +18,7 @@ from imgaudit.errors import AuthenticationFailed, SourceUnavailable, UsageError,
 
 MAX_TOKEN_BODY = 1 << 20  # containers/image iolimits.MaxAuthTokenBodySize
 DEFAULT_TOKEN_TTL = 60.0  # token.md: "expires_in … defaults to 60 seconds"
+MAX_TOKEN_TTL = 86400.0  # longer than any run: a 400-digit expires_in overflowed float() (an internal error)
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 # The SDK logs user names at DEBUG while parsing `auths`; keep them out of any debug log we enable.
@@ -220,5 +221,6 @@ def parse_token(body: bytes, registry: str) -> tuple[str, float]:
     if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
         raise AuthenticationFailed(f"the token server of {escape(registry)} sent no usable token")
     ttl = obj.get("expires_in") if isinstance(obj, dict) else None
-    valid_ttl = isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0
-    return token, float(ttl) if valid_ttl else DEFAULT_TOKEN_TTL  # type: ignore[arg-type]
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:  # NaN is not > 0 either
+        return token, DEFAULT_TOKEN_TTL
+    return token, float(min(ttl, MAX_TOKEN_TTL))

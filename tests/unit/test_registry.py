@@ -92,6 +92,8 @@ def test_host_of_and_is_local() -> None:
     ({"access_token": "t2", "expires_in": 300}, "t2", 300.0),
     ({"token": "t3", "access_token": "other", "expires_in": -5}, "t3", 60.0),
     ({"token": "t4", "expires_in": True}, "t4", 60.0),
+    ({"token": "t5", "expires_in": 10**400}, "t5", 86400.0),  # float() of it overflowed
+    ({"token": "t6", "expires_in": float("inf")}, "t6", 86400.0),
 ])
 def test_token_responses(body: dict[str, object], token: str, ttl: float) -> None:
     assert parse_token(json.dumps(body).encode(), "r") == (token, ttl)
