@@ -96,6 +96,7 @@ def _registry(body: bytes, which: int) -> None:
         picked = auth.pick_challenge(challenges)
         if picked is not None:
             auth.token_query(picked, "repository:x:pull")
+            auth.check_realm(picked.get("realm"), "registry.example", registry_tls=len(body) % 2 == 0)
     elif which == 3:
         registry.parse_retry_after(text, now=1_700_000_000.0)
         registry.parse_content_range(text)

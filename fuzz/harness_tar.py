@@ -12,6 +12,7 @@ size and diff_id; the scan is deterministic; nothing but ImgauditError escapes.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -27,7 +28,7 @@ from fuzz.harness_common import INSTRUMENT, Broken, check_report, fake_image, fu
 with atheris.instrument_imports(include=INSTRUMENT):
     import zstandard
 
-    from imgaudit import listing
+    from imgaudit import listing, users
     from imgaudit.audit import Loaded, audit
     from imgaudit.checks import linkage, size  # noqa: F401 - imported here to be instrumented
     from imgaudit.elf import ElfFacts
@@ -109,6 +110,21 @@ def test(data: bytes) -> None:
         return  # under instrumentation the analysers of a 2 000-deep tree take seconds; test #83 runs it for real
     loaded = Loaded(fake_image(scans), scans, fs)  # type: ignore[arg-type]
     check_report(audit(loaded))
+    _users(fs)
+
+
+def _users(fs: RootFS) -> None:
+    """USER specs made of the fields of the layer's own /etc/passwd and /etc/group (names and numbers as written),
+    resolved as dockerd would: a refusal is UserNotFound, anything else a crash."""
+    specs = {""}
+    for path in ("/etc/passwd", "/etc/group"):
+        for line in (fs.read(path) or b"").decode("utf-8", "surrogateescape").split("\n")[:8]:
+            fields = line.split(":")
+            specs.update(fields[:4])
+            specs.add(":".join(fields[:2]))
+    for spec in sorted(specs)[:32]:
+        with contextlib.suppress(users.UserNotFound):
+            users.resolve_user(fs, spec)
 
 
 if __name__ == "__main__":
