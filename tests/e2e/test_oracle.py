@@ -105,7 +105,8 @@ def _pick(files: dict[str, tuple[Any, int]], prefix: str) -> dict[str, tuple[Any
     return {k: v for k, v in files.items() if k.startswith(prefix)}
 
 
-USERS_PREPARE = (r"printf 'odd:x:\302\262:0::/:/bin/sh\nlead:x:0042:1000::/:/bin/sh\n' >> /etc/passwd"
+USERS_PREPARE = (r"printf 'odd:x:\302\262:0::/:/bin/sh\nlead:x:0042:1000::/:/bin/sh\n#c:x:1234:1000::/:/bin/sh\n'"
+                 r" >> /etc/passwd"
                  r" && printf 'app:x:1000:nobody\n' >> /etc/group && mkdir /g && cp /bin/busybox /g/true"
                  r" && chown 0:1000 /g/true && chmod 0750 /g/true")
 
@@ -164,7 +165,8 @@ def specs(tmp: Path) -> dict[str, Spec]:
             "/rg-bookworm": (rust_binary("bookworm", "rg"), exe),
             "/fd-bullseye": (rust_binary("bullseye", "fd"), exe)}),
         # USER lookups (runc GetExecUser in dockerd): a uid field that is no number reads as 0; a number matches a
-        # zero-padded uid; /g/true (busybox, root:1000, 0750) runs for members of group 1000 only
+        # zero-padded uid; a `#` line is a line like any other; /g/true (busybox, root:1000, 0750) runs for members
+        # of group 1000 only
         "alpine-users": Spec("alpine-3.20", {"/mu": common["/mu"], "/mu700": (fx("musl/hello-dynamic"), 0o700)},
                              prepare=USERS_PREPARE),
         "arm64": Spec("alpine-3.20-arm64", {}),
@@ -248,6 +250,7 @@ CASES = [
     Case("users-uid-field-not-a-number-is-root", "alpine-users", ("/mu700",), OK, user="odd"),
     Case("users-number-matches-a-zero-padded-uid", "alpine-users", ("/g/true",), OK, user="42"),
     Case("users-supplementary-group", "alpine-users", ("/g/true",), OK, user="nobody"),
+    Case("users-a-comment-line-is-a-passwd-line", "alpine-users", ("/g/true",), OK, user="1234"),
     Case("users-a-group-given-drops-supplementary", "alpine-users", ("/g/true",), "not-executable",
          user="nobody:65534"),
     Case("users-superscript-two-is-no-number", "alpine-users", ("/mu",), "other", user="²"),

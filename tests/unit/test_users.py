@@ -17,7 +17,8 @@ PASSWD = ("root:x:0:0:root:/root:/bin/sh\n"
           "odd:x:²:7::/:/bin/sh\n"  # no number: runc reads 0
           "lead:x:0042:1000::/:/bin/sh\n"
           "short:x:77\n"  # fields past the line's end are empty, so its gid is 0
-          ":x:99:99::/:/bin/sh\n")  # a line without a name
+          ":x:99:99::/:/bin/sh\n"  # a line without a name
+          "#c:x:1234:1000::/:/bin/sh\n")  # runc skips no comment: a user named "#c"
 GROUP = "root:x:0:\napp:x:1000:nobody,lead\nother:x:2000:lead\nempty:x:3000:\nwords:x:x:nobody\n"
 
 
@@ -44,6 +45,7 @@ def test_numbers_are_what_go_strconv_atoi_takes(text: str, value: int | None) ->
     ("odd", User(0, 7, frozenset({7}), "odd")),  # its uid field is no number: root
     ("short", User(77, 0, frozenset({0}), "short")),
     ("99", User(99, 99, frozenset({99}), "")),  # matched, but a nameless user is in no group list
+    ("1234", User(1234, 1000, frozenset({1000}), "#c")),  # docker run --user 1234 prints gid=1000(app)
     ("4242", User(4242, 0, frozenset({0}), "4242")),  # a number alone: no supplementary groups
     ("nobody:app", User(65534, 1000, frozenset({1000}), "nobody")),  # a group given: only that one
     ("nobody:2000", User(65534, 2000, frozenset({2000}), "nobody")),
