@@ -52,9 +52,16 @@ def _field(text: str) -> int:
     return 0
 
 
+class _Unreadable(Exception):
+    """The file opens but cannot be read (a directory): runc's parser fails, whatever the user."""
+
+
 def _rows(rootfs: RootFS, path: str, width: int) -> list[list[str]]:
     """The lines of a passwd-format file, split at ':' and padded to `width` fields (runc leaves missing ones
-    empty or 0). No line is a comment to runc."""
+    empty or 0). No line is a comment to runc. A missing file has no lines (dockerd passes no reader)."""
+    node = rootfs.get(path)
+    if node is not None and node.is_dir:
+        raise _Unreadable(f"read {path}: is a directory")
     data = rootfs.read(path) or b""
     lines = (line.strip(_GO_SPACE) for line in data.decode("utf-8", "surrogateescape").split("\n"))
     return [(fields + [""] * width)[:width] for fields in (line.split(":") for line in lines if line)]
@@ -67,7 +74,11 @@ def resolve_user(rootfs: RootFS, spec: str) -> User:
     fields = spec.split(":")
     user_arg, group_arg = fields[0], fields[1] if len(fields) > 1 else ""
     uid_arg = 0 if user_arg == "" else atoi(user_arg)  # an empty user is the default, uid 0
-    matched = next((row for row in _rows(rootfs, "/etc/passwd", 7)
+    try:
+        passwd = _rows(rootfs, "/etc/passwd", 7)
+    except _Unreadable as err:
+        raise UserNotFound(f"unable to find user {user_arg or 0}: {err}") from None
+    matched = next((row for row in passwd
                     if ((_field(row[2]) == uid_arg) if uid_arg is not None else row[0] == user_arg)), None)
     if matched is not None:
         user = User(_field(matched[2]), _field(matched[3]), frozenset(), matched[0])
@@ -75,11 +86,17 @@ def resolve_user(rootfs: RootFS, spec: str) -> User:
         raise UserNotFound(f"unable to find user {user_arg}: no matching entries in passwd file")
     else:
         user = User(_in_range(uid_arg), 0, frozenset(), user_arg)
-    if group_arg:
-        gid = _group(_rows(rootfs, "/etc/group", 4), group_arg)
-        return User(user.uid, gid, frozenset({gid}), user.name)
     name = matched[0] if matched is not None else ""
-    supplementary = {_field(gid) for _, _, gid, members in (_rows(rootfs, "/etc/group", 4) if name else ())
+    try:
+        # runc reads the group file again as the container starts, with the uid:gid dockerd found: even a user that
+        # needs no group is refused when it cannot be read
+        groups = _rows(rootfs, "/etc/group", 4)
+    except _Unreadable as err:
+        raise UserNotFound(f"unable to find groups for spec {name}: {err}") from None
+    if group_arg:
+        gid = _group(groups, group_arg)
+        return User(user.uid, gid, frozenset({gid}), user.name)
+    supplementary = {_field(gid) for _, _, gid, members in (groups if name else ())
                      if members and name in members.split(",")}
     return User(user.uid, user.gid, frozenset(supplementary | {user.gid}), user.name)
 

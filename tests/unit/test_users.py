@@ -10,7 +10,7 @@ import pytest
 from imgaudit.layers import scan_layer
 from imgaudit.rootfs import RootFS
 from imgaudit.users import MAX_ID, User, UserNotFound, atoi, resolve_user
-from tests.builders import f, make_layer
+from tests.builders import d, f, make_layer
 
 PASSWD = ("root:x:0:0:root:/root:/bin/sh\n"
           "  nobody:x:65534:65534:nobody:/:/sbin/nologin  \n"
@@ -81,3 +81,17 @@ def test_without_passwd_or_group_files_numbers_stand_alone_and_names_are_not_fou
         resolve_user(bare, "app")
     with pytest.raises(UserNotFound, match="unable to find group app"):
         resolve_user(bare, "0:app")
+
+
+@pytest.mark.parametrize(("directory", "spec", "message"), [
+    ("etc/passwd", "", "unable to find user 0: read /etc/passwd: is a directory"),
+    ("etc/passwd", "4242", "unable to find user 4242: read /etc/passwd: is a directory"),
+    ("etc/group", "", "unable to find groups for spec root: read /etc/group: is a directory"),
+    ("etc/group", "4242", "unable to find groups for spec : read /etc/group: is a directory"),  # runc's own lookup
+])
+def test_a_directory_where_a_file_belongs_refuses_every_user(directory: str, spec: str, message: str) -> None:
+    other = "etc/group" if directory == "etc/passwd" else "etc/passwd"
+    items = [d(directory), f(other, (GROUP if other == "etc/group" else PASSWD).encode())]
+    with pytest.raises(UserNotFound) as err:
+        resolve_user(RootFS.build([scan_layer(io.BytesIO(make_layer(items)))]), spec)
+    assert str(err.value) == message
