@@ -1,5 +1,7 @@
-"""The image's USER as the container gets it: Docker resolves it with runc's `libcontainer/user.GetExecUser`
-(runc 1.1; moby/sys/user since) over the image's /etc/passwd and /etc/group, before the container exists.
+"""The image's USER as the container gets it. dockerd resolves it with runc's `libcontainer/user.GetExecUser` (runc
+1.1; moby/sys/user since) over the image's /etc/passwd and /etc/group and writes `uid`, `gid` and the supplementary
+groups into the OCI spec as uint32; runc resolves `uid:gid` again as the container starts. A negative id wraps
+there, and is refused or lands on another line (`docker run --user` is the oracle: tests/e2e/test_oracle.py).
 
 Numbers are Go's `strconv.Atoi`: an optional sign and ASCII digits. `str.isdigit` also takes "²" (which
 `int()` refuses: an internal error until the thirteenth round) and "١٢" (which `int()` reads as 12, where
@@ -14,6 +16,7 @@ from imgaudit.rootfs import RootFS
 
 MAX_ID = 2**31 - 1  # runc's maxId: uids and gids past it are refused
 _INT64 = 2**63
+_UINT32 = 2**32  # the OCI spec's uid and gid: Go's uint32() of dockerd's int wraps
 # Go's unicode.IsSpace, which bytes.TrimSpace strips from each line (str.strip would also strip \x1c-\x1f)
 _GO_SPACE = " \t\n\v\f\r\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
             "\u2028\u2029\u202f\u205f\u3000"
@@ -68,9 +71,19 @@ def _rows(rootfs: RootFS, path: str, width: int) -> list[list[str]]:
 
 
 def resolve_user(rootfs: RootFS, spec: str) -> User:
+    """The uid, gid and groups a container of this image runs with for USER `spec`, or UserNotFound with the
+    error dockerd or runc prints."""
+    chosen = _exec_user(rootfs, spec, daemon=True)
+    started = _exec_user(rootfs, f"{chosen.uid % _UINT32}:{chosen.gid % _UINT32}", daemon=False)
+    groups = frozenset(gid % _UINT32 for gid in chosen.groups - {chosen.gid}) | {started.gid}
+    return User(started.uid, started.gid, groups, chosen.name)
+
+
+def _exec_user(rootfs: RootFS, spec: str, *, daemon: bool) -> User:
     """runc GetExecUser: `user[:group]`, each a name or a number; a number matches the passwd (group) line with
     that id, or stands alone; a name must match a line. Supplementary groups: those listing the user's name, and
-    only when no group is given."""
+    only when no group is given. dockerd reads the group file only for a group or a matched name; runc, given
+    `uid:gid`, always."""
     fields = spec.split(":")
     user_arg, group_arg = fields[0], fields[1] if len(fields) > 1 else ""
     uid_arg = 0 if user_arg == "" else atoi(user_arg)  # an empty user is the default, uid 0
@@ -87,17 +100,16 @@ def resolve_user(rootfs: RootFS, spec: str) -> User:
     else:
         user = User(_in_range(uid_arg), 0, frozenset(), user_arg)
     name = matched[0] if matched is not None else ""
+    if daemon and not group_arg and not name:
+        return User(user.uid, user.gid, frozenset({user.gid}), user.name)
     try:
-        # runc reads the group file again as the container starts, with the uid:gid dockerd found: even a user that
-        # needs no group is refused when it cannot be read
         groups = _rows(rootfs, "/etc/group", 4)
     except _Unreadable as err:
         raise UserNotFound(f"unable to find groups for spec {name}: {err}") from None
     if group_arg:
         gid = _group(groups, group_arg)
         return User(user.uid, gid, frozenset({gid}), user.name)
-    supplementary = {_field(gid) for _, _, gid, members in (groups if name else ())
-                     if members and name in members.split(",")}
+    supplementary = {_field(gid) for _, _, gid, members in groups if members and name in members.split(",")}
     return User(user.uid, user.gid, frozenset(supplementary | {user.gid}), user.name)
 
 

@@ -105,10 +105,13 @@ def _pick(files: dict[str, tuple[Any, int]], prefix: str) -> dict[str, tuple[Any
     return {k: v for k, v in files.items() if k.startswith(prefix)}
 
 
-USERS_PREPARE = (r"printf 'odd:x:\302\262:0::/:/bin/sh\nlead:x:0042:1000::/:/bin/sh\n#c:x:1234:1000::/:/bin/sh\n'"
-                 r" >> /etc/passwd"
-                 r" && printf 'app:x:1000:nobody\n' >> /etc/group && mkdir /g && cp /bin/busybox /g/true"
-                 r" && chown 0:1000 /g/true && chmod 0750 /g/true")
+USERS_PREPARE = " && ".join([
+    r"printf 'odd:x:\302\262:0::/:/bin/sh\nlead:x:0042:1000::/:/bin/sh\n#c:x:1234:1000::/:/bin/sh\n' >> /etc/passwd",
+    r"printf 'neg:x:-2:-2::/:/bin/sh\nbig:x:4294967294:0::/:/bin/sh\nnegg:x:5:-3::/:/bin/sh\n' >> /etc/passwd",
+    r"printf 'app:x:1000:nobody\n' >> /etc/group",
+    "mkdir /g && cp /bin/busybox /g/true && chown 0:1000 /g/true && chmod 0750 /g/true",
+])
+
 
 def specs(tmp: Path) -> dict[str, Spec]:
     exe, ro = 0o755, 0o644
@@ -259,6 +262,10 @@ CASES = [
     Case("users-arabic-indic-digits-are-no-number", "alpine-users", ("/mu",), "other", user="١٢"),
     Case("users-uid-past-2147483647", "alpine-users", ("/mu",), "other", user="2147483648"),
     Case("users-unknown-name", "alpine-users", ("/mu",), "other", user="ghost"),
+    # dockerd hands runc the ids as uint32: -2 becomes 4294967294, which runc refuses, or finds on another line
+    Case("users-negative-uid-wraps-and-is-refused", "alpine-users", ("/mu",), "other", user="neg"),
+    Case("users-negative-gid-wraps-and-is-refused", "alpine-users", ("/mu",), "other", user="negg"),
+    Case("users-a-wrapped-uid-lands-on-another-line", "alpine-users", ("/mu700",), "not-executable", user="neg:0"),
     # files runc opens but cannot read: every container fails, whatever its user (dockerd, or runc's second lookup
     # with the uid:gid dockerd found)
     Case("users-passwd-is-a-directory", "alpine-passwd-dir", ("/mu",), "other"),

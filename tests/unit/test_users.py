@@ -18,7 +18,8 @@ PASSWD = ("root:x:0:0:root:/root:/bin/sh\n"
           "lead:x:0042:1000::/:/bin/sh\n"
           "short:x:77\n"  # fields past the line's end are empty, so its gid is 0
           ":x:99:99::/:/bin/sh\n"  # a line without a name
-          "#c:x:1234:1000::/:/bin/sh\n")  # runc skips no comment: a user named "#c"
+          "#c:x:1234:1000::/:/bin/sh\n"  # runc skips no comment: a user named "#c"
+          "neg:x:-2:-2::/:/bin/sh\nbig:x:4294967294:0::/:/bin/sh\nnegg:x:5:-3::/:/bin/sh\n")
 GROUP = "root:x:0:\napp:x:1000:nobody,lead\nother:x:2000:lead\nempty:x:3000:\nwords:x:x:nobody\n"
 
 
@@ -52,6 +53,8 @@ def test_numbers_are_what_go_strconv_atoi_takes(text: str, value: int | None) ->
     ("nobody:5555", User(65534, 5555, frozenset({5555}), "nobody")),
     ("lead:1000:ignored", User(42, 1000, frozenset({1000}), "lead")),  # a third field is dropped
     (str(MAX_ID), User(MAX_ID, 0, frozenset({0}), str(MAX_ID))),
+    ("big", User(2**32 - 2, 0, frozenset({0}), "big")),  # a uid past MAX_ID on its line is taken as it is
+    ("neg:0", User(2**32 - 2, 0, frozenset({0}), "neg")),  # -2 wraps to big's uid, which runc then finds
 ])
 def test_user_specs_resolve_as_runc_resolves_them(spec: str, user: User) -> None:
     assert resolve_user(fs(), spec) == user
@@ -66,6 +69,8 @@ def test_user_specs_resolve_as_runc_resolves_them(spec: str, user: User) -> None
     ("root:nogroup", "unable to find group nogroup: no matching entries in group file"),
     ("root:²", "unable to find group ²: no matching entries in group file"),
     ("root:-5", f"uids and gids must be in range 0-{MAX_ID}"),
+    ("neg", f"uids and gids must be in range 0-{MAX_ID}"),  # its gid -2 wraps past MAX_ID and no group has it
+    ("negg", f"uids and gids must be in range 0-{MAX_ID}"),
 ])
 def test_what_runc_refuses_is_refused_with_its_words(spec: str, message: str) -> None:
     with pytest.raises(UserNotFound) as err:
