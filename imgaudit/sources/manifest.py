@@ -321,7 +321,7 @@ def _variant(p: Platform) -> str | None:
 
 def check_platform(have: Platform, want: Platform | None, where: str) -> None:
     if want is not None and not platform_matches(want, have):
-        raise ImageNotFound(f"{where} is a {have} image, not {want}")
+        raise ImageNotFound(f"{where} is a {escape(str(have))} image, not {want}")
 
 
 def resolve_manifest(
@@ -403,7 +403,9 @@ def _best(matches: list[Descriptor], want: Platform) -> Descriptor:
 
 
 def _platforms(cands: list[Descriptor]) -> str:
-    return ", ".join(dict.fromkeys(str(d.platform) if d.platform else "unknown platform" for d in cands))
+    """The platforms an index names, as the image wrote them: control characters escaped (a `\r` in a name
+    rewrote the error line: the json fuzz harness, thirteenth round)."""
+    return escape(", ".join(dict.fromkeys(str(d.platform) if d.platform else "unknown platform" for d in cands)))
 
 
 # -- image config ------------------------------------------------------------------------------

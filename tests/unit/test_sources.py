@@ -25,6 +25,7 @@ from imgaudit.sources import daemon, load_image
 from imgaudit.sources.manifest import (
     Descriptor,
     check_digest,
+    check_platform,
     host_platform,
     load_json,
     parse_descriptor,
@@ -543,6 +544,20 @@ def test_select_platform_rules() -> None:
         select_platform([arm, v7], None, AMD64, "w")
     unknown = _desc(None)
     assert select_platform([unknown], ARM64, AMD64, "w") is unknown  # decided by the config later
+
+
+def test_platform_names_the_image_wrote_are_escaped_in_errors() -> None:
+    """An index platform `windows/\rm` rewrote the error line (the json fuzz harness, thirteenth round)."""
+    hostile, other = _desc(Platform("windows", "\rm")), _desc(Platform("li\x1b[2Jnux", "s390x"))
+    errors = []
+    for call in (lambda: select_platform([hostile, other], None, AMD64, "w"),
+                 lambda: select_platform([hostile, other], ARM64, AMD64, "w"),
+                 lambda: check_platform(Platform("linux", "amd\r64"), ARM64, "w")):
+        with pytest.raises((UsageError, ImageNotFound)) as err:
+            call()
+        errors.append(str(err.value))
+    assert all("\r" not in e and "\x1b" not in e for e in errors), errors
+    assert "windows/\\x0dm" in errors[0] and "li\\x1b[2Jnux/s390x" in errors[1] and "amd\\x0d64" in errors[2]
 
 
 # -- daemon ------------------------------------------------------------------------------------
