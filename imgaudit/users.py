@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from imgaudit.rootfs import RootFS
 
 MAX_ID = 2**31 - 1  # runc's maxId: uids and gids past it are refused
+MAX_LINE = 64 << 10  # bufio.MaxScanTokenSize: a longer line stops runc's parser, whatever the user
 _INT64 = 2**63
 _UINT32 = 2**32  # the OCI spec's uid and gid: Go's uint32() of dockerd's int wraps
 # Go's unicode.IsSpace, which bytes.TrimSpace strips from each line (str.strip would also strip \x1c-\x1f)
@@ -56,7 +57,7 @@ def _field(text: str) -> int:
 
 
 class _Unreadable(Exception):
-    """The file opens but cannot be read (a directory): runc's parser fails, whatever the user."""
+    """The file opens but runc's parser fails on it (a directory, a line too long), whatever the user."""
 
 
 def _rows(rootfs: RootFS, path: str, width: int) -> list[list[str]]:
@@ -65,8 +66,10 @@ def _rows(rootfs: RootFS, path: str, width: int) -> list[list[str]]:
     node = rootfs.get(path)
     if node is not None and node.is_dir:
         raise _Unreadable(f"read {path}: is a directory")
-    data = rootfs.read(path) or b""
-    lines = (line.strip(_GO_SPACE) for line in data.decode("utf-8", "surrogateescape").split("\n"))
+    raw = (rootfs.read(path) or b"").split(b"\n")
+    if max(map(len, raw)) >= MAX_LINE:
+        raise _Unreadable("bufio.Scanner: token too long")
+    lines = (line.decode("utf-8", "surrogateescape").strip(_GO_SPACE) for line in raw)
     return [(fields + [""] * width)[:width] for fields in (line.split(":") for line in lines if line)]
 
 

@@ -105,6 +105,11 @@ def _pick(files: dict[str, tuple[Any, int]], prefix: str) -> dict[str, tuple[Any
     return {k: v for k, v in files.items() if k.startswith(prefix)}
 
 
+def _long_passwd_line(length: int) -> str:
+    """A line of `length` bytes at the end of /etc/passwd: Go's bufio.Scanner takes 65535, not 65536."""
+    return rf"head -c {length} /dev/zero | tr '\0' a >> /etc/passwd && echo >> /etc/passwd"
+
+
 USERS_PREPARE = " && ".join([
     r"printf 'odd:x:\302\262:0::/:/bin/sh\nlead:x:0042:1000::/:/bin/sh\n#c:x:1234:1000::/:/bin/sh\n' >> /etc/passwd",
     r"printf 'neg:x:-2:-2::/:/bin/sh\nbig:x:4294967294:0::/:/bin/sh\nnegg:x:5:-3::/:/bin/sh\n' >> /etc/passwd",
@@ -174,6 +179,8 @@ def specs(tmp: Path) -> dict[str, Spec]:
                              prepare=USERS_PREPARE),
         "alpine-passwd-dir": Spec("alpine-3.20", {"/mu": common["/mu"]}, prepare="rm /etc/passwd && mkdir /etc/passwd"),
         "alpine-group-dir": Spec("alpine-3.20", {"/mu": common["/mu"]}, prepare="rm /etc/group && mkdir /etc/group"),
+        "alpine-passwd-long": Spec("alpine-3.20", {"/mu": common["/mu"]}, prepare=_long_passwd_line(64 << 10)),
+        "alpine-passwd-long-ok": Spec("alpine-3.20", {"/mu": common["/mu"]}, prepare=_long_passwd_line((64 << 10) - 1)),
         "arm64": Spec("alpine-3.20-arm64", {}),
         "trixie-slim": Spec("trixie-slim", {}),
         "bullseye-slim": Spec("bullseye-slim", {}),
@@ -271,6 +278,8 @@ CASES = [
     Case("users-passwd-is-a-directory", "alpine-passwd-dir", ("/mu",), "other"),
     Case("users-group-is-a-directory", "alpine-group-dir", ("/mu",), "other"),
     Case("users-group-is-a-directory-for-a-bare-uid", "alpine-group-dir", ("/mu",), "other", user="4242"),
+    Case("users-a-passwd-line-of-65536-bytes", "alpine-passwd-long", ("/mu",), "other"),
+    Case("users-a-passwd-line-of-65535-bytes", "alpine-passwd-long-ok", ("/mu",), OK),
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from imgaudit.layers import scan_layer
 from imgaudit.rootfs import RootFS
-from imgaudit.users import MAX_ID, User, UserNotFound, atoi, resolve_user
+from imgaudit.users import MAX_ID, MAX_LINE, User, UserNotFound, atoi, resolve_user
 from tests.builders import d, f, make_layer
 
 PASSWD = ("root:x:0:0:root:/root:/bin/sh\n"
@@ -86,6 +86,19 @@ def test_without_passwd_or_group_files_numbers_stand_alone_and_names_are_not_fou
         resolve_user(bare, "app")
     with pytest.raises(UserNotFound, match="unable to find group app"):
         resolve_user(bare, "0:app")
+
+
+@pytest.mark.parametrize(("length", "refused"), [(MAX_LINE - 1, False), (MAX_LINE, True)])
+def test_a_line_past_go_s_scanner_refuses_every_user(length: int, refused: bool) -> None:
+    """docker run: a 65535-byte line of /etc/passwd is read, a 65536-byte one fails every container."""
+    rootfs = fs(PASSWD + "a" * length + "\n")
+    if not refused:
+        assert resolve_user(rootfs, "nobody").uid == 65534
+        return
+    with pytest.raises(UserNotFound, match=r"^unable to find user nobody: bufio\.Scanner: token too long$"):
+        resolve_user(rootfs, "nobody")
+    with pytest.raises(UserNotFound, match=r"^unable to find groups for spec root: bufio\.Scanner: token too long$"):
+        resolve_user(fs(PASSWD, GROUP + "a" * length), "")
 
 
 @pytest.mark.parametrize(("directory", "spec", "message"), [
