@@ -297,10 +297,13 @@ class RootFS:
 
     def resolve(self, path: str, *, follow_last: bool = True) -> str | None:
         """Real path of an existing node, or None. Absolute link targets start at the image root and
-        `..` never climbs above it (chroot semantics). Raises SymlinkLoop past MAXSYMLINKS hops."""
+        `..` never climbs above it (chroot semantics). A trailing slash names a directory, following a last
+        symlink (path_resolution(7): `/app/` of a file is ENOTDIR). Raises SymlinkLoop past MAXSYMLINKS hops."""
         node = self.nodes.get(path)
         if node is not None and (node.entry.type is not _SYMLINK or not follow_last) and _canonical(path):
             return path  # the common case: a real path already, nothing to follow
+        directory = path[-1:] == "/" and path.strip("/") != ""
+        follow_last = follow_last or directory
         pending = [p for p in path.split("/") if p][::-1]
         cur = "/"
         hops = 0
@@ -327,7 +330,7 @@ class RootFS:
             if pending and node.entry.type is not _DIR:
                 return None
             cur = cand
-        return cur
+        return None if directory and not self.nodes[cur].is_dir else cur
 
     def get(self, path: str, *, follow: bool = True) -> Node | None:
         try:

@@ -251,6 +251,8 @@ CASES = [
     # entrypoint-missing
     Case("alpine-absolute-missing", "alpine", ("/nope",), "entrypoint-missing"),
     Case("alpine-bare-name-not-in-path", "alpine", ("nope",), "entrypoint-missing"),
+    Case("alpine-trailing-slash-on-a-file", "alpine", ("/mu/",), "entrypoint-missing"),  # ENOTDIR; "ok" before
+    Case("alpine-relative-trailing-slash", "alpine", ("mu/",), "entrypoint-missing"),
     Case("static-shell-form-no-sh", "bookworm-static", ("/bin/sh", "-c", "/rs-static"), "entrypoint-missing"),
     # not-executable
     Case("alpine-mode-0644", "alpine", ("/noexec",), "not-executable"),

@@ -105,6 +105,16 @@ def test_symlinks_resolve_inside_the_root() -> None:
     assert fs.resolve("/lib/missing") is None
 
 
+def test_a_trailing_slash_names_a_directory() -> None:
+    """path_resolution(7): `app/` of a file is ENOTDIR (runc's stat, then `docker run` says so), and a trailing
+    slash follows a last symlink even when the caller would not."""
+    fs = build([d("usr/bin"), f("usr/bin/app", b"x"), sym("bin", "usr/bin"), sym("tool", "usr/bin/app")])
+    assert fs.resolve("/usr/bin/app/") is None and fs.resolve("/tool/") is None
+    assert fs.resolve("/usr/bin/app") == "/usr/bin/app"
+    assert fs.resolve("/usr/bin/") == "/usr/bin" and fs.resolve("/bin/", follow_last=False) == "/usr/bin"
+    assert fs.resolve("/bin", follow_last=False) == "/bin" and fs.resolve("/") == "/" and fs.resolve("//") == "/"
+
+
 def test_symlink_loops_stop_after_40_hops() -> None:
     fs = build([sym("a", "b"), sym("b", "a"), sym("self", "self")])
     with pytest.raises(SymlinkLoop):
