@@ -35,40 +35,45 @@ class UserNotFound(Exception):
     """runc cannot map the image's USER (the container is never created)."""
 
 
-def atoi(text: str) -> int | None:
-    """Go's strconv.Atoi on a 64-bit host, None where it returns an error."""
-    digits = text[1:] if text[:1] in ("+", "-") and len(text) > 1 else text
+def _go_int(text: str) -> tuple[int, bool]:
+    """Go's strconv.Atoi on a 64-bit host: (value, no error). A syntax error gives 0, a value past int64 the
+    bound it passed, each with the error."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
     if not (digits.isascii() and digits.isdigit()):
-        return None
+        return 0, False
     value = int(text)
-    return value if -_INT64 <= value < _INT64 else None
+    bounded = min(max(value, -_INT64), _INT64 - 1)
+    return bounded, bounded == value
+
+
+def atoi(text: str) -> int | None:
+    """strconv.Atoi's value, None where it returns an error."""
+    value, ok = _go_int(text)
+    return value if ok else None
 
 
 def _field(text: str) -> int:
-    """A number field of /etc/passwd or /etc/group as runc's parseLine reads it: Atoi, its error ignored (a value
-    past int64 is Atoi's bound, anything else 0)."""
-    value = atoi(text)
-    if value is not None:
-        return value
-    digits = text[1:] if text[:1] in ("+", "-") else text
-    if digits.isascii() and digits.isdigit():
-        return -_INT64 if text[0] == "-" else _INT64 - 1
-    return 0
+    """A number field of /etc/passwd or /etc/group as runc's parseLine reads it: Atoi, its error ignored."""
+    return _go_int(text)[0]
 
 
 class _Unreadable(Exception):
     """The file opens but runc's parser fails on it (a directory, a line too long), whatever the user."""
 
 
-def _rows(rootfs: RootFS, path: str, width: int) -> list[list[str]]:
+Rows = list[list[str]]
+
+
+def _rows(rootfs: RootFS, path: str, width: int) -> Rows | _Unreadable:
     """The lines of a passwd-format file, split at ':' and padded to `width` fields (runc leaves missing ones
-    empty or 0). No line is a comment to runc. A missing file has no lines (dockerd passes no reader)."""
+    empty or 0), or why runc's parser fails on it; a lookup that needs the file then fails with that. No line is a
+    comment to runc. A missing file has no lines (dockerd passes no reader)."""
     node = rootfs.get(path)
     if node is not None and node.is_dir:
-        raise _Unreadable(f"read {path}: is a directory")
+        return _Unreadable(f"read {path}: is a directory")
     raw = (rootfs.read(path) or b"").split(b"\n")
     if max(map(len, raw)) >= MAX_LINE:
-        raise _Unreadable("bufio.Scanner: token too long")
+        return _Unreadable("bufio.Scanner: token too long")
     lines = (line.decode("utf-8", "surrogateescape").strip(_GO_SPACE) for line in raw)
     return [(fields + [""] * width)[:width] for fields in (line.split(":") for line in lines if line)]
 
@@ -76,13 +81,14 @@ def _rows(rootfs: RootFS, path: str, width: int) -> list[list[str]]:
 def resolve_user(rootfs: RootFS, spec: str) -> User:
     """The uid, gid and groups a container of this image runs with for USER `spec`, or UserNotFound with the
     error dockerd or runc prints."""
-    chosen = _exec_user(rootfs, spec, daemon=True)
-    started = _exec_user(rootfs, f"{chosen.uid % _UINT32}:{chosen.gid % _UINT32}", daemon=False)
+    passwd, group = _rows(rootfs, "/etc/passwd", 7), _rows(rootfs, "/etc/group", 4)
+    chosen = _exec_user(passwd, group, spec, daemon=True)
+    started = _exec_user(passwd, group, f"{chosen.uid % _UINT32}:{chosen.gid % _UINT32}", daemon=False)
     groups = frozenset(gid % _UINT32 for gid in chosen.groups - {chosen.gid}) | {started.gid}
     return User(started.uid, started.gid, groups, chosen.name)
 
 
-def _exec_user(rootfs: RootFS, spec: str, *, daemon: bool) -> User:
+def _exec_user(passwd: Rows | _Unreadable, group: Rows | _Unreadable, spec: str, *, daemon: bool) -> User:
     """runc GetExecUser: `user[:group]`, each a name or a number; a number matches the passwd (group) line with
     that id, or stands alone; a name must match a line. Supplementary groups: those listing the user's name, and
     only when no group is given. dockerd reads the group file only for a group or a matched name; runc, given
@@ -90,10 +96,8 @@ def _exec_user(rootfs: RootFS, spec: str, *, daemon: bool) -> User:
     fields = spec.split(":")
     user_arg, group_arg = fields[0], fields[1] if len(fields) > 1 else ""
     uid_arg = 0 if user_arg == "" else atoi(user_arg)  # an empty user is the default, uid 0
-    try:
-        passwd = _rows(rootfs, "/etc/passwd", 7)
-    except _Unreadable as err:
-        raise UserNotFound(f"unable to find user {user_arg or 0}: {err}") from None
+    if isinstance(passwd, _Unreadable):
+        raise UserNotFound(f"unable to find user {user_arg or 0}: {passwd}")
     matched = next((row for row in passwd
                     if ((_field(row[2]) == uid_arg) if uid_arg is not None else row[0] == user_arg)), None)
     if matched is not None:
@@ -105,18 +109,16 @@ def _exec_user(rootfs: RootFS, spec: str, *, daemon: bool) -> User:
     name = matched[0] if matched is not None else ""
     if daemon and not group_arg and not name:
         return User(user.uid, user.gid, frozenset({user.gid}), user.name)
-    try:
-        groups = _rows(rootfs, "/etc/group", 4)
-    except _Unreadable as err:
-        raise UserNotFound(f"unable to find groups for spec {name}: {err}") from None
+    if isinstance(group, _Unreadable):
+        raise UserNotFound(f"unable to find groups for spec {name}: {group}")
     if group_arg:
-        gid = _group(groups, group_arg)
+        gid = _group(group, group_arg)
         return User(user.uid, gid, frozenset({gid}), user.name)
-    supplementary = {_field(gid) for _, _, gid, members in groups if members and name in members.split(",")}
+    supplementary = {_field(gid) for _, _, gid, members in group if members and name in members.split(",")}
     return User(user.uid, user.gid, frozenset(supplementary | {user.gid}), user.name)
 
 
-def _group(groups: list[list[str]], group_arg: str) -> int:
+def _group(groups: Rows, group_arg: str) -> int:
     gid_arg = atoi(group_arg)
     for name, _, gid, _ in groups:
         if (_field(gid) == gid_arg) if gid_arg is not None else name == group_arg:
