@@ -82,11 +82,16 @@ def _find(rootfs: RootFS, names: re.Pattern[str], machine: str) -> str | None:
     return None
 
 
+def version_key(version: str) -> tuple[int, ...]:
+    """`2.34` → (2, 34) for ordering glibc releases; a part that is not ASCII digits (`2.²`) is left out."""
+    return tuple(int(p) for p in version.split(".") if p.isascii() and p.isdigit())
+
+
 def _glibc_version(facts: ElfFacts) -> str | None:
     if facts.libc_version:
         return facts.libc_version
     versions = [v[6:] for v in facts.version_defs if v.startswith("GLIBC_2")]
-    return max(versions, key=lambda v: tuple(int(p) for p in v.split(".") if p.isascii() and p.isdigit()), default=None)
+    return max(versions, key=version_key, default=None)
 
 
 def apk_version(rootfs: RootFS, package: str) -> str | None:

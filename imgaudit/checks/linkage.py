@@ -27,7 +27,7 @@ from imgaudit.loader import (
 from imgaudit.report import BinaryInfo, EntrypointVerdict, Finding, Incomplete, Report, RustInfo, Severity, TlsInfo
 from imgaudit.rootfs import Node, RootFS
 from imgaudit.rules import rule
-from imgaudit.runtime import RuntimeFacts, runtime_facts
+from imgaudit.runtime import RuntimeFacts, runtime_facts, version_key
 
 if TYPE_CHECKING:
     from imgaudit.audit import Loaded
@@ -391,7 +391,7 @@ def _version_fix(version: str, lib: str, facts: ElfFacts | None, runtime: Runtim
     if version.startswith("GLIBC_"):
         need, have = version[6:], runtime.libc.version or "?"
         builder = _debian_release(have)
-        newer = next((name for v, name in DEBIAN_GLIBC if _key(v) >= _key(need)), None)
+        newer = next((name for v, name in DEBIAN_GLIBC if version_key(v) >= version_key(need)), None)
         pin = (f"pin the builder to the runtime's release (`FROM rust:1-{builder}` or `debian:{builder}` as the "
                "build stage)") if builder else "build on a system with the runtime's glibc or older"
         text = f"the binary needs glibc {need}, the image has {have}: {pin}"
@@ -411,10 +411,6 @@ def _version_fix(version: str, lib: str, facts: ElfFacts | None, runtime: Runtim
 
 def _debian_release(glibc: str | None) -> str | None:
     return next((name for v, name in DEBIAN_GLIBC if v == glibc), None)
-
-
-def _key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".") if p.isascii() and p.isdigit())
 
 
 def _arch_fix(facts: ElfFacts | None, config: ImageConfig | None) -> str:
