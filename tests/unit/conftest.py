@@ -29,6 +29,16 @@ def fixtures() -> Path:
     return BUILD
 
 
+@pytest.fixture(scope="session")
+def host_glibc() -> dict[str, Path]:
+    """This host's glibc loader and libc, by the paths an x86_64 Debian image holds them at."""
+    host = {"lib64/ld-linux-x86-64.so.2": Path("/lib64/ld-linux-x86-64.so.2"),
+            "lib/x86_64-linux-gnu/libc.so.6": Path("/lib/x86_64-linux-gnu/libc.so.6")}
+    if not all(path.exists() for path in host.values()):
+        pytest.skip("needs an x86_64 glibc host")
+    return host
+
+
 @pytest.fixture(scope="module")
 def reader() -> Iterator[ElfReader]:
     with ElfReader() as shared:
