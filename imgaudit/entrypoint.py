@@ -275,8 +275,7 @@ def _warnings(base: Verdict, res: Resolution, libc: str) -> Verdict:
         notes.append(f"{lazy[0].message} (only when called: the object is not BIND_NOW)")
     if res.flavour == "musl" and libc == "glibc":
         notes.append(f"glibc binary run by musl's loader ({res.interpreter}): a compat layer, not glibc")
-    unknown = [p for p in res.problems if p.kind == "unknown"]
-    notes.extend(p.message for p in unknown)
+    notes.extend(p.message for p in res.problems if p.kind in ("preload-missing", "unknown"))
     if not notes:
         return base
     return replace(base, verdict="warn", message=base.message or notes[0], notes=tuple(notes))

@@ -92,7 +92,7 @@ WHITEOUT_PREFIX = ".wh."
 # Small files the analysers read (DESIGN.md §1); their content is kept in the scan.
 SMALL_FILES = re.compile(
     r"^/(?:etc/os-release|usr/lib/os-release|etc/ld\.so\.conf|etc/ld\.so\.conf\.d/[^/]+"
-    r"|etc/ld\.so\.cache|etc/ld-musl-[^/]+\.path|etc/passwd|etc/group"
+    r"|etc/ld\.so\.cache|etc/ld\.so\.preload|etc/ld-musl-[^/]+\.path|etc/passwd|etc/group"
     r"|var/lib/dpkg/status|var/lib/dpkg/status\.d/[^/]+|lib/apk/db/installed)$"
 )
 

@@ -39,6 +39,8 @@ MUSL_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "i386": "i386", "arm": "a
 # musl `load_library`: names it is itself ("lib" + one of these + "."), whatever the suffix.
 MUSL_RESERVED = ("c", "pthread", "rt", "m", "dl", "util", "xnet")
 MUSL_DEFAULT_PATH = "/lib:/usr/local/lib:/usr/lib"
+LD_PRELOAD, PRELOAD_FILE = "LD_PRELOAD", "/etc/ld.so.preload"
+PATH_MAX = 4096  # rtld.c copies each LD_PRELOAD name into a buffer of this size; a longer one is skipped
 _DST = re.compile(r"\$(?:\{(ORIGIN|LIB|PLATFORM)\}|(ORIGIN|LIB|PLATFORM)(?![A-Za-z0-9_]))")
 _EM = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 21: "ppc64", 22: "s390", 243: "riscv"}
 
@@ -120,11 +122,12 @@ class LoaderEnv:
     library_path: str | None = None
     bind_now: bool = False
     cwd: str = "/"
+    preload: str | None = None  # LD_PRELOAD
 
     @classmethod
     def from_env(cls, env: Iterable[str], cwd: str = "") -> LoaderEnv:
         values = dict(item.split("=", 1) for item in env if "=" in item)
-        return cls(values.get("LD_LIBRARY_PATH"), bool(values.get("LD_BIND_NOW")), cwd or "/")
+        return cls(values.get("LD_LIBRARY_PATH"), bool(values.get("LD_BIND_NOW")), cwd or "/", values.get("LD_PRELOAD"))
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,7 @@ class GlibcLoader:
         self.lib = posixpath.basename(self.default_dirs[0]) if self.default_dirs else "lib"
         self.platform = machine
         self.library_path = tuple(_split_dirs(env.library_path or "", ":;"))
+        self.preloads = glibc_preloads(env.preload, rootfs.read(PRELOAD_FILE))
         self._expanded: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
         self._searches: dict[tuple[str, _Plan], _Search] = {}
 
@@ -298,7 +302,7 @@ class GlibcLoader:
         """What this loader read of the image once for all programs (linkmemo.py keys memos by it)."""
         ld_cache = self.rootfs.get("/etc/ld.so.cache")  # the node `load_cache` read, by its bytes
         return repr((self.flavour, self.want, self.env, self.default_dirs, self.lib, self.platform,
-                     ld_cache.entry.digest if ld_cache else None, self.cache is not None))
+                     ld_cache.entry.digest if ld_cache else None, self.cache is not None, self.preloads))
 
     # -- DSTs (elf/dl-load.c `_dl_dst_substitute`) ------------------------------------------
     def expand(self, text: str, origin: str) -> str:
@@ -379,8 +383,16 @@ class GlibcLoader:
         if s.bad is not None:
             return f"{s.bad[0]}: {s.bad[1]}"
         if s.other_class:
-            return f"{s.name}: wrong ELF class: ELFCLASS{32 if self.want[0] == 64 else 64}"
+            return f"{s.name}: {self._wrong_class()}"
         return f"{s.name}: cannot open shared object file: No such file or directory"
+
+    def preload_message(self, s: _Search, where: str) -> str:
+        """rtld.c `do_preload`: the error string alone (no errno text), and start-up goes on."""
+        err = s.bad[1] if s.bad else self._wrong_class() if s.other_class else "cannot open shared object file"
+        return f"ERROR: ld.so: object '{s.name}' from {where} cannot be preloaded ({err}): ignored."
+
+    def _wrong_class(self) -> str:
+        return f"wrong ELF class: ELFCLASS{32 if self.want[0] == 64 else 64}"
 
     def search_order(self, program: LoadedObject) -> tuple[tuple[str, str], ...]:
         out = []
@@ -425,6 +437,17 @@ def load_cache(rootfs: RootFS) -> ldcache.LdCache | None:
         return None  # glibc ignores a cache it cannot read
 
 
+def glibc_preloads(env_value: str | None, file: bytes | None) -> tuple[tuple[str, str], ...]:
+    """What rtld.c's `dl_main` preloads, in order, each with where it was named: LD_PRELOAD split at spaces and
+    colons (`handle_preload_list`), then /etc/ld.so.preload, its `#` comments blanked to the end of the line and
+    the rest split at white space and colons (a NUL byte ends what `strsep` reads)."""
+    out = [(name, LD_PRELOAD) for name in re.split("[ :]", env_value or "") if 0 < len(name) < PATH_MAX]
+    if file:
+        text = re.sub(r"#[^\n]*", "", file.decode("utf-8", "surrogateescape")).split("\0", 1)[0]
+        out += [(name, PRELOAD_FILE) for name in re.split("[: \t\n]", text) if name]
+    return tuple(out)
+
+
 # ------------------------------------------------------------------------------------------------
 # musl
 
@@ -444,6 +467,8 @@ class MuslLoader:
         self.path_file = f"/etc/ld-musl-{MUSL_ARCH.get(machine, machine)}.path"
         self.sys_path, self.sys_step = self._sys_path()
         self.library_path = tuple(_split_dirs(env.library_path or "", ":\n"))
+        # `load_preload`: split at white space and colons; musl reads no /etc/ld.so.preload
+        self.preloads = tuple((name, LD_PRELOAD) for name in re.split(r"[\s:]+", env.preload or "") if name)
         self._searches: dict[tuple[str, _Plan], _Search] = {}
 
     def state(self) -> str:
@@ -528,6 +553,11 @@ class MuslLoader:
     def not_found_message(self, s: _Search, needed_by: str) -> str:
         err = s.bad[1] if s.bad else "No such file or directory"
         return f"Error loading shared library {s.name}: {err} (needed by {needed_by})"
+
+    def preload_message(self, s: _Search, where: str) -> str:
+        """musl's `load_preload` ignores a library it cannot load and prints nothing: these words are ours."""
+        why = "cannot load" if s.bad else "does not find"
+        return f"{where} names {s.name}, which musl's loader {why}: the program runs without it, and nothing says so"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -648,6 +678,8 @@ class _Walk:
 
     def _map_all(self) -> None:
         queue = deque([self.program])
+        if not self.as_library:  # a library's preloads are those of the program that loads it
+            queue.extend(self._preload())
         while queue:
             obj = queue.popleft()
             for name in obj.facts.needed if obj.facts else ():
@@ -691,6 +723,38 @@ class _Walk:
         if obj.facts is None or obj.facts.error:
             self.problems.append(Problem("unknown", False, path, f"{path}: no ELF facts (not analysed)"))
         return obj
+
+    def _preload(self) -> list[LoadedObject]:
+        """rtld.c `do_preload` (glibc) and `load_preload` (musl): each name is mapped after the program and before
+        its DT_NEEDED, so its dependencies come next in the breadth-first walk and its symbols come before theirs.
+        glibc searches it as a DT_NEEDED of the program, and its RPATH chain goes on to the program (`l_loader`);
+        musl searches it for no object, so no RPATH applies. One that cannot be loaded is ignored: glibc says so
+        on stderr, musl not at all."""
+        out = []
+        chain = [] if self.musl else self._chain(self.program)
+        for name, where in self.loader.preloads:
+            if (self.musl and self._musl_self(name)) or self._find_loaded(name) is not None:
+                continue  # already in the namespace: nothing new is mapped
+            s = self.loader.search(name, self.program, chain)
+            if self.trace is not None:
+                self.trace.extend(c.path for c in s.tried)
+            if s.found is None:
+                self.problems.append(Problem("preload-missing", False, where, self.loader.preload_message(s, where),
+                                             library=name))
+                continue
+            path, real, step = s.found
+            same = self.by_real.get(real) or (self.rtld if self.rtld and self.rtld.real_path == real else None)
+            if same is not None:
+                same.names.add(name)
+                continue
+            obj = LoadedObject(path, real, facts_of(self.rootfs, real), 1, where, {name, path})
+            self.chains[id(obj)] = [obj, *chain]
+            self.links.append(Link(name, where, path, real, step, None, tuple(s.tried)))  # an edge of no object
+            self._append(obj)
+            if obj.facts is None or obj.facts.error:
+                self.problems.append(Problem("unknown", False, path, f"{path}: no ELF facts (not analysed)"))
+            out.append(obj)
+        return out
 
     def _musl_self(self, name: str) -> bool:
         assert isinstance(self.loader, MuslLoader)

@@ -96,6 +96,15 @@ RULES: tuple[Rule, ...] = (
        "a symbol the layer lacks.",
        "Error relocating /app: gnu_get_libc_version: symbol not found",
        "Build for musl (Rust: `x86_64-unknown-linux-musl`), or use a glibc-based runtime image."),
+    _r("preload-missing", S, W, "A preloaded library (LD_PRELOAD, /etc/ld.so.preload) is not loaded",
+       "A library that the image's `LD_PRELOAD` or `/etc/ld.so.preload` names (jemalloc, mimalloc, a tracer) is not "
+       "found, or is not an object the loader can load. The program starts without it: glibc prints an error line, "
+       "musl nothing. (A preloaded library whose own dependencies are missing is a `missing-library` error: the "
+       "loader gives up then.)",
+       "ERROR: ld.so: object 'libjemalloc.so.2' from LD_PRELOAD cannot be preloaded (cannot open shared object "
+       "file): ignored.",
+       "Install the library in the runtime stage (e.g. `libjemalloc2`), name it by a path that exists in the image, "
+       "or drop the preload."),
     _r("ld-cache-stale", S, W, "/etc/ld.so.cache does not list libraries that are in the directories ldconfig scans",
        "Libraries were copied or installed into an ld.so.conf directory without running `ldconfig`. glibc's "
        "ld.so looks such directories up only through the cache, so a program needing one of them fails (unless "

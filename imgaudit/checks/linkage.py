@@ -61,8 +61,43 @@ def analyse(loaded: Loaded, report: Report) -> None:
     if ep.failure is not None:
         report.findings.append(Finding(ep.failure, Severity.ERROR, ep.message or ep.failure, ep.path,
                                        _layer(rootfs, ep.path), fix))
+    report.findings.extend(_preload_findings(rootfs, ep, facts))
     binaries(loaded, report, ep, facts)
     report.findings.extend(stale_cache(rootfs, facts, machine))
+
+
+def _preload_findings(rootfs: RootFS, ep: entrypoint.Verdict, runtime: RuntimeFacts) -> list[Finding]:
+    """A preload the entrypoint's loader skips: the program runs, without the allocator or tracer it was given.
+    Said once, for the entrypoint; every other dynamic program of the image (a shell in `docker exec`) skips it
+    too."""
+    problems = [p for p in ep.resolution.problems if p.kind == "preload-missing"] if ep.resolution else []
+    out = []
+    for p in problems:
+        path = p.object if p.object.startswith("/") else ep.program  # /etc/ld.so.preload, or the program's env
+        out.append(Finding("preload-missing", Severity.WARNING, p.message, path, _layer(rootfs, path),
+                           _preload_fix(p.library or "", p.object, rootfs, runtime)))
+    return out
+
+
+# Allocators people preload, and the package that ships each: (Debian, Alpine)
+_PRELOAD_PACKAGES = {"libjemalloc.so.2": ("libjemalloc2", "jemalloc"),
+                     "libmimalloc.so.2": ("libmimalloc2.0", "mimalloc2"),
+                     "libtcmalloc.so.4": ("libgoogle-perftools4", None),
+                     "libtcmalloc_minimal.so.4": ("libtcmalloc-minimal4", None)}
+
+
+def _preload_fix(name: str, where: str, rootfs: RootFS, runtime: RuntimeFacts) -> str:
+    base = posixpath.basename(name)
+    elsewhere = _find_by_name(rootfs, base)
+    if elsewhere is not None and elsewhere != name:  # e.g. Alpine's /usr/lib path in a Debian image
+        return f"{base} is in the image at {elsewhere}: name that path in {where}"
+    debian, alpine = _PRELOAD_PACKAGES.get(base, (None, None))
+    musl = runtime.libc.family == "musl"
+    package = alpine if musl else debian
+    if package is not None:
+        install = "apk add --no-cache" if musl else "apt-get install -y --no-install-recommends"
+        return f"install {package} in the runtime stage (`{install} {package}`), or drop {base} from {where}"
+    return rule("preload-missing").fix
 
 
 def _machine(config: ImageConfig) -> str:

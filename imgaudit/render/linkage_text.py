@@ -8,14 +8,14 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from imgaudit.loader import Link, Resolution
+from imgaudit.loader import LD_PRELOAD, PRELOAD_FILE, Link, Resolution
 from imgaudit.render.text import safe
 from imgaudit.report import Report
 
 LINKAGE_RULES = (
     "missing-interpreter", "missing-library", "glibc-version", "missing-symbol", "exec-format",
     "script-interpreter-missing", "entrypoint-missing", "not-executable", "other",
-    "libc-mismatch", "ld-cache-stale", "no-ca-certificates", "elf-unreadable",
+    "libc-mismatch", "preload-missing", "ld-cache-stale", "no-ca-certificates", "elf-unreadable",
 )
 COLOURS = {"ok": "green", "fail": "red", "warn": "yellow"}
 SHOWN_PER_KIND = 5
@@ -78,7 +78,14 @@ def render_ldd(path: str, res: Resolution | None, *, static_reason: str | None =
     by_parent: dict[str, list[Link]] = {}
     for link in res.links:
         by_parent.setdefault(link.needed_by, []).append(link)
-    _tree(out, res.program, by_parent, 1, set())
+    seen: set[str] = set()
+    for where in (LD_PRELOAD, PRELOAD_FILE):  # loaded after the program and before its libraries
+        if where in by_parent:
+            out.append(f"  preloaded ({where})")
+            _tree(out, where, by_parent, 1, seen)
+    if seen:
+        out.append("  needed")
+    _tree(out, res.program, by_parent, 1, seen)
     problems = [p for p in res.problems if p.kind not in ("no-version-info", "weak-version")]
     if problems:
         out.append("problems:")

@@ -35,7 +35,7 @@ import shlex
 import subprocess
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,9 @@ class Case:
     expect: str  # "ok" (it starts; a "warn" verdict also starts) or a failure category
     user: str | None = None
     platform: str | None = None  # judge as if run on this platform (the arm64 image on this amd64 host)
+    env: tuple[str, ...] = ()  # `docker run -e`, over the image's Env
+    said: str | None = None  # a line of a program that starts: the container prints it, the verdict's notes hold it
+    warns: str | None = None  # words of the verdict's notes when the container starts and prints nothing (musl)
 
 
 @dataclass
@@ -181,6 +184,20 @@ def specs(tmp: Path) -> dict[str, Spec]:
         "alpine-group-dir": Spec("alpine-3.20", {"/mu": common["/mu"]}, prepare="rm /etc/group && mkdir /etc/group"),
         "alpine-passwd-long": Spec("alpine-3.20", {"/mu": common["/mu"]}, prepare=_long_passwd_line(64 << 10)),
         "alpine-passwd-long-ok": Spec("alpine-3.20", {"/mu": common["/mu"]}, prepare=_long_passwd_line((64 << 10) - 1)),
+        # LD_PRELOAD and /etc/ld.so.preload: glibc reads both, musl only the variable (the file names a library
+        # whose dependency is missing, which would fail every musl program if musl read it)
+        "bookworm-preload": Spec("bookworm-cc", {
+            "/gl": common["/gl"], "/hello-static": common["/hello-static"],
+            "/usr/lib/x86_64-linux-gnu/libpreload.so": (fx("preload/glibc/libpreload.so"), ro),
+            "/opt/dep/libpreload-dep.so": (fx("preload/glibc/libpreload-dep.so"), ro),
+            "/etc/not-a-lib": (b"not an ELF file, long enough to have an ELF header's size " * 2, ro),
+            "/etc/ld.so.preload": (b"# a comment names /nope/libcomment.so\n/nope/libtrace.so\n", ro)},
+            env={"LD_PRELOAD": "libpreload.so", "LD_LIBRARY_PATH": "/opt/dep"}),
+        "alpine-preload": Spec("alpine-3.20", {
+            "/mu": common["/mu"], "/usr/lib/libpreload.so": (fx("preload/musl/libpreload.so"), ro),
+            "/opt/dep/libpreload-dep.so": (fx("preload/musl/libpreload-dep.so"), ro),
+            "/etc/ld.so.preload": (b"/usr/lib/libpreload.so\n", ro)},
+            env={"LD_PRELOAD": "/nope/libjemalloc.so.2 libpreload.so", "LD_LIBRARY_PATH": "/opt/dep"}),
         "arm64": Spec("alpine-3.20-arm64", {}),
         "trixie-slim": Spec("trixie-slim", {}),
         "bullseye-slim": Spec("bullseye-slim", {}),
@@ -282,6 +299,28 @@ CASES = [
     Case("users-group-is-a-directory-for-a-bare-uid", "alpine-group-dir", ("/mu",), "other", user="4242"),
     Case("users-a-passwd-line-of-65536-bytes", "alpine-passwd-long", ("/mu",), "other"),
     Case("users-a-passwd-line-of-65535-bytes", "alpine-passwd-long-ok", ("/mu",), OK),
+    # preloads (until the fourteenth round imgaudit read neither LD_PRELOAD nor /etc/ld.so.preload)
+    Case("preload-glibc-found-and-a-file-entry-missing", "bookworm-preload", ("/gl",), OK,
+         said="ERROR: ld.so: object '/nope/libtrace.so' from /etc/ld.so.preload cannot be preloaded "
+              "(cannot open shared object file): ignored."),
+    Case("preload-glibc-env-missing", "bookworm-preload", ("/gl",), OK, env=("LD_PRELOAD=libjemalloc.so.2",),
+         said="ERROR: ld.so: object 'libjemalloc.so.2' from LD_PRELOAD cannot be preloaded "
+              "(cannot open shared object file): ignored."),
+    Case("preload-glibc-not-an-elf-file", "bookworm-preload", ("/gl",), OK, env=("LD_PRELOAD=/etc/not-a-lib",),
+         said="ERROR: ld.so: object '/etc/not-a-lib' from LD_PRELOAD cannot be preloaded (invalid ELF header): "
+              "ignored."),
+    Case("preload-glibc-dependency-missing", "bookworm-preload", ("/gl",), "missing-library",
+         env=("LD_LIBRARY_PATH=/nowhere",)),
+    Case("preload-glibc-a-preloaded-soname-is-the-needed-one", "bookworm-cc", ("/miss/bin/greet-app",), OK,
+         env=("LD_PRELOAD=/app/lib/libgreet.so.1",)),  # without it: missing-symbol (bookworm-cc-runpath-...)
+    Case("preload-static-program-ignores-it", "bookworm-preload", ("/hello-static",), OK,
+         env=("LD_PRELOAD=/nope/libjemalloc.so.2",)),
+    Case("preload-musl-missing-is-silent", "alpine-preload", ("/mu",), OK,
+         warns="LD_PRELOAD names /nope/libjemalloc.so.2, which musl's loader does not find"),
+    Case("preload-musl-dependency-missing", "alpine-preload", ("/mu",), "missing-library",
+         env=("LD_LIBRARY_PATH=/nowhere",)),
+    Case("preload-musl-dependency-found", "alpine-preload", ("/mu",), OK,
+         env=("LD_PRELOAD=: libpreload.so", "LD_LIBRARY_PATH=/opt/dep")),
 ]
 
 
@@ -319,10 +358,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple
     yield out
 
 
-def docker_run(tag: str, argv: tuple[str, ...], user: str | None = None) -> tuple[int, str]:
+def docker_run(tag: str, argv: tuple[str, ...], user: str | None = None, env: tuple[str, ...] = ()) -> tuple[int, str]:
     cmd = ["docker", "run", "--rm", "--network", "none", "--entrypoint", argv[0]]
     if user:
         cmd += ["--user", user]
+    for item in env:
+        cmd += ["-e", item]
     res = subprocess.run([*cmd, tag, *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, check=False, timeout=RUN_TIMEOUT)
     return res.returncode, res.stdout
@@ -348,13 +389,23 @@ def started(code: int, output: str) -> bool:
 def test_verdict_matches_docker_run(case: Case, images: dict[str, tuple[str, Loaded]]) -> None:
     tag, loaded = images[case.image]
     plat = Platform.parse(case.platform) if case.platform else None
-    verdict = entrypoint.verdict(loaded, list(case.argv), user=case.user, platform=plat)
-    code, output = docker_run(tag, case.argv, case.user)
+    config = loaded.image.config
+    if case.env:  # as dockerd does: a variable given to `docker run` replaces the image's of that name
+        given = {item.split("=", 1)[0] for item in case.env}
+        config = replace(config, env=tuple(e for e in config.env if e.split("=", 1)[0] not in given) + case.env)
+    verdict = entrypoint.judge(loaded.rootfs, config, list(case.argv), user=case.user or config.user,
+                               platform=plat or config.platform)
+    code, output = docker_run(tag, case.argv, case.user, case.env)
     output = image_paths(output)
     ran = started(code, output)
     if case.expect == OK:
         assert ran, f"docker run failed ({code}): {output}"
         assert verdict.verdict in ("ok", "warn"), verdict
+        if case.said is not None:
+            assert case.said in output, f"{case.said!r} not in docker's output:\n{output}"
+            assert verdict.verdict == "warn" and case.said in verdict.notes, verdict
+        if case.warns is not None:
+            assert verdict.verdict == "warn" and any(case.warns in note for note in verdict.notes), verdict
         return
     assert not ran, f"docker run started ({code}): {output}"
     assert verdict.verdict == "fail" and verdict.failure == case.expect, verdict
@@ -381,6 +432,7 @@ LDD_CASES = [
     ("bookworm-slim", "/bin/bash"), ("bookworm-slim", "/usr/bin/env"), ("bookworm-slim", "/opt/x/bin/greet-app"),
     ("alpine", "/mu"), ("alpine", "/sbin/apk"), ("alpine", "/usr/bin/ssl_client"),
     ("alpine-compat", "/rs-gnu"), ("alpine-compat", "/miss/bin/greet-app"),
+    ("bookworm-preload", "/gl"), ("alpine-preload", "/mu"),
 ]
 _LINE = re.compile(r"^\t(?:(\S+) => )?(\S+|not found)(?: \(0x[0-9a-f]+\))?$")
 

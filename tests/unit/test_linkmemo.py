@@ -175,7 +175,11 @@ CHANGES: dict[str, tuple[list[Item], list[str] | None]] = {
     "LD_LIBRARY_PATH set": ([], [DEFAULT_ENV, "LD_LIBRARY_PATH=/app/lib"]),
     "a system library shadowed by a symlink": ([sym("app/lib/libc.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6")],
                                                None),
+    # a preload whose own dependency is missing fails every dynamic program
+    "/etc/ld.so.preload names a library": ([f("etc/ld.so.preload", "libpreload.so\n")], None),  # + the library
+    "LD_PRELOAD set": ([], [DEFAULT_ENV, "LD_PRELOAD=libpreload.so"]),  # + the library
 }
+PRELOADED = "usr/lib/x86_64-linux-gnu/libpreload.so"
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
@@ -184,6 +188,8 @@ def test_a_changed_answer_is_never_answered_from_memory(change: str, base: list[
     items, env = CHANGES[change]
     if change == "a library of another release":
         items = [f("app/lib/libgreet.so.1", (FIX / "greet/lib-old/libgreet.so.1").read_bytes())]
+    if "preload" in change.lower():
+        items = [*items, f(PRELOADED, (FIX / "preload/glibc/libpreload.so").read_bytes())]
     _compare(tmp_path, caplog, base, items, env)
 
 
