@@ -4,9 +4,11 @@ the image alone.
 Order (runc 1.1 `libcontainer/standard_init_linux.go`, Linux `fs/exec.c`, `fs/binfmt_script.c`,
 `fs/binfmt_elf.c`): argv = Entrypoint + Cmd; the user is looked up in /etc/passwd; `exec.LookPath`
 finds argv[0] in the image's PATH and wants some execute bit; `eaccess` wants execute permission for
-the user; then the kernel: `#!` scripts (interpreter as written, `\r` included), ELF machine vs
-platform, PT_INTERP present; then the loader (loader.py). Messages are the significant part of what
-the container prints (see tests/e2e/test_oracle.py for how they map to Docker 20.10's output).
+the user; then the kernel: `#!` scripts (binfmt_script's parse of the first 256 bytes, interpreter as
+written, `\r` included), ELF machine vs platform, and `open_exec` of the interpreter (`#!` or PT_INTERP:
+present, a regular file, executable); then the loader (loader.py); then, for `#!/usr/bin/env ARG`, what
+env does with ARG (GNU's or busybox's options, the program on PATH). Messages are the significant part
+of what the container prints (see tests/e2e/test_oracle.py for how they map to Docker 20.10's output).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class _Chain:
     argv0: str = ""
     script: str | None = None
     env_name: str | None = None  # `#!/usr/bin/env NAME`
+    refusal: str | None = None  # what the interpreter (env, a shell) says of the `#!` line's argument, and exits
+    caution: str | None = None  # an argument an unknown interpreter may refuse (a CRLF line's `\r`)
 
 
 def argv_of(config: ImageConfig) -> list[str]:
@@ -117,7 +121,15 @@ def _start(ctx: _Context, base: Verdict, arg0: str) -> Verdict:
 def _after_kernel(ctx: _Context, base: Verdict, chain: _Chain, execfn: str) -> Verdict:
     assert chain.elf is not None
     loaded = _load(ctx, base, chain.elf, chain.argv0)
-    if loaded.verdict == "fail" or chain.env_name is None:
+    if loaded.verdict == "fail":
+        return loaded
+    if chain.refusal is not None:
+        return replace(loaded, verdict="fail", failure="script-interpreter-missing", message=chain.refusal)
+    if chain.caution is not None:
+        verdict = "warn" if loaded.verdict == "ok" else loaded.verdict
+        loaded = replace(loaded, verdict=verdict, message=loaded.message or chain.caution,
+                         notes=(*loaded.notes, chain.caution))
+    if chain.env_name is None:
         return loaded
     return _env_exec(ctx, loaded, chain.elf, chain.env_name)
 
@@ -193,17 +205,68 @@ def _kernel(ctx: _Context, path: str, argv0: str, depth: int) -> _Chain:
     return _elf(ctx, real, path, argv0, head)
 
 
+BINPRM_BUF_SIZE = 256  # the bytes of a file the kernel reads for its binfmt handlers
+_SPACETAB = b" \t"
+
+
+def _next_non_spacetab(buf: bytearray, first: int, last: int) -> int | None:
+    return next((i for i in range(first, last + 1) if buf[i] not in _SPACETAB), None)
+
+
+def _next_terminator(buf: bytearray, first: int, last: int) -> int | None:
+    return next((i for i in range(first, last + 1) if buf[i] in _SPACETAB or buf[i] == 0), None)
+
+
+def _c_string(buf: bytearray, start: int) -> str:
+    return buf[start:buf.index(0, start)].decode("utf-8", "surrogateescape")
+
+
 def parse_shebang(head: bytes) -> tuple[str, str | None] | None:
-    """binfmt_script: the first line of at most 256 bytes; blanks and tabs (only) around the
-    interpreter are dropped, so a CRLF line keeps its `\\r`; the rest is one optional argument."""
-    line = head[2:].split(b"\n", 1)[0].rstrip(b" \t")
-    line = line.lstrip(b" \t")
-    if not line:
+    """binfmt_script's `load_script` (Linux ≥ 5.1) on a file starting with `#!`: (interpreter, optional argument),
+    or None for ENOEXEC. The line is read from the first 256 bytes (NUL-padded); without a newline there, an
+    interpreter with no space, tab or NUL after it is taken as truncated. Blanks and tabs (only) around the
+    interpreter are dropped, so a CRLF line keeps its `\r`; the rest is one argument; both end at a NUL byte."""
+    buf = bytearray(head[:BINPRM_BUF_SIZE].ljust(BINPRM_BUF_SIZE, b"\0"))
+    buf_end = BINPRM_BUF_SIZE - 1
+    newline = buf.find(b"\n")
+    if newline >= 0:
+        i_end = newline
+    else:
+        first = _next_non_spacetab(buf, 2, buf_end)
+        if first is None or _next_terminator(buf, first, buf_end) is None:
+            return None
+        i_end = buf_end
+    while buf[i_end - 1] in _SPACETAB:
+        i_end -= 1
+    i_name = _next_non_spacetab(buf, 2, i_end)
+    if i_name is None or i_name == i_end:
         return None
-    interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
-    arg = arg.lstrip(b" \t")
-    text = interp.decode("utf-8", "surrogateescape")
-    return text, (arg.decode("utf-8", "surrogateescape") if arg else None)
+    i_sep = _next_terminator(buf, i_name, i_end)
+    i_arg = _next_non_spacetab(buf, i_sep, i_end) if i_sep is not None and buf[i_sep] else None
+    buf[i_end] = 0
+    if i_arg is not None:
+        assert i_sep is not None
+        buf[i_sep] = 0
+    return _c_string(buf, i_name), (_c_string(buf, i_arg) if i_arg is not None else None)
+
+
+def open_exec(ctx: _Context, path: str) -> str | None:
+    """The kernel's `open_exec` of an interpreter (a `#!` line's or PT_INTERP): None when it opens, else the
+    errno's words. Not a regular file (a directory; the empty name, which is the working dir) or no execute
+    permission for the user: EACCES."""
+    target = path if path.startswith("/") else posixpath.join(ctx.cwd, path) if path else ctx.cwd
+    try:
+        real = ctx.rootfs.resolve(target)
+    except SymlinkLoop:
+        return ELOOP
+    if real is None or real not in ctx.rootfs.nodes:
+        return _missing_errno(ctx.rootfs, target)
+    if real_file(ctx.rootfs, real) is None or not can_execute(ctx.rootfs, real, ctx.user):
+        return EACCES
+    return None
+
+
+_OPEN_FAILURES = {EACCES: "not-executable", ELOOP: "other"}  # else (ENOENT, ENOTDIR) the interpreter is missing
 
 
 def _script(ctx: _Context, path: str, head: bytes, depth: int) -> _Chain:
@@ -214,14 +277,92 @@ def _script(ctx: _Context, path: str, head: bytes, depth: int) -> _Chain:
     line = head.split(b"\n", 1)[0].decode("utf-8", "surrogateescape")
     if depth >= MAX_SCRIPT_DEPTH:
         return _Chain(ELOOP, "other", script=line)
-    target = interp if interp.startswith("/") else posixpath.join(ctx.cwd, interp)
-    if real_file(ctx.rootfs, target) is None:
-        return _Chain(ENOENT, "script-interpreter-missing", script=line)
-    if not can_execute(ctx.rootfs, target, ctx.user):
-        return _Chain(EACCES, "not-executable", script=line)
+    err = open_exec(ctx, interp)
+    if err is not None:
+        return _Chain(err, _OPEN_FAILURES.get(err, "script-interpreter-missing"), script=line)
     chain = _kernel(ctx, interp, interp, depth + 1)
-    env_name = arg if _is_env(ctx.rootfs, interp) and arg and not arg.startswith("-") else None
-    return replace(chain, script=chain.script or line, env_name=chain.env_name or env_name)
+    env_name, refusal, caution = None, None, None
+    if arg and _is_env(ctx.rootfs, interp):
+        env_name, refusal = _env_line(ctx, interp, arg)
+    elif arg and arg.endswith("\r"):
+        refusal, caution = _carriage_return(ctx, interp, arg)
+    return replace(chain, script=chain.script or line, env_name=chain.env_name or env_name,
+                   refusal=chain.refusal or refusal, caution=chain.caution or caution)
+
+
+# A CRLF `#!` line with an argument: the shell gets `-e\r` (or a lone `\r` after a blank) and says so, each in its
+# words, before reading a line of the script. Option letters every one of them takes, before the `\r`.
+_SHELL_OPTIONS = frozenset("aefnuvx")
+_SHELL_WORDS = {
+    "dash": ("{0}: 0: Illegal option -\r", "{0}: 0: cannot open \r: No such file"),
+    "bash": ("{0}: -\r: invalid option", "{0}: \r: No such file or directory"),
+    "busybox": ("{0}: illegal option -\r", "{0}: can't open '\r': No such file or directory"),
+}
+
+
+def _carriage_return(ctx: _Context, interp: str, arg: str) -> tuple[str | None, str | None]:
+    """(the line a known shell prints, or a caution for any other interpreter) for an argument ending in `\r`."""
+    real = real_file(ctx.rootfs, interp)
+    shell = posixpath.basename(real) if real is not None else ""
+    words = _SHELL_WORDS.get(shell)
+    option = arg.startswith("-") and set(arg[1:-1]) <= _SHELL_OPTIONS
+    if words is not None and (option or arg == "\r"):
+        return (words[0] if option else words[1]).format(interp), None
+    return None, f"{interp} gets the argument {arg!r} (the `#!` line ends in CRLF): it may refuse it"
+
+
+# env's short options: those that take no argument, and those that take the rest of the word (or the next argument)
+_ENV_OPTIONS = {"busybox": ("i0", "u"), "gnu": ("i0v", "uCS")}
+_ENV_LONG = {"busybox": ("ignore-environment", "null", "unset"),
+             "gnu": ("ignore-environment", "null", "unset", "chdir", "default-signal", "ignore-signal", "block-signal",
+                     "list-signal-handling", "debug", "split-string", "help", "version")}
+
+
+def _env_long_option(interp: str, arg: str, flavour: str) -> tuple[str | None, str | None]:
+    """getopt_long: the name up to a `=` matches an option exactly or as the prefix of just one; the rest of the
+    shebang's word (a blank and the program) is part of the name. Only GNU's --split-string=STR is followed."""
+    name, _, value = arg[2:].partition("=")
+    matches = [o for o in _ENV_LONG[flavour] if o == name] or [o for o in _ENV_LONG[flavour] if o.startswith(name)]
+    if len(matches) == 1 and name:
+        return (_split_string(value) if matches[0] == "split-string" and value else None), None
+    if flavour == "busybox":  # musl's wording, glibc's (GNU env)
+        return None, f"{interp}: unrecognized option: {arg[2:]}"
+    return None, f"{interp}: unrecognized option '{arg}'"
+
+
+def _env_line(ctx: _Context, interp: str, arg: str) -> tuple[str | None, str | None]:
+    """`#!/usr/bin/env ARG`: env gets ARG as one argument, then the script's path. (the program env runs, or None;
+    the error env's getopt prints, or None). A word without a dash is the program. GNU env's `-S` splits the rest
+    of its word at white space and runs its first word that is no NAME=VALUE; busybox env knows no `-S`, and
+    getopt of either refuses an option letter it does not know (the blank in `-i sh`). Options whose argument is
+    the script's own path (`-u`, a bare `-S`) make env exec the script again: not followed."""
+    if not arg.startswith("-"):
+        return arg, None
+    real = real_file(ctx.rootfs, interp)
+    flavour = "busybox" if real is not None and posixpath.basename(real) == "busybox" else "gnu"
+    if arg.startswith("--"):
+        return _env_long_option(interp, arg, flavour)
+    alone, with_arg = _ENV_OPTIONS[flavour]
+    for i, letter in enumerate(arg[1:], 1):
+        if letter in alone:
+            continue
+        if letter in with_arg:
+            rest = arg[i + 1:]
+            return (_split_string(rest) if letter == "S" and rest else None), None
+        facts = facts_of(ctx.rootfs, real) if real is not None else None
+        libc = facts.libc if facts is not None and facts.libc in ("musl", "glibc") else None
+        if (libc or ("musl" if flavour == "busybox" else "glibc")) == "musl":  # whose getopt words it
+            return None, f"{interp}: unrecognized option: {letter}"
+        return None, f"{interp}: invalid option -- '{letter}'"
+    return None, None
+
+
+def _split_string(text: str) -> str | None:
+    """GNU env -S: its first word that is not a NAME=VALUE assignment (quotes and escapes aside)."""
+    words = [w for w in text.split() if "=" not in w]
+    return words[0] if words and not words[0].startswith("-") else None
+
+
 
 
 def _is_env(rootfs: RootFS, interp: str) -> bool:
@@ -239,9 +380,11 @@ def _elf(ctx: _Context, real: str, path: str, argv0: str, head: bytes) -> _Chain
         return _Chain(ENOEXEC, "exec-format")
     if facts.interpreter is None:
         return _Chain(elf=path, argv0=argv0)
+    err = open_exec(ctx, facts.interpreter)
+    if err is not None:
+        return _Chain(err, _OPEN_FAILURES.get(err, "missing-interpreter"), elf=path)
     interp = real_file(ctx.rootfs, facts.interpreter)
-    if interp is None:
-        return _Chain(ENOENT, "missing-interpreter", elf=path)
+    assert interp is not None
     interp_id = ident(ctx.rootfs.nodes[interp].entry.head)
     if interp_id is None or interp_id != got:
         return _Chain(ELIBBAD, "other", elf=path)  # load_elf_binary: a bad interpreter is ELIBBAD

@@ -53,7 +53,8 @@ RULES: tuple[Rule, ...] = (
        'exec: "app": executable file not found in $PATH  /  exec: "/app": stat /app: no such file or directory',
        "COPY the binary to the path the ENTRYPOINT names, or fix the ENTRYPOINT/CMD (check WORKDIR and PATH)."),
     _r("not-executable", S, E, "The entrypoint is not executable",
-       "The file exists but has no execute bit for the image's user, or is a directory.",
+       "The file exists but has no execute bit for the image's user, or is a directory; or the same holds for the "
+       "interpreter it asks the kernel for (its `#!` line's, or PT_INTERP).",
        "exec /app: permission denied",
        "`chmod +x` it before COPY, or use `COPY --chmod=755`; check USER can read and execute it."),
     _r("exec-format", S, E, "The binary is for another machine or is not a known executable format",
@@ -69,7 +70,8 @@ RULES: tuple[Rule, ...] = (
        "statically (Rust: `--target x86_64-unknown-linux-musl` or `-C target-feature=+crt-static`)."),
     _r("script-interpreter-missing", S, E, "The `#!` interpreter of a script is not in the image",
        "The script's `#!` line names a program the image lacks (or `/usr/bin/env NAME` with NAME not on PATH; "
-       "a CRLF line ending makes the kernel look for `/bin/sh\\r`).",
+       "a CRLF line ending makes the kernel look for `/bin/sh\\r`; or env refuses the line's options: the kernel "
+       "passes `-S python3 -u` as one argument, which GNU env splits and busybox env rejects).",
        "exec /app/run.sh: no such file or directory  /  /usr/bin/env: 'python3': No such file or directory",
        "Install the interpreter, fix the `#!` line, or convert the script to LF line endings."),
     _r("missing-library", S, E, "A needed shared library is not found by the image's loader",
@@ -129,7 +131,7 @@ RULES: tuple[Rule, ...] = (
     _r("other", S, E, "The container would fail to start for another reason",
        "A start-up failure outside the categories above: the image's USER (or its group) does not exist in "
        "/etc/passwd (/etc/group) or is a number past 2147483647, as dockerd resolves it with runc's GetExecUser, or "
-       "`#!` scripts nest deeper than the kernel allows.",
+       "`#!` scripts nest deeper than the kernel allows, or an interpreter's path is a symlink loop.",
        "unable to find user app: no matching entries in passwd file",
        "Create the user in the image (`useradd`/`adduser`) or use a numeric USER uid:gid."),
     _r("too-many-layers", S, W, "More layers than Docker's layer store takes",

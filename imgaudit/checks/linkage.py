@@ -475,6 +475,10 @@ def _script_fix(ep: entrypoint.Verdict, runtime: RuntimeFacts) -> str:
         return (f"the `#!` line of {ep.path} ends with a carriage return (CRLF line endings): convert it to LF "
                 "(`sed -i 's/\\r$//' FILE`, dos2unix, or `*.sh text eol=lf` in .gitattributes)")
     interp = line[2:].strip().split(" ")[0] if line else "the interpreter"
+    if ep.message and "option" in ep.message and posixpath.basename(interp) == "env":
+        gnu = " (busybox env has no -S: `apk add coreutils` brings GNU env's)" if "option: S" in ep.message else ""
+        return (f"the kernel hands `{line[2:].strip()}` to env as one argument, which env refuses{gnu}: name the "
+                "interpreter itself (`#!/usr/bin/python3 -u`), or use env with one program name")
     if ep.message and ("can't execute" in ep.message or ": '" in ep.message):
         name = ep.message.split("'")[1] if "'" in ep.message else "the program"
         return f"`{line}` runs `{name}`, which is not on the image's PATH: install it, or name a program the image has"
@@ -500,14 +504,31 @@ def _missing_fix(ep: entrypoint.Verdict, rootfs: RootFS, config: ImageConfig, ru
 
 
 def _not_executable_fix(ep: entrypoint.Verdict, rootfs: RootFS, config: ImageConfig) -> str:
-    node = rootfs.get(ep.path) if ep.path else None
+    refused = _interpreter_refused(ep, rootfs)
+    culprit = ep.path if refused is None else refused
+    if culprit == "":
+        return f"the `#!` line of {ep.path} names no interpreter: name one (`#!/bin/sh`)"
+    node = rootfs.get(culprit) if culprit else None
+    whose = f" (the interpreter {ep.path} asks for)" if culprit != ep.path else ""
     if node is not None and node.is_dir:
-        return f"{ep.path} is a directory: point ENTRYPOINT at the program inside it"
+        where = "the `#!` line or PT_INTERP at" if whose else "ENTRYPOINT at"
+        return f"{culprit}{whose} is a directory: point {where} the program inside it"
     mode = f"{node.entry.mode:04o}" if node is not None else "?"
     owner = f"{node.entry.uid}:{node.entry.gid}" if node is not None else "?"
     user = config.user or "root"
-    return (f"{ep.path} is mode {mode} (owner {owner}) and not executable for USER {user}: "
-            f"`COPY --chmod=755 …` or `RUN chmod 755 {ep.path}` in the build")
+    return (f"{culprit}{whose} is mode {mode} (owner {owner}) and not executable for USER {user}: "
+            f"`COPY --chmod=755 …` or `RUN chmod 755 {culprit}` in the build")
+
+
+def _interpreter_refused(ep: entrypoint.Verdict, rootfs: RootFS) -> str | None:
+    """The `#!` interpreter or PT_INTERP the kernel could not open, when that is why the start failed."""
+    if ep.message is None or not ep.message.startswith("exec "):
+        return None  # runc's own check of argv[0], or env's of the program it runs
+    if ep.script is not None:
+        parsed = entrypoint.parse_shebang(ep.script.encode("utf-8", "surrogateescape"))  # the line, NUL-padded
+        return parsed[0] if parsed is not None else None
+    facts = _facts(rootfs, ep.program) if ep.program else None
+    return facts.interpreter if facts is not None else None
 
 
 def _find_by_name(rootfs: RootFS | None, name: str) -> str | None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from imgaudit import entrypoint
+from imgaudit.checks import linkage
 from imgaudit.elf import read_elf
 from imgaudit.image import ImageConfig, Platform
 from imgaudit.layers import scan_layer
 from imgaudit.rootfs import RootFS
+from imgaudit.runtime import runtime_facts
 from tests.builders import DEFAULT_ENV, Item, d, f, make_layer, sym
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "build"
@@ -42,6 +44,16 @@ BASE = [
     f("nope.sh", b"#! /bin/nope  -x \necho hi\n", 0o755),
     f("env.sh", b"#!/usr/bin/env nope\necho hi\n", 0o755),
     f("envok.sh", b"#!/usr/bin/env tool\n", 0o755),
+    f("envS.sh", b"#!/usr/bin/env -S FOO=1 nope -u\n", 0o755),
+    f("envSok.sh", b"#!/usr/bin/env -SFOO=1\ttool -u\n", 0o755),
+    f("envi.sh", b"#!/usr/bin/env -i tool\n", 0o755),
+    f("envlong.sh", b"#!/usr/bin/env --ignore-environment tool\n", 0o755),
+    f("envsplit.sh", b"#!/usr/bin/env --split=nope -x\n", 0o755),
+    f("nul.sh", b"#!/static\0 /nope\n", 0o755),
+    f("dir.sh", b"#!/adir\n", 0o755),
+    f("bare.sh", b"#!", 0o755),
+    f("long.sh", b"#!/" + b"a" * 300 + b"\n", 0o755),
+    f("loop.sh", b"#!/loop/sh\n", 0o755), sym("loop", "/loop"),
     f("usr/local/bin/tool", fx("musl/hello-static"), 0o755),
     f("usr/bin/env", fx("musl/hello-static"), 0o755),
     f("etc/passwd", PASSWD), f("etc/group", GROUP), d("adir"),
@@ -79,6 +91,18 @@ def outcome(v: entrypoint.Verdict) -> tuple[str, str | None, str | None]:
     (["/nope.sh"], ("fail", "script-interpreter-missing", "exec /nope.sh: no such file or directory")),
     (["/env.sh"], ("fail", "script-interpreter-missing", "/usr/bin/env: 'nope': No such file or directory")),
     (["/envok.sh"], ("ok", None, None)),
+    (["/envS.sh"], ("fail", "script-interpreter-missing", "/usr/bin/env: 'nope': No such file or directory")),
+    (["/envSok.sh"], ("ok", None, None)),
+    (["/envi.sh"], ("fail", "script-interpreter-missing", "/usr/bin/env: invalid option -- ' '")),
+    # the word is "--ignore-environment tool": no long option has that name
+    (["/envlong.sh"], ("fail", "script-interpreter-missing", "/usr/bin/env: unrecognized option "
+                                                             "'--ignore-environment tool'")),
+    (["/envsplit.sh"], ("fail", "script-interpreter-missing", "/usr/bin/env: 'nope': No such file or directory")),
+    (["/nul.sh"], ("ok", None, None)),
+    (["/dir.sh"], ("fail", "not-executable", "exec /dir.sh: permission denied")),
+    (["/bare.sh"], ("fail", "not-executable", "exec /bare.sh: permission denied")),  # "" is the working dir
+    (["/long.sh"], ("fail", "exec-format", "exec /long.sh: exec format error")),
+    (["/loop.sh"], ("fail", "other", "exec /loop.sh: too many levels of symbolic links")),
 ])
 def test_verdicts(argv: list[str], expected: tuple[str, str | None, str | None]) -> None:
     assert outcome(judge(argv)) == expected
@@ -108,6 +132,11 @@ def test_busybox_env_prints_its_own_message() -> None:
     items = [*BASE[:-6], f("bin/busybox", fx("musl/hello-static"), 0o755), sym("usr/bin/env", "/bin/busybox"),
              f("etc/passwd", PASSWD)]
     assert judge(["/env.sh"], items).message == "env: can't execute 'nope': No such file or directory"
+    # busybox env has no -S and no long option but its own three; musl's getopt words the refusal
+    assert outcome(judge(["/envSok.sh"], items)) == (
+        "fail", "script-interpreter-missing", "/usr/bin/env: unrecognized option: S")
+    assert judge(["/envi.sh"], items).message == "/usr/bin/env: unrecognized option:  "
+    assert judge(["/envlong.sh"], items).message == "/usr/bin/env: unrecognized option: ignore-environment tool"
 
 
 def test_dynamic_entrypoint_runs_the_loader() -> None:
@@ -124,6 +153,14 @@ def test_dynamic_entrypoint_runs_the_loader() -> None:
     (b"#!/bin/sh\r\n", ("/bin/sh\r", None)),
     (b"#! \t/usr/bin/env  python3 -u \n", ("/usr/bin/env", "python3 -u")),
     (b"#!\n", None),
+    (b"#!   \n", None),
+    (b"#!/bin/sh \r\n", ("/bin/sh", "\r")),
+    (b"#!/bin/sh\0junk\n", ("/bin/sh", None)),  # the kernel's strings end at a NUL
+    (b"#!/bin/sh -e\0junk\n", ("/bin/sh", "-e")),
+    (b"#!/" + b"a" * 300, None),  # no newline in 256 bytes and nothing after the name: truncated, ENOEXEC
+    (b"#!/bin/sh" + b" " * 300, ("/bin/sh", None)),
+    (b"#!/bin/sh -" + b"e" * 300, ("/bin/sh", "-" + "e" * 244)),  # the argument is cut at byte 255
+    (b"#!", ("", None)),  # a 2-byte file: the rest of the buffer is NULs, the name is empty
 ])
 def test_parse_shebang(head: bytes, parsed: tuple[str, str | None] | None) -> None:
     assert entrypoint.parse_shebang(head) == parsed
@@ -153,3 +190,41 @@ def test_linkage_report_validates_against_the_schema(tmp_path: Path) -> None:
     assert body["entrypoint"]["fix"] and "no C library" in body["entrypoint"]["fix"]
     assert {b["path"]: b["role"] for b in body["binaries"]}["/gl"] == "entrypoint"
     assert "missing-interpreter" in {f["rule"] for f in body["findings"]}
+
+
+@pytest.mark.parametrize(("argv", "fix"), [
+    (["/noexec"], "/noexec is mode 0644 (owner 0:0) and not executable for USER root: `COPY --chmod=755 …` or "
+                  "`RUN chmod 755 /noexec` in the build"),
+    (["/dir.sh"], "/adir (the interpreter /dir.sh asks for) is a directory: point the `#!` line or PT_INTERP at the "
+                  "program inside it"),
+    (["/bare.sh"], "the `#!` line of /bare.sh names no interpreter: name one (`#!/bin/sh`)"),
+    (["/envi.sh"], "the kernel hands `/usr/bin/env -i tool` to env as one argument, which env refuses: name the "
+                   "interpreter itself (`#!/usr/bin/python3 -u`), or use env with one program name"),
+])
+def test_the_fix_names_what_the_kernel_or_env_refused(argv: list[str], fix: str) -> None:
+    fs = image(BASE)
+    config = ImageConfig(Platform("linux", "amd64"), env=(DEFAULT_ENV,))
+    verdict = entrypoint.judge(fs, config, argv)
+    assert linkage.fix_for(verdict, fs, config, runtime_facts(fs, "x86_64")) == fix
+
+
+@pytest.mark.parametrize(("shell", "line", "expected"), [
+    ("dash", b"#!/bin/sh -e\r", ("fail", "script-interpreter-missing", "/bin/sh: 0: Illegal option -\r")),
+    ("dash", b"#!/bin/sh \r", ("fail", "script-interpreter-missing", "/bin/sh: 0: cannot open \r: No such file")),
+    ("bash", b"#!/bin/sh -eux\r", ("fail", "script-interpreter-missing", "/bin/sh: -\r: invalid option")),
+    ("bash", b"#!/bin/sh \r", ("fail", "script-interpreter-missing", "/bin/sh: \r: No such file or directory")),
+    ("busybox", b"#!/bin/sh -e\r", ("fail", "script-interpreter-missing", "/bin/sh: illegal option -\r")),
+    ("busybox", b"#!/bin/sh \r", ("fail", "script-interpreter-missing",
+                                  "/bin/sh: can't open '\r': No such file or directory")),
+    # an option letter not every shell takes, or another interpreter: a caution, not a verdict
+    ("dash", b"#!/bin/sh -o\r", ("warn", None, "/bin/sh gets the argument '-o\\r' (the `#!` line ends in CRLF): "
+                                               "it may refuse it")),
+    ("python3", b"#!/bin/sh -u\r", ("warn", None, "/bin/sh gets the argument '-u\\r' (the `#!` line ends in CRLF): "
+                                                  "it may refuse it")),
+    ("dash", b"#!/bin/sh -e", ("ok", None, None)),
+])
+def test_a_crlf_argument_is_refused_in_the_shells_words(shell: str, line: bytes,
+                                                        expected: tuple[str, str | None, str | None]) -> None:
+    items = [f(f"bin/{shell}", fx("musl/hello-static"), 0o755), sym("bin/sh", shell),
+             f("run.sh", line + b"\necho hi\r\n", 0o755), f("etc/passwd", PASSWD)]
+    assert outcome(judge(["/run.sh"], items)) == expected

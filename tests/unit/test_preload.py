@@ -108,7 +108,7 @@ def test_a_preload_comes_after_the_program_and_before_its_needed_libraries(glibc
     preloaded = res.objects[1]
     assert preloaded.needed_by == "LD_PRELOAD" and preloaded.depth == 1
     # an edge of no object, which `imgaudit ldd` shows above the program's own
-    assert [(link.name, link.needed_by, link.path) for link in res.links][0] == (
+    assert (res.links[0].name, res.links[0].needed_by, res.links[0].path) == (
         "libpreload.so", "LD_PRELOAD", f"/{LIBDIR}/libpreload.so")
     tree = render_ldd("/gl", res).splitlines()
     assert tree[tree.index("  preloaded (LD_PRELOAD)") + 1].startswith("    libpreload.so => ")
