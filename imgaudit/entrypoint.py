@@ -21,6 +21,7 @@ from imgaudit.image import DEFAULT_PATH, ImageConfig, Platform
 from imgaudit.loader import LoaderEnv, Resolution, facts_of, ident, real_file, resolve
 from imgaudit.rootfs import RootFS, SymlinkLoop
 from imgaudit.users import User, UserNotFound, resolve_user
+from imgaudit.xattrs import CAP_NAMES, capability_sets
 
 if TYPE_CHECKING:
     from imgaudit.audit import Loaded
@@ -31,6 +32,10 @@ ARCH_MACHINES = {"amd64": ("x86_64", "i386"), "arm64": ("aarch64",), "386": ("i3
 MAX_SCRIPT_DEPTH = 4  # fs/exec.c: at most 4 levels of binfmt (script → script …) before ELOOP
 ENOENT, EACCES, ENOEXEC = "no such file or directory", "permission denied", "exec format error"
 ELIBBAD, ELOOP = "accessing a corrupted shared library", "too many levels of symbolic links"
+EPERM = "operation not permitted"
+# moby's oci/caps DefaultCapabilities: chown, dac_override, fowner, fsetid, kill, setgid, setuid, setpcap,
+# net_bind_service, net_raw, sys_chroot, mknod, audit_write, setfcap
+DOCKER_DEFAULT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
 
 
 @dataclass(frozen=True)
@@ -378,17 +383,29 @@ def _elf(ctx: _Context, real: str, path: str, argv0: str, head: bytes) -> _Chain
         return _Chain(elf=path, argv0=argv0)  # the loader step will say it cannot tell
     if facts.elf_type in ("rel", "core", "other"):
         return _Chain(ENOEXEC, "exec-format")
-    if facts.interpreter is None:
-        return _Chain(elf=path, argv0=argv0)
-    err = open_exec(ctx, facts.interpreter)
-    if err is not None:
-        return _Chain(err, _OPEN_FAILURES.get(err, "missing-interpreter"), elf=path)
-    interp = real_file(ctx.rootfs, facts.interpreter)
-    assert interp is not None
-    interp_id = ident(ctx.rootfs.nodes[interp].entry.head)
-    if interp_id is None or interp_id != got:
-        return _Chain(ELIBBAD, "other", elf=path)  # load_elf_binary: a bad interpreter is ELIBBAD
+    if facts.interpreter is not None:
+        err = open_exec(ctx, facts.interpreter)
+        if err is not None:
+            return _Chain(err, _OPEN_FAILURES.get(err, "missing-interpreter"), elf=path)
+        interp = real_file(ctx.rootfs, facts.interpreter)
+        assert interp is not None
+        interp_id = ident(ctx.rootfs.nodes[interp].entry.head)
+        if interp_id is None or interp_id != got:
+            return _Chain(ELIBBAD, "other", elf=path)  # load_elf_binary: a bad interpreter is ELIBBAD
+    if beyond_default_caps(ctx.rootfs.nodes[real].entry.capabilities):
+        return _Chain(EPERM, "other", elf=path)
     return _Chain(elf=path, argv0=argv0)
+
+
+def beyond_default_caps(capabilities: str | None) -> tuple[str, ...]:
+    """The file capabilities `docker run` cannot give: with the effective flag set, the kernel's
+    `bprm_caps_from_vfs_caps` refuses the exec (EPERM) when a permitted one is outside the bounding set, and
+    Docker's default set is DOCKER_DEFAULT_CAPS (`--cap-add` widens it)."""
+    sets = capability_sets(capabilities) if capabilities else None
+    if sets is None or not sets[2]:
+        return ()
+    return tuple(CAP_NAMES[bit] if bit < len(CAP_NAMES) else str(bit) for bit in range(64)
+                 if sets[0] >> bit & 1 and bit not in DOCKER_DEFAULT_CAPS)
 
 
 # -- the loader and `env NAME` -------------------------------------------------------------------

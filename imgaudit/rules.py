@@ -131,7 +131,9 @@ RULES: tuple[Rule, ...] = (
     _r("other", S, E, "The container would fail to start for another reason",
        "A start-up failure outside the categories above: the image's USER (or its group) does not exist in "
        "/etc/passwd (/etc/group) or is a number past 2147483647, as dockerd resolves it with runc's GetExecUser, or "
-       "`#!` scripts nest deeper than the kernel allows, or an interpreter's path is a symlink loop.",
+       "`#!` scripts nest deeper than the kernel allows, an interpreter's path is a symlink loop, or the program has "
+       "effective file capabilities outside Docker's default set (`cap_net_admin=ep`, `cap_ipc_lock=ep`), which the "
+       "kernel refuses to exec with (`exec /app: operation not permitted`) unless `--cap-add` grants them.",
        "unable to find user app: no matching entries in passwd file",
        "Create the user in the image (`useradd`/`adduser`) or use a numeric USER uid:gid."),
     _r("too-many-layers", S, W, "More layers than Docker's layer store takes",

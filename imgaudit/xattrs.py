@@ -121,3 +121,42 @@ def _flags(permitted: int, inheritable: int, effective: bool, bit: int) -> int:
 def _letters(state: int) -> str:
     return ("e" if state & _EFFECTIVE else "") + ("i" if state & _INHERITABLE else "") + (
         "p" if state & _PERMITTED else "")
+
+
+def capability_sets(text: str) -> tuple[int, int, bool] | None:
+    """(permitted, inheritable, effective) back from the text `decode_capability` wrote (what a scan keeps), or
+    None for an invalid value or a revision 3 value of another namespace's root (the kernel ignores it when the
+    container runs in the host's user namespace, as Docker's default does)."""
+    if text.startswith(INVALID):
+        return None
+    text, _, rootid = text.partition(" [rootid=")
+    if rootid:
+        return None
+    state = [0] * 64
+    for clause in text.split(" "):
+        cut = next((i for i, c in enumerate(clause) if c in "=+-"), len(clause))
+        names, ops = clause[:cut], clause[cut:]
+        bits = range(len(CAP_NAMES)) if not names else [_bit(name) for name in names.split(",")]
+        for op, letters in _operations(ops):
+            mask = sum(flag for letter, flag in (("e", _EFFECTIVE), ("i", _INHERITABLE), ("p", _PERMITTED))
+                       if letter in letters)
+            for bit in bits:
+                state[bit] = mask if op == "=" else state[bit] | mask if op == "+" else state[bit] & ~mask
+    permitted = sum(1 << bit for bit in range(64) if state[bit] & _PERMITTED)
+    inheritable = sum(1 << bit for bit in range(64) if state[bit] & _INHERITABLE)
+    return permitted, inheritable, any(s & _EFFECTIVE for s in state)
+
+
+def _bit(name: str) -> int:
+    return CAP_NAMES.index(name) if name in CAP_NAMES else int(name)
+
+
+def _operations(ops: str) -> list[tuple[str, str]]:
+    """`=ep`, `+ep-i` → [("=", "ep")], [("+", "ep"), ("-", "i")]."""
+    out: list[tuple[str, str]] = []
+    for char in ops:
+        if char in "=+-":
+            out.append((char, ""))
+        else:
+            out[-1] = (out[-1][0], out[-1][1] + char)
+    return out

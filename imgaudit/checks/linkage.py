@@ -324,7 +324,21 @@ def fix_for(ep: entrypoint.Verdict, rootfs: RootFS, config: ImageConfig, runtime
         return handler()
     if ep.message and ep.message.startswith("unable to find user"):
         return rule("other").fix  # the catalogue's `other` fix is the one for a missing user
+    if ep.message and ep.message.endswith(entrypoint.EPERM) and ep.program:
+        return _capabilities_fix(ep.program, rootfs)
     return None
+
+
+def _capabilities_fix(program: str, rootfs: RootFS) -> str | None:
+    node = rootfs.get(program)
+    caps = node.entry.capabilities if node is not None else None
+    beyond = entrypoint.beyond_default_caps(caps)
+    if not beyond:
+        return None
+    adds = " ".join(f"--cap-add {name.removeprefix('cap_').upper()}" for name in beyond)
+    return (f"{program} has file capabilities {caps}, and {', '.join(beyond)} is not in Docker's default set, so "
+            f"the kernel refuses the exec: run it with `{adds}` (Kubernetes: securityContext.capabilities.add), "
+            "or remove them (`setcap -r`), or set them without `e` if the program raises them itself")
 
 
 def _facts(rootfs: RootFS, path: str | None) -> ElfFacts | None:

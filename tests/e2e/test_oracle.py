@@ -29,9 +29,11 @@ part, which the test finds verbatim in Docker's output:
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
+import struct
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -84,6 +86,7 @@ class Spec:
     files: dict[str, tuple[Any, int]]
     env: dict[str, str] = field(default_factory=dict)
     prepare: str | None = None  # a RUN line applied to the base first
+    xattrs: dict[str, dict[str, bytes]] = field(default_factory=dict)  # by path: `docker import`ed, not built
 
 
 def _busybox_aarch64(tmp: Path) -> Path:
@@ -109,6 +112,32 @@ def _interpreter_at(directory: bytes) -> bytes:
     data = fx("musl/hello-dynamic").read_bytes()
     assert len(directory) == 3 and data.count(b"/lib/ld-musl-x86_64.so.1\0") == 1
     return data.replace(b"/lib/ld-musl-x86_64.so.1\0", b"/" + directory + b"/ld-musl-x86_64.so.1\0")
+
+
+def _capability(permitted: int, inheritable: int = 0, *, effective: bool = True) -> dict[str, bytes]:
+    """A security.capability xattr (vfs_cap_data revision 2), as setcap writes it."""
+    value = struct.pack("<5I", 0x02000000 | effective, permitted & 0xFFFFFFFF, inheritable & 0xFFFFFFFF,
+                        permitted >> 32, inheritable >> 32)
+    return {"security.capability": value}
+
+
+def _imported(tag: str, spec: Spec, tmp: Path) -> None:
+    """The Alpine minirootfs plus the spec's files with their xattrs, as one layer (`docker import`): a Dockerfile
+    COPY would not carry security.capability."""
+    assert spec.base == "alpine-3.20"
+    rootfs = REPO.parent / "shared" / "corpus" / "alpine" / "alpine-minirootfs-3.20.3-x86_64.tar.gz"
+    out = tmp / f"{tag.replace('/', '_').replace(':', '_')}.tar"
+    with tarfile.open(rootfs) as src, tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for member in src:
+            tar.addfile(member, src.extractfile(member) if member.isfile() else None)
+        for path, (source, mode) in spec.files.items():
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), mode
+            info.pax_headers = {f"SCHILY.xattr.{name}": value.decode("utf-8", "surrogateescape")
+                                for name, value in spec.xattrs.get(path, {}).items()}
+            tar.addfile(info, io.BytesIO(data))
+    subprocess.run(["docker", "import", str(out), tag], check=True, capture_output=True, timeout=600)
 
 
 def _pick(files: dict[str, tuple[Any, int]], prefix: str) -> dict[str, tuple[Any, int]]:
@@ -173,6 +202,14 @@ def specs(tmp: Path) -> dict[str, Spec]:
             "/mu-ldx": (_interpreter_at(b"ldx"), exe), "/mu-ldd": (_interpreter_at(b"ldd"), exe)},
             prepare="mkdir -p /ldx /ldd/ld-musl-x86_64.so.1 && ln -s /loop /loop && "
                     "cp /lib/ld-musl-x86_64.so.1 /ldx/ && chmod 644 /ldx/ld-musl-x86_64.so.1"),
+        # file capabilities: with the effective flag, the kernel refuses an exec that would need one outside the
+        # bounding set, and Docker's default set has no cap_net_admin or cap_ipc_lock (Vault's image sets that one)
+        "alpine-caps": Spec("alpine-3.20", {
+            f"/caps/{name}": common["/mu"]
+            for name in ("net-bind", "net-admin", "ipc-lock", "net-admin-p", "net-admin-i")},
+            xattrs={"/caps/net-bind": _capability(1 << 10), "/caps/net-admin": _capability(1 << 12),
+                    "/caps/ipc-lock": _capability(1 << 14), "/caps/net-admin-p": _capability(1 << 12, effective=False),
+                    "/caps/net-admin-i": _capability(0, 1 << 12)}),
         "alpine-3.12": Spec("alpine-3.12", {"/mu": common["/mu"], "/gl": common["/gl"]}),
         "bullseye-base": Spec("bullseye-base", {
             **common, **_pick(greet, "/app/"),
@@ -341,6 +378,11 @@ CASES = [
     Case("env-gnu-split-string-program-missing", "bookworm-slim", ("/env-S-nope",), "script-interpreter-missing"),
     Case("env-gnu-refuses-a-blank-option", "bookworm-slim", ("/env-i",), "script-interpreter-missing"),
     Case("env-gnu-long-option-and-program-are-one-word", "bookworm-slim", ("/env-long",), "script-interpreter-missing"),
+    Case("caps-net-bind-service-is-in-dockers-set", "alpine-caps", ("/caps/net-bind",), OK),
+    Case("caps-net-admin-effective-is-refused", "alpine-caps", ("/caps/net-admin",), "other"),
+    Case("caps-ipc-lock-effective-is-refused", "alpine-caps", ("/caps/ipc-lock",), "other"),
+    Case("caps-net-admin-without-effective-runs", "alpine-caps", ("/caps/net-admin-p",), OK),
+    Case("caps-inheritable-only-runs", "alpine-caps", ("/caps/net-admin-i",), OK),
     Case("crlf-dash-option", "bookworm-slim", ("/crlf-sh-e",), "script-interpreter-missing"),
     Case("crlf-dash-blank", "bookworm-slim", ("/crlf-sh-blank",), "script-interpreter-missing"),
     Case("crlf-bash-options", "bookworm-slim", ("/crlf-bash-e",), "script-interpreter-missing"),
@@ -397,7 +439,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple
         if spec.prepare:
             base = _prepared_base(name, base, spec.prepare)
         tag = f"imgaudit-e2e/oracle-{name}:latest"
-        if spec.files or spec.env:
+        if spec.xattrs:
+            _imported(tag, spec, tmp)
+        elif spec.files or spec.env:
             docker_build(tag, base, spec.files, [], env=spec.env or None)
         else:
             subprocess.run(["docker", "tag", base, tag], check=True)

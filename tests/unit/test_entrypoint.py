@@ -4,6 +4,7 @@ would say, word for word (the e2e oracle checks the same messages against `docke
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,26 @@ def test_a_crlf_argument_is_refused_in_the_shells_words(shell: str, line: bytes,
     items = [f(f"bin/{shell}", fx("musl/hello-static"), 0o755), sym("bin/sh", shell),
              f("run.sh", line + b"\necho hi\r\n", 0o755), f("etc/passwd", PASSWD)]
     assert outcome(judge(["/run.sh"], items)) == expected
+
+
+def _caps(permitted: int, *, effective: bool = True) -> dict[str, bytes]:
+    return {"security.capability": struct.pack("<5I", 0x02000000 | effective, permitted, 0, 0, 0)}
+
+
+@pytest.mark.parametrize(("caps", "expected"), [
+    (_caps(1 << 10), ("ok", None, None)),  # cap_net_bind_service: in Docker's default set
+    (_caps(1 << 12), ("fail", "other", "exec /capped: operation not permitted")),  # cap_net_admin
+    (_caps(1 << 12 | 1 << 10), ("fail", "other", "exec /capped: operation not permitted")),
+    (_caps(1 << 12, effective=False), ("ok", None, None)),  # the program raises it itself, or does without
+])
+def test_effective_file_capabilities_outside_dockers_set_refuse_the_exec(
+        caps: dict[str, bytes], expected: tuple[str, str | None, str | None]) -> None:
+    items = [*BASE, f("capped", fx("musl/hello-static"), 0o755, xattrs=caps)]
+    assert outcome(judge(["/capped"], items)) == expected
+    fs = image(items)
+    config = ImageConfig(Platform("linux", "amd64"), env=(DEFAULT_ENV,))
+    verdict = entrypoint.judge(fs, config, ["/capped"])
+    fix = linkage.fix_for(verdict, fs, config, runtime_facts(fs, "x86_64"))
+    assert (fix is not None) == (expected[0] == "fail")
+    if fix is not None:
+        assert "--cap-add NET_ADMIN" in fix and "cap_net_bind_service" not in fix.split("and ", 1)[1], fix

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from imgaudit import cache as cache_mod
 from imgaudit.errors import LimitExceeded
 from imgaudit.layers import scan_layer
 from imgaudit.scanner import promised_compression
-from imgaudit.xattrs import MAX_XATTRS, decode_capability
+from imgaudit.xattrs import MAX_XATTRS, cap_to_text, capability_sets, decode_capability
 from tests.builders import OCI_LAYER_GZIP, ImageSpec, f, make_layer, sym, write_oci_layout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +73,21 @@ def test_66_capabilities_read_as_getcap_prints_them(raw: str) -> None:
 def test_66_a_value_the_kernel_refuses_is_marked_invalid_and_bounded(raw: bytes) -> None:
     text = decode_capability(raw)
     assert text.startswith("invalid (") and len(text) < 80, text
+
+
+def test_66_the_sets_come_back_from_the_text_a_scan_keeps() -> None:
+    """The verdict reads the permitted set and the effective flag back from the getcap text (what a scan and its
+    cache keep), for any value: named and unnamed bits, every flag combination."""
+    rng = random.Random(66)
+    for _ in range(5000):
+        shape = rng.randrange(2)
+        few = [sum(1 << rng.randrange(bits) for _ in range(rng.randrange(4))) for bits in (41, 64)]
+        permitted, inheritable = (rng.getrandbits(64), rng.getrandbits(64)) if shape == 0 else few
+        effective = rng.random() < 0.5
+        text = cap_to_text(permitted, inheritable, effective=effective)
+        assert capability_sets(text) == (permitted, inheritable, effective and bool(permitted | inheritable)), text
+    assert capability_sets("invalid (3 bytes)") is None
+    assert capability_sets("cap_net_admin=ep [rootid=1000]") is None  # another namespace's root: ignored
 
 
 def test_66_capabilities_match_the_real_getcap(tmp_path: Path) -> None:
