@@ -63,7 +63,8 @@ class Step(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One file the loader tried: `outcome` is ok, missing, wrong-class, wrong-machine or not-elf."""
+    """One file the loader tried: `outcome` is ok, missing, directory, too-short, wrong-class, wrong-machine or
+    not-elf."""
 
     path: str
     step: Step
@@ -203,11 +204,20 @@ def facts_of(rootfs: RootFS, real: str) -> ElfFacts | None:
 
 
 def _check(rootfs: RootFS, path: str, want: tuple[int, str]) -> tuple[str, str | None]:
-    """`open_verify`: (outcome, real path). Wrong class or machine is skipped, not fatal."""
+    """`open_verify`: (outcome, real path). Wrong class or machine is skipped, not fatal. A directory opens (and
+    then cannot be read); a file shorter than an ELF header of the loader's class is too short for either loader."""
     real = real_file(rootfs, path)
     if real is None:
-        return "missing", None
-    got = ident(rootfs.nodes[real].entry.head)
+        try:
+            where = rootfs.resolve(path)
+        except SymlinkLoop:
+            return "missing", None
+        node = rootfs.nodes.get(where) if where else None
+        return ("directory", where) if node is not None and node.is_dir else ("missing", None)
+    entry = rootfs.nodes[real].entry
+    if entry.size < (64 if want[0] == 64 else 52):
+        return "too-short", real
+    got = ident(entry.head)
     if got is None:
         return "not-elf", real
     if got[0] != want[0]:
@@ -251,6 +261,12 @@ def glibc_required(facts: ElfFacts) -> str | None:
 
 # ------------------------------------------------------------------------------------------------
 # glibc ld.so
+
+
+# open_verify's error strings (fatal); ld.so's own strerror knows no text for EISDIR, so it prints the number
+_EISDIR = ": Error 21"
+_UNUSABLE = {"not-elf": "invalid ELF header", "too-short": "file too short",
+             "directory": "cannot read file data" + _EISDIR}
 
 
 @dataclass
@@ -374,8 +390,8 @@ class GlibcLoader:
                 return True
             if outcome == "wrong-class":
                 s.other_class = True
-            elif outcome == "not-elf" and s.bad is None:
-                s.bad = (path, "invalid ELF header")
+            elif outcome in _UNUSABLE and s.bad is None:
+                s.bad = (path, _UNUSABLE[outcome])
                 return True  # open_verify's errstring is fatal: the search stops there
         return False
 
@@ -388,7 +404,8 @@ class GlibcLoader:
 
     def preload_message(self, s: _Search, where: str) -> str:
         """rtld.c `do_preload`: the error string alone (no errno text), and start-up goes on."""
-        err = s.bad[1] if s.bad else self._wrong_class() if s.other_class else "cannot open shared object file"
+        err = s.bad[1].removesuffix(_EISDIR) if s.bad else self._wrong_class() if s.other_class else \
+            "cannot open shared object file"
         return f"ERROR: ld.so: object '{s.name}' from {where} cannot be preloaded ({err}): ignored."
 
     def _wrong_class(self) -> str:
@@ -538,8 +555,8 @@ class MuslLoader:
             # class/machine or a non-ELF file there is fatal (ENOEXEC), not skipped like in glibc.
             if outcome == "ok" and real is not None:
                 s.found = (path, real, step)
-            else:
-                s.bad = (path, "Exec format error")
+            else:  # map_library's read fails on a directory; anything else mapped is no fit ELF
+                s.bad = (path, "Is a directory" if outcome == "directory" else "Exec format error")
             return True
         return False
 

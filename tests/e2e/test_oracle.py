@@ -199,8 +199,9 @@ def specs(tmp: Path) -> dict[str, Spec]:
             **env_lines, "/sh-nul": (b"#!/bin/sh\0 junk\necho hi\n", exe),
             "/sh-long": (b"#!/" + b"a" * 300 + b"\necho hi\n", exe), "/sh-long-arg": (b"#!/bin/sh -" + b"e" * 300, exe),
             "/sh-dir": (b"#!/etc\necho hi\n", exe), "/sh-bare": (b"#!", exe), "/sh-loop": (b"#!/loop/sh\n", exe),
-            "/mu-ldx": (_interpreter_at(b"ldx"), exe), "/mu-ldd": (_interpreter_at(b"ldd"), exe)},
-            prepare="mkdir -p /ldx /ldd/ld-musl-x86_64.so.1 && ln -s /loop /loop && "
+            "/mu-ldx": (_interpreter_at(b"ldx"), exe), "/mu-ldd": (_interpreter_at(b"ldd"), exe),
+            "/mu-lop": (_interpreter_at(b"lop"), exe)},
+            prepare="mkdir -p /ldx /ldd/ld-musl-x86_64.so.1 && ln -s /loop /loop && ln -s /lop /lop && "
                     "cp /lib/ld-musl-x86_64.so.1 /ldx/ && chmod 644 /ldx/ld-musl-x86_64.so.1"),
         # file capabilities: with the effective flag, the kernel refuses an exec that would need one outside the
         # bounding set, and Docker's default set has no cap_net_admin or cap_ipc_lock (Vault's image sets that one)
@@ -257,9 +258,15 @@ def specs(tmp: Path) -> dict[str, Spec]:
             env={"LD_PRELOAD": "libpreload.so", "LD_LIBRARY_PATH": "/opt/dep"}),
         "alpine-preload": Spec("alpine-3.20", {
             "/mu": common["/mu"], "/usr/lib/libpreload.so": (fx("preload/musl/libpreload.so"), ro),
+            "/bad/libpreload-dep.so/x": (b"", ro),  # a directory where a library is looked for
             "/opt/dep/libpreload-dep.so": (fx("preload/musl/libpreload-dep.so"), ro),
             "/etc/ld.so.preload": (b"/usr/lib/libpreload.so\n", ro)},
             env={"LD_PRELOAD": "/nope/libjemalloc.so.2 libpreload.so", "LD_LIBRARY_PATH": "/opt/dep"}),
+        # what glibc's open_verify meets on LD_LIBRARY_PATH before the RUNPATH's good library: a directory, files
+        # shorter than an ELF header
+        "bookworm-bad-libs": Spec("bookworm-cc", {
+            **_pick(greet, "/app/"), "/bad/libgreet.so.1/x": (b"", ro), "/empty/libgreet.so.1": (b"", ro),
+            "/short/libgreet.so.1": (b"\x7fELF" + bytes(40), ro)}),
         "arm64": Spec("alpine-3.20-arm64", {}),
         "trixie-slim": Spec("trixie-slim", {}),
         "bullseye-slim": Spec("bullseye-slim", {}),
@@ -371,6 +378,7 @@ CASES = [
     Case("exec-shebang-interpreter-in-a-symlink-loop", "alpine-exec", ("/sh-loop",), "other"),
     Case("exec-pt-interp-without-execute-bit", "alpine-exec", ("/mu-ldx",), "not-executable"),
     Case("exec-pt-interp-is-a-directory", "alpine-exec", ("/mu-ldd",), "not-executable"),
+    Case("exec-pt-interp-in-a-symlink-loop", "alpine-exec", ("/mu-lop",), "other"),
     Case("env-busybox-has-no-split-string", "alpine-exec", ("/env-S",), "script-interpreter-missing"),
     Case("env-busybox-refuses-a-blank-option", "alpine-exec", ("/env-i",), "script-interpreter-missing"),
     Case("env-gnu-split-string-runs-sh", "bookworm-slim", ("/env-S",), OK),
@@ -404,12 +412,22 @@ CASES = [
          env=("LD_LIBRARY_PATH=/nowhere",)),
     Case("preload-glibc-a-preloaded-soname-is-the-needed-one", "bookworm-cc", ("/miss/bin/greet-app",), OK,
          env=("LD_PRELOAD=/app/lib/libgreet.so.1",)),  # without it: missing-symbol (bookworm-cc-runpath-...)
+    Case("preload-glibc-a-directory", "bookworm-preload", ("/gl",), OK, env=("LD_PRELOAD=/opt/dep",),
+         said="ERROR: ld.so: object '/opt/dep' from LD_PRELOAD cannot be preloaded (cannot read file data): ignored."),
     Case("preload-static-program-ignores-it", "bookworm-preload", ("/hello-static",), OK,
          env=("LD_PRELOAD=/nope/libjemalloc.so.2",)),
     Case("preload-musl-missing-is-silent", "alpine-preload", ("/mu",), OK,
          warns="LD_PRELOAD names /nope/libjemalloc.so.2, which musl's loader does not find"),
     Case("preload-musl-dependency-missing", "alpine-preload", ("/mu",), "missing-library",
          env=("LD_LIBRARY_PATH=/nowhere",)),
+    Case("lib-musl-directory-on-the-path", "alpine-preload", ("/mu",), "missing-library",
+         env=("LD_LIBRARY_PATH=/bad",)),
+    Case("lib-glibc-directory-on-the-path", "bookworm-bad-libs", ("/app/bin/greet-app",), "missing-library",
+         env=("LD_LIBRARY_PATH=/bad",)),
+    Case("lib-glibc-empty-file-on-the-path", "bookworm-bad-libs", ("/app/bin/greet-app",), "missing-library",
+         env=("LD_LIBRARY_PATH=/empty",)),
+    Case("lib-glibc-elf-magic-but-short", "bookworm-bad-libs", ("/app/bin/greet-app",), "missing-library",
+         env=("LD_LIBRARY_PATH=/short",)),
     Case("preload-musl-dependency-found", "alpine-preload", ("/mu",), OK,
          env=("LD_PRELOAD=: libpreload.so", "LD_LIBRARY_PATH=/opt/dep")),
 ]

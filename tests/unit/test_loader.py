@@ -18,7 +18,8 @@ from tests.unit.test_ldcache import OLD
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "build"
 pytestmark = pytest.mark.skipif(not (FIX / "greet" / "bin" / "greet-app").exists(), reason="run scripts/build-fixtures")
-ELF32_I386 = b"\x7fELF\x01\x01\x01" + bytes(11) + b"\x03\x00" + bytes(40)  # just the header ld.so reads first
+# an ELF32 header, padded to the 64 bytes an x86_64 ld.so reads first (a shorter file is "file too short" to it)
+ELF32_I386 = b"\x7fELF\x01\x01\x01" + bytes(11) + b"\x03\x00" + bytes(44)
 
 
 def fx(rel: str) -> bytes:
