@@ -13,11 +13,13 @@ of what the container prints (see tests/e2e/test_oracle.py for how they map to D
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from imgaudit.image import DEFAULT_PATH, ImageConfig, Platform
+from imgaudit.layers import Entry
 from imgaudit.loader import LoaderEnv, Resolution, facts_of, ident, real_file, resolve
 from imgaudit.rootfs import RootFS, SymlinkLoop
 from imgaudit.users import User, UserNotFound, resolve_user
@@ -155,12 +157,14 @@ def look_path(ctx: _Context, arg0: str) -> tuple[str | None, str | None]:
 
 
 def _find_executable(ctx: _Context, name: str) -> str | None:
-    """Go `findExecutable`: stat (following links), then not a directory and some execute bit."""
+    """Go `findExecutable`: stat (following links) as the user, then not a directory and some execute bit."""
     path = name if name.startswith("/") else posixpath.join(ctx.cwd, name)
     try:
         real = ctx.rootfs.resolve(path)
     except SymlinkLoop:
         return f"stat {name}: {ELOOP}"
+    if search_denied(ctx.rootfs, path, ctx.user) is not None:
+        return f"stat {name}: {EACCES}"
     node = ctx.rootfs.nodes.get(real) if real else None
     if node is None:
         return f"stat {name}: {_missing_errno(ctx.rootfs, path)}"
@@ -180,20 +184,36 @@ def _missing_errno(rootfs: RootFS, path: str) -> str:
     return ENOENT
 
 
+def search_denied(rootfs: RootFS, path: str, user: User) -> str | None:
+    """The first directory the path walk looks in (symlinks followed) that `user` may not search: EACCES, before
+    whatever comes after it. Root searches any (CAP_DAC_OVERRIDE is in Docker's default set)."""
+    if user.uid == 0:
+        return None
+    searched: list[str] = []
+    with contextlib.suppress(SymlinkLoop):  # ELOOP, unless a directory before the loop refused the walk
+        rootfs.resolve(path, searched=searched)
+    return next((d for d in dict.fromkeys(searched) if d in rootfs.nodes
+                 and not _permits(rootfs.nodes[d].entry, user, 0o1)), None)
+
+
+def _permits(entry: Entry, user: User, bit: int) -> bool:
+    """The owner, group or other `bit` (1 execute/search, 2 write, 4 read) that applies to a non-root user."""
+    if entry.uid == user.uid:
+        return bool(entry.mode >> 6 & bit)
+    if entry.gid in user.groups:
+        return bool(entry.mode >> 3 & bit)
+    return bool(entry.mode & bit)
+
+
 def can_execute(rootfs: RootFS, path: str, user: User) -> bool:
     """faccessat2(X_OK, AT_EACCESS): root needs any execute bit; others the owner/group/other one."""
     real = real_file(rootfs, path)
     if real is None:
         return rootfs.get(path) is not None
     entry = rootfs.nodes[real].entry
-    mode = entry.mode
     if user.uid == 0:
-        return bool(mode & 0o111)
-    if entry.uid == user.uid:
-        return bool(mode & 0o100)
-    if entry.gid in user.groups:
-        return bool(mode & 0o010)
-    return bool(mode & 0o001)
+        return bool(entry.mode & 0o111)
+    return _permits(entry, user, 0o1)
 
 
 # -- the kernel ----------------------------------------------------------------------------------
@@ -263,7 +283,9 @@ def open_exec(ctx: _Context, path: str) -> str | None:
     try:
         real = ctx.rootfs.resolve(target)
     except SymlinkLoop:
-        return ELOOP
+        return EACCES if search_denied(ctx.rootfs, target, ctx.user) is not None else ELOOP
+    if search_denied(ctx.rootfs, target, ctx.user) is not None:
+        return EACCES
     if real is None or real not in ctx.rootfs.nodes:
         return _missing_errno(ctx.rootfs, target)
     if real_file(ctx.rootfs, real) is None or not can_execute(ctx.rootfs, real, ctx.user):

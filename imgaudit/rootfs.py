@@ -295,12 +295,14 @@ class RootFS:
 
     # -- lookups -------------------------------------------------------------------------------
 
-    def resolve(self, path: str, *, follow_last: bool = True) -> str | None:
+    def resolve(self, path: str, *, follow_last: bool = True, searched: list[str] | None = None) -> str | None:
         """Real path of an existing node, or None. Absolute link targets start at the image root and
         `..` never climbs above it (chroot semantics). A trailing slash names a directory, following a last
-        symlink (path_resolution(7): `/app/` of a file is ENOTDIR). Raises SymlinkLoop past MAXSYMLINKS hops."""
+        symlink (path_resolution(7): `/app/` of a file is ENOTDIR). Raises SymlinkLoop past MAXSYMLINKS hops.
+        `searched` gets each directory looked in, in order (the kernel wants search permission on each)."""
         node = self.nodes.get(path)
-        if node is not None and (node.entry.type is not _SYMLINK or not follow_last) and _canonical(path):
+        if node is not None and (node.entry.type is not _SYMLINK or not follow_last) and _canonical(path) \
+                and searched is None:
             return path  # the common case: a real path already, nothing to follow
         directory = path[-1:] == "/" and path.strip("/") != ""
         follow_last = follow_last or directory
@@ -311,6 +313,8 @@ class RootFS:
             name = pending.pop()
             if name == ".":
                 continue
+            if searched is not None:
+                searched.append(cur)
             if name == "..":
                 cur = split(cur)[0]
                 continue

@@ -28,6 +28,7 @@ from imgaudit.report import BinaryInfo, EntrypointVerdict, Finding, Incomplete, 
 from imgaudit.rootfs import Node, RootFS
 from imgaudit.rules import rule
 from imgaudit.runtime import RuntimeFacts, runtime_facts, version_key
+from imgaudit.users import UserNotFound, resolve_user
 
 if TYPE_CHECKING:
     from imgaudit.audit import Loaded
@@ -522,14 +523,24 @@ def _not_executable_fix(ep: entrypoint.Verdict, rootfs: RootFS, config: ImageCon
     culprit = ep.path if refused is None else refused
     if culprit == "":
         return f"the `#!` line of {ep.path} names no interpreter: name one (`#!/bin/sh`)"
-    node = rootfs.get(culprit) if culprit else None
     whose = f" (the interpreter {ep.path} asks for)" if culprit != ep.path else ""
+    user = config.user or "root"
+    try:
+        who = resolve_user(rootfs, config.user)
+    except UserNotFound:  # the verdict said so already
+        who = None
+    closed = entrypoint.search_denied(rootfs, culprit, who) if culprit and who else None
+    if closed is not None:
+        entry = rootfs.nodes[closed].entry
+        return (f"{closed} (mode {entry.mode:04o}, owner {entry.uid}:{entry.gid}) is on the way to {culprit}{whose} "
+                f"and USER {user} may not search it: `RUN chmod 755 {closed}` (or `COPY --chmod=755` of the directory; "
+                "a checkout made with umask 077 gives 0700 directories)")
+    node = rootfs.get(culprit) if culprit else None
     if node is not None and node.is_dir:
         where = "the `#!` line or PT_INTERP at" if whose else "ENTRYPOINT at"
         return f"{culprit}{whose} is a directory: point {where} the program inside it"
     mode = f"{node.entry.mode:04o}" if node is not None else "?"
     owner = f"{node.entry.uid}:{node.entry.gid}" if node is not None else "?"
-    user = config.user or "root"
     return (f"{culprit}{whose} is mode {mode} (owner {owner}) and not executable for USER {user}: "
             f"`COPY --chmod=755 …` or `RUN chmod 755 {culprit}` in the build")
 
@@ -537,7 +548,7 @@ def _not_executable_fix(ep: entrypoint.Verdict, rootfs: RootFS, config: ImageCon
 def _interpreter_refused(ep: entrypoint.Verdict, rootfs: RootFS) -> str | None:
     """The `#!` interpreter or PT_INTERP the kernel could not open, when that is why the start failed."""
     if ep.message is None or not ep.message.startswith("exec "):
-        return None  # runc's own check of argv[0], or env's of the program it runs
+        return None  # runc's own check of argv[0] (`exec: "/app": …`), or env's of the program it runs
     if ep.script is not None:
         parsed = entrypoint.parse_shebang(ep.script.encode("utf-8", "surrogateescape"))  # the line, NUL-padded
         return parsed[0] if parsed is not None else None

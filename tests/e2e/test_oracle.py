@@ -200,9 +200,14 @@ def specs(tmp: Path) -> dict[str, Spec]:
             "/sh-long": (b"#!/" + b"a" * 300 + b"\necho hi\n", exe), "/sh-long-arg": (b"#!/bin/sh -" + b"e" * 300, exe),
             "/sh-dir": (b"#!/etc\necho hi\n", exe), "/sh-bare": (b"#!", exe), "/sh-loop": (b"#!/loop/sh\n", exe),
             "/mu-ldx": (_interpreter_at(b"ldx"), exe), "/mu-ldd": (_interpreter_at(b"ldd"), exe),
-            "/mu-lop": (_interpreter_at(b"lop"), exe)},
+            "/mu-lop": (_interpreter_at(b"lop"), exe), "/mu-l70": (_interpreter_at(b"l70"), exe),
+            "/sh-closed": (b"#!/d700/sh\necho hi\n", exe)},
             prepare="mkdir -p /ldx /ldd/ld-musl-x86_64.so.1 && ln -s /loop /loop && ln -s /lop /lop && "
-                    "cp /lib/ld-musl-x86_64.so.1 /ldx/ && chmod 644 /ldx/ld-musl-x86_64.so.1"),
+                    "cp /lib/ld-musl-x86_64.so.1 /ldx/ && chmod 644 /ldx/ld-musl-x86_64.so.1 && "
+                    # directories a non-root user may not search (0700, 0744) or only search (0711)
+                    "mkdir -m 700 /d700 /l70 && mkdir -m 744 /d744 && mkdir -m 711 /d711 && "
+                    "cp /bin/busybox /d700/true && cp /bin/busybox /d700/sh && cp /bin/busybox /d744/true && "
+                    "cp /bin/busybox /d711/true && cp /lib/ld-musl-x86_64.so.1 /l70/ && ln -s /d700 /to-d700"),
         # file capabilities: with the effective flag, the kernel refuses an exec that would need one outside the
         # bounding set, and Docker's default set has no cap_net_admin or cap_ipc_lock (Vault's image sets that one)
         "alpine-caps": Spec("alpine-3.20", {
@@ -379,6 +384,15 @@ CASES = [
     Case("exec-pt-interp-without-execute-bit", "alpine-exec", ("/mu-ldx",), "not-executable"),
     Case("exec-pt-interp-is-a-directory", "alpine-exec", ("/mu-ldd",), "not-executable"),
     Case("exec-pt-interp-in-a-symlink-loop", "alpine-exec", ("/mu-lop",), "other"),
+    # search permission on every directory of a path, for a user other than root (until the fourteenth round
+    # imgaudit checked only the file's own mode)
+    Case("dirs-entrypoint-in-a-closed-dir", "alpine-exec", ("/d700/true",), "not-executable", user="nobody"),
+    Case("dirs-entrypoint-in-a-read-only-dir", "alpine-exec", ("/d744/true",), "not-executable", user="nobody"),
+    Case("dirs-entrypoint-through-a-symlink", "alpine-exec", ("/to-d700/true",), "not-executable", user="nobody"),
+    Case("dirs-an-execute-only-dir-is-searched", "alpine-exec", ("/d711/true",), OK, user="nobody"),
+    Case("dirs-root-searches-any-dir", "alpine-exec", ("/d700/true",), OK),
+    Case("dirs-script-interpreter-in-a-closed-dir", "alpine-exec", ("/sh-closed",), "not-executable", user="nobody"),
+    Case("dirs-pt-interp-in-a-closed-dir", "alpine-exec", ("/mu-l70",), "not-executable", user="nobody"),
     Case("env-busybox-has-no-split-string", "alpine-exec", ("/env-S",), "script-interpreter-missing"),
     Case("env-busybox-refuses-a-blank-option", "alpine-exec", ("/env-i",), "script-interpreter-missing"),
     Case("env-gnu-split-string-runs-sh", "bookworm-slim", ("/env-S",), OK),

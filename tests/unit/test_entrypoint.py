@@ -252,3 +252,22 @@ def test_effective_file_capabilities_outside_dockers_set_refuse_the_exec(
     assert (fix is not None) == (expected[0] == "fail")
     if fix is not None:
         assert "--cap-add NET_ADMIN" in fix and "cap_net_bind_service" not in fix.split("and ", 1)[1], fix
+
+
+def test_a_directory_the_user_may_not_search_is_permission_denied() -> None:
+    """path_resolution(7): every directory of the walk, symlinks followed, needs search (x) permission; root has
+    CAP_DAC_OVERRIDE. runc's stat says so for argv[0], the kernel's open_exec for an interpreter."""
+    items = [*BASE, Item("closed", kind="dir", mode=0o700), f("closed/tool", fx("musl/hello-static"), 0o755),
+             Item("xonly", kind="dir", mode=0o711), f("xonly/tool", fx("musl/hello-static"), 0o755),
+             sym("to-closed", "/closed"), f("closed.sh", b"#!/closed/tool\n", 0o755)]
+    assert outcome(judge(["/closed/tool"], items, user="nobody")) == (
+        "fail", "not-executable", 'exec: "/closed/tool": stat /closed/tool: permission denied')
+    assert judge(["/to-closed/tool"], items, user="nobody").failure == "not-executable"
+    assert judge(["/closed/nope"], items, user="nobody").message == \
+        'exec: "/closed/nope": stat /closed/nope: permission denied'  # EACCES comes before ENOENT
+    assert outcome(judge(["/closed.sh"], items, user="nobody")) == (
+        "fail", "not-executable", "exec /closed.sh: permission denied")
+    assert judge(["/xonly/tool"], items, user="nobody").verdict == "ok"
+    assert judge(["/closed/tool"], items).verdict == "ok"  # root
+    assert judge(["tool"], [*items, f("usr/local/bin/tool", fx("musl/hello-static"), 0o755)],
+                 user="nobody", env=("PATH=/closed:/usr/local/bin",)).verdict == "ok"  # LookPath goes on
