@@ -40,6 +40,7 @@ MUSL_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "i386": "i386", "arm": "a
 MUSL_RESERVED = ("c", "pthread", "rt", "m", "dl", "util", "xnet")
 MUSL_DEFAULT_PATH = "/lib:/usr/local/lib:/usr/lib"
 LD_PRELOAD, PRELOAD_FILE = "LD_PRELOAD", "/etc/ld.so.preload"
+_PRELOAD_SEPARATORS = " \t\n:"
 PATH_MAX = 4096  # rtld.c copies each LD_PRELOAD name into a buffer of this size; a longer one is skipped
 _DST = re.compile(r"\$(?:\{(ORIGIN|LIB|PLATFORM)\}|(ORIGIN|LIB|PLATFORM)(?![A-Za-z0-9_]))")
 _EM = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 21: "ppc64", 22: "s390", 243: "riscv"}
@@ -460,8 +461,14 @@ def glibc_preloads(env_value: str | None, file: bytes | None) -> tuple[tuple[str
     the rest split at white space and colons (a NUL byte ends what `strsep` reads)."""
     out = [(name, LD_PRELOAD) for name in re.split("[ :]", env_value or "") if 0 < len(name) < PATH_MAX]
     if file:
-        text = re.sub(r"#[^\n]*", "", file.decode("utf-8", "surrogateescape")).split("\0", 1)[0]
-        out += [(name, PRELOAD_FILE) for name in re.split("[: \t\n]", text) if name]
+        text = re.sub(r"#[^\n]*", "", file.decode("utf-8", "surrogateescape"))
+        # A last word without a separator after it is read on its own (rtld.c's `problem`), the rest by strsep
+        cut = len(text)
+        while cut > 0 and text[cut - 1] not in _PRELOAD_SEPARATORS:
+            cut -= 1
+        head, last = (text[:-1], "") if cut == len(text) else (text[:max(cut - 1, 0)], text[cut:])
+        words = [*re.split("[: \t\n]", head.split("\0", 1)[0]), last.split("\0", 1)[0]]
+        out += [(name, PRELOAD_FILE) for name in words if name]
     return tuple(out)
 
 

@@ -80,6 +80,9 @@ def names(res: loader.Resolution | None) -> list[str]:
     ("a.so", b"# c.so\nb.so\td.so # e.so\n\nf.so:g.so", (("a.so", "LD_PRELOAD"), ("b.so", "/etc/ld.so.preload"),
      ("d.so", "/etc/ld.so.preload"), ("f.so", "/etc/ld.so.preload"), ("g.so", "/etc/ld.so.preload"))),
     (None, b"a.so\0b.so", (("a.so", "/etc/ld.so.preload"),)),  # strsep stops at a NUL
+    (None, b"x.so\0y.so\nz.so", (("x.so", "/etc/ld.so.preload"), ("z.so", "/etc/ld.so.preload"))),  # the last
+    (None, b"x.so\ny.so\0z.so", (("x.so", "/etc/ld.so.preload"), ("y.so", "/etc/ld.so.preload"))),  # word alone
+    (None, b"x.so:", (("x.so", "/etc/ld.so.preload"),)),
     (None, b"", ()),
 ])
 def test_glibc_reads_the_variable_then_the_file(env: str | None, file: bytes | None,
