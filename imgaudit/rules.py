@@ -212,7 +212,8 @@ RULES: tuple[Rule, ...] = (
     _r("file-capabilities", Category.OTHER, N, "A file carries file capabilities",
        "The file has a `security.capability` extended attribute (PAX `SCHILY.xattr.security.capability`): a "
        "process that executes it gains these capabilities, as `getcap` shows them. A value the kernel would "
-       "refuse (wrong size or revision) is a warning.", None,
+       "refuse (wrong size or revision) is a warning, and so are effective capabilities outside Docker's default "
+       "set (`cap_net_admin=ep`): the kernel refuses to exec such a file unless `--cap-add` grants them.", None,
        "Check the program needs them; remove them with `setcap -r FILE`, or grant them at run time "
        "(`docker run --cap-add …`)."),
     _r("capability-dropped", Category.OTHER, W, "A later layer wrote a file again without its capabilities",

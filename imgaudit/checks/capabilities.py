@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from imgaudit.entrypoint import beyond_default_caps
 from imgaudit.layers import EntryType
 from imgaudit.report import Finding, Report, Severity
 from imgaudit.rules import rule
@@ -38,6 +39,14 @@ def _carrier(path: str, layer: int, caps: str) -> Finding:
         return Finding("file-capabilities", Severity.WARNING,
                        f"security.capability is {caps}: the kernel refuses such a value (EINVAL)", path, layer,
                        INVALID_FIX)
+    beyond = beyond_default_caps(caps)
+    if beyond:  # the entrypoint's verdict says the same of the entrypoint; this is every other program's
+        adds = " ".join(f"--cap-add {name.removeprefix('cap_').upper()}" for name in beyond)
+        return Finding("file-capabilities", Severity.WARNING,
+                       f"file capabilities {caps}: {', '.join(beyond)} is not in Docker's default set, so the kernel "
+                       "refuses to exec it (operation not permitted)", path, layer,
+                       f"Run containers that exec it with `{adds}`, or remove the capabilities (`setcap -r FILE`), "
+                       "or set them without `e` if the program raises them itself.")
     return Finding("file-capabilities", Severity.INFO,
                    f"file capabilities {caps}: a process that executes it gains them", path, layer,
                    rule("file-capabilities").fix)

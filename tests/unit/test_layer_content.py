@@ -154,7 +154,9 @@ def test_66_a_10_mb_xattr_is_over_the_extension_header_cap() -> None:
 
 def test_66_capabilities_in_ls_and_inspect(tmp_path: Path) -> None:
     app = (FIXTURES / "glibc" / "hello-static-pie").read_bytes()
+    net_admin = bytes.fromhex("0100000200100000000000000000000000000000")  # cap_net_admin=ep
     base = make_layer([f("app", app, 0o755, xattrs={CAP: NET_BIND}),
+                       f("usr/sbin/vpn", app, 0o755, xattrs={CAP: net_admin}),
                        f("usr/bin/ping", b"p", 0o755, xattrs={CAP: bytes.fromhex(next(iter(GETCAP))[:8] + "00")}),
                        f("usr/bin/tool", b"t", 0o755, xattrs={CAP: NET_BIND})])
     chowned = make_layer([f("usr/bin/tool", b"t", 0o755)])  # a later chown: the whole file again, no capability
@@ -173,6 +175,9 @@ def test_66_capabilities_in_ls_and_inspect(tmp_path: Path) -> None:
     assert found["file-capabilities", "/app"]["severity"] == "info"
     assert found["file-capabilities", "/usr/bin/ping"]["severity"] == "warning"  # 5 bytes: refused by the kernel
     assert "invalid" in found["file-capabilities", "/usr/bin/ping"]["message"]
+    vpn = found["file-capabilities", "/usr/sbin/vpn"]  # outside Docker's default set: its exec is refused
+    assert vpn["severity"] == "warning" and "operation not permitted" in vpn["message"]
+    assert "--cap-add NET_ADMIN" in vpn["fix"]
     dropped = found["capability-dropped", "/usr/bin/tool"]
     assert dropped["layer"] == 1 and "cap_net_bind_service=ep from layer 0" in dropped["message"]
     assert ("file-capabilities", "/usr/bin/tool") not in found
