@@ -41,6 +41,7 @@ MUSL_RESERVED = ("c", "pthread", "rt", "m", "dl", "util", "xnet")
 MUSL_DEFAULT_PATH = "/lib:/usr/local/lib:/usr/lib"
 LD_PRELOAD, PRELOAD_FILE = "LD_PRELOAD", "/etc/ld.so.preload"
 _PRELOAD_SEPARATORS = " \t\n:"
+MAX_PRELOADS = 1024  # preloads a walk maps; more are said to be left out (the report is then not complete)
 PATH_MAX = 4096  # rtld.c copies each LD_PRELOAD name into a buffer of this size; a longer one is skipped
 _DST = re.compile(r"\$(?:\{(ORIGIN|LIB|PLATFORM)\}|(ORIGIN|LIB|PLATFORM)(?![A-Za-z0-9_]))")
 _EM = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 21: "ppc64", 22: "s390", 243: "riscv"}
@@ -311,7 +312,10 @@ class GlibcLoader:
         self.lib = posixpath.basename(self.default_dirs[0]) if self.default_dirs else "lib"
         self.platform = machine
         self.library_path = tuple(_split_dirs(env.library_path or "", ":;"))
-        self.preloads = glibc_preloads(env.preload, rootfs.read(PRELOAD_FILE))
+        file = rootfs.read(PRELOAD_FILE)
+        self.preloads, self.preload_gap = _capped(glibc_preloads(env.preload, file))
+        if file is None and real_file(rootfs, PRELOAD_FILE) is not None:  # kept by the scan up to MAX_SMALL_FILE
+            self.preload_gap = f"{PRELOAD_FILE} is larger than imgaudit reads: its preloads were not analysed"
         self._expanded: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
         self._searches: dict[tuple[str, _Plan], _Search] = {}
 
@@ -455,6 +459,15 @@ def load_cache(rootfs: RootFS) -> ldcache.LdCache | None:
         return None  # glibc ignores a cache it cannot read
 
 
+def _capped(preloads: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """The first MAX_PRELOADS, and what is left out: a 16 MiB /etc/ld.so.preload names a million libraries, each
+    searched for every program of the image."""
+    if len(preloads) <= MAX_PRELOADS:
+        return preloads, None
+    return preloads[:MAX_PRELOADS], f"{len(preloads) - MAX_PRELOADS} preloads past the first {MAX_PRELOADS} " \
+                                    "not analysed"
+
+
 def glibc_preloads(env_value: str | None, file: bytes | None) -> tuple[tuple[str, str], ...]:
     """What rtld.c's `dl_main` preloads, in order, each with where it was named: LD_PRELOAD split at spaces and
     colons (`handle_preload_list`), then /etc/ld.so.preload, its `#` comments blanked to the end of the line and
@@ -492,7 +505,8 @@ class MuslLoader:
         self.sys_path, self.sys_step = self._sys_path()
         self.library_path = tuple(_split_dirs(env.library_path or "", ":\n"))
         # `load_preload`: split at white space and colons; musl reads no /etc/ld.so.preload
-        self.preloads = tuple((name, LD_PRELOAD) for name in re.split(r"[\s:]+", env.preload or "") if name)
+        self.preloads, self.preload_gap = _capped(
+            tuple((name, LD_PRELOAD) for name in re.split(r"[\s:]+", env.preload or "") if name))
         self._searches: dict[tuple[str, _Plan], _Search] = {}
 
     def state(self) -> str:
@@ -756,6 +770,9 @@ class _Walk:
         on stderr, musl not at all."""
         out = []
         chain = [] if self.musl else self._chain(self.program)
+        if self.loader.preload_gap is not None:
+            where = self.loader.preloads[-1][1] if self.loader.preloads else PRELOAD_FILE
+            self.problems.append(Problem("unknown", False, where, self.loader.preload_gap))
         for name, where in self.loader.preloads:
             if (self.musl and self._musl_self(name)) or self._find_loaded(name) is not None:
                 continue  # already in the namespace: nothing new is mapped

@@ -15,6 +15,8 @@ from imgaudit.elf import ElfFacts, RustFacts
 from imgaudit.image import ImageConfig
 from imgaudit.layers import EntryType
 from imgaudit.loader import (
+    LD_PRELOAD,
+    PRELOAD_FILE,
     GlibcLoader,
     Loader,
     LoaderEnv,
@@ -41,6 +43,7 @@ DOCKER_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i386": "386", "arm": "arm
                "s390x": "s390x", "riscv64": "riscv64"}
 GLIBC_LIBS = ("libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "ld-linux")
 MAX_STALE_LISTED = 5
+MAX_PRELOAD_FINDINGS = 16  # a preload list of a thousand missing names is one problem said a thousand times
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +66,9 @@ def analyse(loaded: Loaded, report: Report) -> None:
         report.findings.append(Finding(ep.failure, Severity.ERROR, ep.message or ep.failure, ep.path,
                                        _layer(rootfs, ep.path), fix))
     report.findings.extend(_preload_findings(rootfs, ep, facts))
+    for p in ep.resolution.problems if ep.resolution else ():
+        if p.kind == "unknown" and p.object in (LD_PRELOAD, PRELOAD_FILE):  # more preloads than a walk maps
+            report.incomplete.append(Incomplete(p.object, p.message))
     binaries(loaded, report, ep, facts)
     report.findings.extend(stale_cache(rootfs, facts, machine))
 
@@ -73,10 +79,16 @@ def _preload_findings(rootfs: RootFS, ep: entrypoint.Verdict, runtime: RuntimeFa
     too."""
     problems = [p for p in ep.resolution.problems if p.kind == "preload-missing"] if ep.resolution else []
     out = []
-    for p in problems:
+    for p in problems[:MAX_PRELOAD_FINDINGS]:
         path = p.object if p.object.startswith("/") else ep.program  # /etc/ld.so.preload, or the program's env
         out.append(Finding("preload-missing", Severity.WARNING, p.message, path, _layer(rootfs, path),
                            _preload_fix(p.library or "", p.object, rootfs, runtime)))
+    if len(problems) > MAX_PRELOAD_FINDINGS:
+        rest = len(problems) - MAX_PRELOAD_FINDINGS
+        out.append(Finding("preload-missing", Severity.WARNING,
+                           f"{rest} more preloaded libraries are not loaded either (the first "
+                           f"{MAX_PRELOAD_FINDINGS} are listed)", ep.program, _layer(rootfs, ep.program),
+                           rule("preload-missing").fix))
     return out
 
 

@@ -5,6 +5,7 @@ tests/e2e/test_oracle.py (`preload-*`)."""
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -246,3 +247,24 @@ def test_the_report_has_one_warning_per_preload_with_a_fix(glibc_items: list[Ite
     found = [(x.rule, x.severity, x.path, x.fix) for x in report.findings if x.rule == "preload-missing"]
     assert found == [("preload-missing", Severity.WARNING, program, fix)]
     assert report.entrypoint is not None and report.entrypoint.verdict == "warn"
+
+
+def test_a_preload_list_of_a_million_names_is_bounded_and_said_to_be_cut(glibc_items: list[Item]) -> None:
+    """A 16 MiB /etc/ld.so.preload names ~1M libraries, each searched for every program: the walk maps the first
+    MAX_PRELOADS, the report lists 16 and says how many more, and is not complete."""
+    names = b"\n".join(b"/nope/lib%d.so" % i for i in range(600_000))  # 10 MB, under what a scan keeps
+    scan = scan_layer(io.BytesIO(make_layer([*glibc_items, f("etc/ld.so.preload", names)])), elf_reader=read_elf)
+    config = ImageConfig(Platform("linux", "amd64"), entrypoint=("/gl",))
+    start = time.process_time()
+    report = audit(loaded_from([scan], config))
+    assert time.process_time() - start < 20
+    found = [x for x in report.findings if x.rule == "preload-missing"]
+    assert len(found) == 17 and found[-1].message.startswith(f"{loader.MAX_PRELOADS - 16} more preloaded libraries")
+    assert [(i.what, i.reason) for i in report.incomplete] == [
+        ("/etc/ld.so.preload", f"{600_000 - loader.MAX_PRELOADS} preloads past the first 1024 not analysed")]
+    assert not report.complete
+    # past the 16 MiB a scan keeps of such a file, nothing of it is read: said so too
+    scan = scan_layer(io.BytesIO(make_layer([*glibc_items, f("etc/ld.so.preload", names * 3)])), elf_reader=read_elf)
+    report = audit(loaded_from([scan], config))
+    assert [i.reason for i in report.incomplete] == [
+        "/etc/ld.so.preload is larger than imgaudit reads: its preloads were not analysed"]
