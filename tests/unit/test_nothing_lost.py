@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,19 @@ def test_88_two_runs_sharing_a_cold_cache(killable_image: str, tmp_path: Path) -
     assert entries >= 6 and temps == 0
 
 
+@pytest.fixture
+def sigint_as_a_terminal_gives_it() -> Iterator[None]:
+    """Children start with SIGINT at its default, as from a terminal. A runner that started the tests in the
+    background hands them SIGINT ignored, which a child inherits across exec, and imgaudit (rightly) leaves an
+    ignored SIGINT alone: the fourteenth round's CI run, started with `&`, failed the import test ten times so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a handler is reset to SIG_DFL by exec
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_as_a_terminal_gives_it")
 def test_87_sigint_exits_130_quietly_and_leaves_no_temp_file(killable_image: str, tmp_path: Path) -> None:
     """Interrupted at a third, a half and two thirds of this host's uncached run. A run that has written its whole
     report may take the signal while the interpreter shuts down, which ends it silently by the signal (a shell
@@ -263,6 +277,7 @@ else:
 """
 
 
+@pytest.mark.usefixtures("sigint_as_a_terminal_gives_it")
 @pytest.mark.parametrize("launch", ["-m", "command"])
 @pytest.mark.parametrize("module", ["click", "imgaudit.image", "imgaudit.progress", "json", "imgaudit.audit"])
 def test_87_sigint_while_imgaudit_starts_exits_130_quietly(tmp_path: Path, launch: str, module: str) -> None:
