@@ -742,21 +742,35 @@ class _Walk:
         if known is not None:
             step = Step.INTERPRETER if known is self.rtld else Step.LOADED
             return self._reuse(name, requester, known, step)
-        s = self.loader.search(name, requester, self._chain(requester))
-        if self.trace is not None:
-            self.trace.extend(c.path for c in s.tried)
+        s = self._search(name, requester, self._chain(requester))
         if s.found is None:
             self._not_found(s, requester)
             return None
         path, real, step = s.found
+        same = self._same_file(name, real)
+        if same is not None:
+            return self._reuse(name, requester, same, step, path)
+        self._record(Link(name, requester.name, path, real, step, None, tuple(s.tried)), requester)
+        return self._new_object(name, path, real, requester.depth + 1, requester.name)
+
+    def _search(self, name: str, requester: LoadedObject, chain: list[LoadedObject]) -> _Search:
+        s = self.loader.search(name, requester, chain)
+        if self.trace is not None:
+            self.trace.extend(c.path for c in s.tried)
+        return s
+
+    def _same_file(self, name: str, real: str) -> LoadedObject | None:
+        """The object already mapped from the file a search found (glibc: the same inode), ld.so included, which
+        now answers to `name` too."""
         same = self.by_real.get(real) or (self.rtld if self.rtld and self.rtld.real_path == real else None)
-        if same is not None:  # the same file under another name (glibc: same inode)
+        if same is not None:
             same.names.add(name)
             if same is not self.rtld or self.rtld_loaded:
                 self.by_match.setdefault(name, same)
-            return self._reuse(name, requester, same, step, path)
-        obj = LoadedObject(path, real, facts_of(self.rootfs, real), requester.depth + 1, requester.name, {name, path})
-        self._record(Link(name, requester.name, path, real, step, None, tuple(s.tried)), requester)
+        return same
+
+    def _new_object(self, name: str, path: str, real: str, depth: int, needed_by: str) -> LoadedObject:
+        obj = LoadedObject(path, real, facts_of(self.rootfs, real), depth, needed_by, {name, path})
         self._append(obj)
         if obj.facts is None or obj.facts.error:
             self.problems.append(Problem("unknown", False, path, f"{path}: no ELF facts (not analysed)"))
@@ -776,24 +790,17 @@ class _Walk:
         for name, where in self.loader.preloads:
             if (self.musl and self._musl_self(name)) or self._find_loaded(name) is not None:
                 continue  # already in the namespace: nothing new is mapped
-            s = self.loader.search(name, self.program, chain)
-            if self.trace is not None:
-                self.trace.extend(c.path for c in s.tried)
+            s = self._search(name, self.program, chain)
             if s.found is None:
                 self.problems.append(Problem("preload-missing", False, where, self.loader.preload_message(s, where),
                                              library=name))
                 continue
             path, real, step = s.found
-            same = self.by_real.get(real) or (self.rtld if self.rtld and self.rtld.real_path == real else None)
-            if same is not None:
-                same.names.add(name)
+            if self._same_file(name, real) is not None:
                 continue
-            obj = LoadedObject(path, real, facts_of(self.rootfs, real), 1, where, {name, path})
-            self.chains[id(obj)] = [obj, *chain]
             self.links.append(Link(name, where, path, real, step, None, tuple(s.tried)))  # an edge of no object
-            self._append(obj)
-            if obj.facts is None or obj.facts.error:
-                self.problems.append(Problem("unknown", False, path, f"{path}: no ELF facts (not analysed)"))
+            obj = self._new_object(name, path, real, 1, where)
+            self.chains[id(obj)] = [obj, *chain]
             out.append(obj)
         return out
 
