@@ -280,12 +280,12 @@ def open_exec(ctx: _Context, path: str) -> str | None:
     errno's words. Not a regular file (a directory; the empty name, which is the working dir) or no execute
     permission for the user: EACCES."""
     target = path if path.startswith("/") else posixpath.join(ctx.cwd, path) if path else ctx.cwd
+    if search_denied(ctx.rootfs, target, ctx.user) is not None:  # before a loop or a missing part the walk meets
+        return EACCES
     try:
         real = ctx.rootfs.resolve(target)
     except SymlinkLoop:
-        return EACCES if search_denied(ctx.rootfs, target, ctx.user) is not None else ELOOP
-    if search_denied(ctx.rootfs, target, ctx.user) is not None:
-        return EACCES
+        return ELOOP
     if real is None or real not in ctx.rootfs.nodes:
         return _missing_errno(ctx.rootfs, target)
     if real_file(ctx.rootfs, real) is None or not can_execute(ctx.rootfs, real, ctx.user):
@@ -329,9 +329,7 @@ _SHELL_WORDS = {
 
 def _carriage_return(ctx: _Context, interp: str, arg: str) -> tuple[str | None, str | None]:
     """(the line a known shell prints, or a caution for any other interpreter) for an argument ending in `\r`."""
-    real = real_file(ctx.rootfs, interp)
-    shell = posixpath.basename(real) if real is not None else ""
-    words = _SHELL_WORDS.get(shell)
+    words = _SHELL_WORDS.get(_program_name(ctx.rootfs, interp))
     option = arg.startswith("-") and set(arg[1:-1]) <= _SHELL_OPTIONS
     if words is not None and (option or arg == "\r"):
         return (words[0] if option else words[1]).format(interp), None
@@ -365,8 +363,7 @@ def _env_line(ctx: _Context, interp: str, arg: str) -> tuple[str | None, str | N
     the script's own path (`-u`, a bare `-S`) make env exec the script again: not followed."""
     if not arg.startswith("-"):
         return arg, None
-    real = real_file(ctx.rootfs, interp)
-    flavour = "busybox" if real is not None and posixpath.basename(real) == "busybox" else "gnu"
+    flavour = "busybox" if _program_name(ctx.rootfs, interp) == "busybox" else "gnu"
     if arg.startswith("--"):
         return _env_long_option(interp, arg, flavour)
     alone, with_arg = _ENV_OPTIONS[flavour]
@@ -376,6 +373,7 @@ def _env_line(ctx: _Context, interp: str, arg: str) -> tuple[str | None, str | N
         if letter in with_arg:
             rest = arg[i + 1:]
             return (_split_string(rest) if letter == "S" and rest else None), None
+        real = real_file(ctx.rootfs, interp)
         facts = facts_of(ctx.rootfs, real) if real is not None else None
         libc = facts.libc if facts is not None and facts.libc in ("musl", "glibc") else None
         if (libc or ("musl" if flavour == "busybox" else "glibc")) == "musl":  # whose getopt words it
@@ -390,6 +388,11 @@ def _split_string(text: str) -> str | None:
     return words[0] if words and not words[0].startswith("-") else None
 
 
+
+
+def _program_name(rootfs: RootFS, path: str) -> str:
+    """The name of the file a path leads to (`/bin/sh` → `dash`, `/usr/bin/env` → `busybox`), or "" if none."""
+    return posixpath.basename(real_file(rootfs, path) or "")
 
 
 def _is_env(rootfs: RootFS, interp: str) -> bool:
@@ -417,6 +420,11 @@ def _elf(ctx: _Context, real: str, path: str, argv0: str, head: bytes) -> _Chain
     if beyond_default_caps(ctx.rootfs.nodes[real].entry.capabilities):
         return _Chain(EPERM, "other", elf=path)
     return _Chain(elf=path, argv0=argv0)
+
+
+def cap_add_flags(capabilities: tuple[str, ...]) -> str:
+    """`docker run` flags that grant them: cap_net_admin → `--cap-add NET_ADMIN`."""
+    return " ".join(f"--cap-add {name.removeprefix('cap_').upper()}" for name in capabilities)
 
 
 def beyond_default_caps(capabilities: str | None) -> tuple[str, ...]:
@@ -465,7 +473,7 @@ def _warnings(base: Verdict, res: Resolution, libc: str) -> Verdict:
 
 def _env_exec(ctx: _Context, base: Verdict, env_path: str, name: str) -> Verdict:
     """`env NAME` execvp()s NAME on PATH; its errors are printed by env itself."""
-    busybox = posixpath.basename(real_file(ctx.rootfs, env_path) or "") == "busybox"
+    busybox = _program_name(ctx.rootfs, env_path) == "busybox"
 
     def fail(failure: str, errno: str) -> Verdict:
         text = errno[0].upper() + errno[1:]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imgaudit.entrypoint import beyond_default_caps
+from imgaudit.entrypoint import beyond_default_caps, cap_add_flags
 from imgaudit.layers import EntryType
 from imgaudit.report import Finding, Report, Severity
 from imgaudit.rules import rule
@@ -41,7 +41,7 @@ def _carrier(path: str, layer: int, caps: str) -> Finding:
                        INVALID_FIX)
     beyond = beyond_default_caps(caps)
     if beyond:  # the entrypoint's verdict says the same of the entrypoint; this is every other program's
-        adds = " ".join(f"--cap-add {name.removeprefix('cap_').upper()}" for name in beyond)
+        adds = cap_add_flags(beyond)
         return Finding("file-capabilities", Severity.WARNING,
                        f"file capabilities {caps}: {', '.join(beyond)} is not in Docker's default set, so the kernel "
                        "refuses to exec it (operation not permitted)", path, layer,

@@ -348,7 +348,7 @@ def _capabilities_fix(program: str, rootfs: RootFS) -> str | None:
     beyond = entrypoint.beyond_default_caps(caps)
     if not beyond:
         return None
-    adds = " ".join(f"--cap-add {name.removeprefix('cap_').upper()}" for name in beyond)
+    adds = entrypoint.cap_add_flags(beyond)
     return (f"{program} has file capabilities {caps}, and {', '.join(beyond)} is not in Docker's default set, so "
             f"the kernel refuses the exec: run it with `{adds}` (Kubernetes: securityContext.capabilities.add), "
             "or remove them (`setcap -r`), or set them without `e` if the program raises them itself")
